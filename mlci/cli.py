@@ -1,0 +1,220 @@
+"""The `mlci` command line: parse, call a stage function, print. Exit 0 ok, 1 a check failed, 2 bad input.
+
+Only click and the standard library are imported at module level: `mlci --help` stays fast, and the
+ML libraries load inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from mlci import __version__
+from mlci.config import Config, load_config
+from mlci.errors import MlciError
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Failure(click.ClickException):
+    """An MlciError as click reports it: `Error: <message>` on stderr and the error's exit code."""
+
+    def __init__(self, error: MlciError) -> None:
+        super().__init__(str(error))
+        self.exit_code = error.exit_code
+
+
+class _Group(click.Group):
+    """Maps every MlciError to its exit code in one place."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MlciError as exc:
+            raise _Failure(exc) from exc
+
+
+def config_option(fn: F) -> F:
+    """--config and --workspace, shared by the commands that read `mlci.toml`."""
+    fn = click.option(
+        "--workspace",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Workspace directory (default: [workspace] path, or .mlci beside mlci.toml).",
+    )(fn)
+    return click.option(
+        "--config",
+        "-c",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=Path("mlci.toml"),
+        show_default=True,
+        help="The model repository's config file.",
+    )(fn)
+
+
+def json_option(fn: F) -> F:
+    """--json: machine-readable output on stdout."""
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")(fn)
+
+
+def _emit(as_json: bool, payload: dict[str, Any], text: str) -> None:
+    click.echo(json.dumps(payload, indent=2, sort_keys=True, default=str) if as_json else text)
+
+
+def _load(config_path: Path, workspace: Path | None) -> Config:
+    return load_config(config_path, workspace)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mlci")
+def cli() -> None:
+    """mlci: take a model from a commit to production, the same way on a laptop and in CI.
+
+    Stages (each reads and writes directories, so they also run one by one in containers):
+    train → export → evaluate.  `mlci run` runs them all in-process with a stage cache.
+    """
+
+
+@cli.command()
+@config_option
+@click.option("--no-cache", is_flag=True, help="Run every stage even when its inputs are unchanged.")
+@json_option
+def run(config_path: Path, workspace: Path | None, no_cache: bool, as_json: bool) -> None:
+    """Run the whole pipeline in-process; print the artifact's digest, path and metrics."""
+    from mlci.pipeline import run_pipeline
+    from mlci.progress import Progress
+
+    config = _load(config_path, workspace)
+    progress = Progress(sys.stderr if as_json else sys.stdout)
+    result = run_pipeline(config, use_cache=not no_cache, on_event=progress)
+    hits = sum(e.cache_hit for e in result.stages)
+    payload = {
+        "run_id": result.run_id,
+        "status": result.status,
+        "digest": result.digest,
+        "artifact": str(result.artifact),
+        "metrics": result.metrics,
+        "duration_s": round(result.duration_s, 3),
+        "stages": [
+            {"stage": e.stage, "status": e.status, "duration_s": round(e.duration_s, 4), "cache_hit": e.cache_hit}
+            for e in result.stages
+        ],
+    }
+    metrics = "  ".join(
+        f"{k}={v:.4f}" for k, v in result.metrics.items() if isinstance(v, float) and k != "model_size_bytes"
+    )
+    text = "\n".join(
+        [
+            f"artifact  {result.digest}",
+            f"path      {result.artifact}",
+            f"metrics   {metrics}",
+            f"run       {result.run_id} {result.status} in {result.duration_s:.2f}s "
+            f"({len(result.stages)} stages, {hits} from cache)",
+        ]
+    )
+    _emit(as_json, payload, text)
+
+
+def _out_dir(path: Path) -> Path:
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise click.UsageError(f"Output directory '{path}' already exists and is not empty; choose another --out or remove it.")
+    if path.exists():
+        path.rmdir()
+    return path
+
+
+def _stage_command(name: str, config_path: Path, workspace: Path | None, out: Path, inputs: dict[str, Path | None], as_json: bool) -> None:
+    from mlci.stages import STAGES
+    from mlci.workspace import atomic_dir
+
+    config = _load(config_path, workspace)
+    stage = next(s for s in STAGES if s.name == name)
+    resolved = {n: p for n, p in inputs.items() if p is not None}
+    with atomic_dir(_out_dir(out)) as tmp:
+        detail = stage.fn(config, resolved, tmp)
+    text = f"{name}: ok → {out}\n" + "\n".join(f"  {k}: {v}" for k, v in detail.items() if not isinstance(v, dict))
+    _emit(as_json, {"stage": name, "out": str(out), **detail}, text)
+
+
+_dir_in = click.Path(exists=True, file_okay=False, path_type=Path)
+_dir_out = click.Path(file_okay=False, path_type=Path)
+
+
+@cli.command()
+@config_option
+@click.option("--out", type=_dir_out, required=True, help="New directory for estimator.skops, split.json, train.json.")
+@json_option
+def train(config_path: Path, workspace: Path | None, out: Path, as_json: bool) -> None:
+    """Validate the data, split it (seeded, stable) and fit the estimator."""
+    _stage_command("train", config_path, workspace, out, {}, as_json)
+
+
+@cli.command()
+@config_option
+@click.option("--train", "train_dir", type=_dir_in, required=True, help="Output directory of `mlci train`.")
+@click.option("--out", type=_dir_out, required=True, help="New directory for model.onnx and parity.json.")
+@json_option
+def export(config_path: Path, workspace: Path | None, train_dir: Path, out: Path, as_json: bool) -> None:
+    """Convert to ONNX with skl2onnx; exit 1 if onnxruntime disagrees with scikit-learn on the holdout."""
+    _stage_command("export", config_path, workspace, out, {"train": train_dir}, as_json)
+
+
+@cli.command()
+@config_option
+@click.option("--train", "train_dir", type=_dir_in, required=True, help="Output directory of `mlci train`.")
+@click.option("--export", "export_dir", type=_dir_in, required=True, help="Output directory of `mlci export`.")
+@click.option("--out", type=_dir_out, required=True, help="New directory for the artifact.")
+@json_option
+def evaluate(config_path: Path, workspace: Path | None, train_dir: Path, export_dir: Path, out: Path, as_json: bool) -> None:
+    """Metrics, latency, monitoring profile and outlier model, measured with onnxruntime; writes the artifact."""
+    _stage_command("evaluate", config_path, workspace, out, {"train": train_dir, "export": export_dir}, as_json)
+
+
+@cli.command()
+@click.argument("artifact", type=_dir_in)
+@json_option
+def verify(artifact: Path, as_json: bool) -> None:
+    """Check an artifact directory: every file's sha256 and the manifest digest."""
+    from mlci.model.artifact import verify_artifact
+
+    manifest = verify_artifact(artifact)
+    _emit(as_json, {"digest": manifest["digest"], "ok": True}, f"ok {manifest['digest']}")
+
+
+@cli.command()
+@config_option
+@click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True, help="How many recent runs to list.")
+@json_option
+def runs(config_path: Path, workspace: Path | None, limit: int, as_json: bool) -> None:
+    """List recent runs and per-stage duration percentiles, failure and cache-hit rates."""
+    from mlci.runs import read_runs, stage_stats
+    from mlci.workspace import Workspace
+
+    root = workspace if workspace is not None else _load(config_path, None).workspace
+    records = read_runs(Workspace(root).runs_file)
+    stats = stage_stats(records)
+    recent = records[-limit:]
+    lines = [f"{len(records)} runs recorded in {root}"]
+    for r in reversed(recent):
+        stages = " ".join(f"{s['stage']}{'(cached)' if s.get('cache_hit') else ''}:{s['status']}" for s in r.get("stages", []))
+        lines.append(f"  {r['run_id']}  {r['status']:<6} {r['duration_s']:>8.2f}s  {stages}")
+    if stats:
+        lines.append("stage       runs  fail%  cache%   p50 s   p95 s")
+        for name, s in stats.items():
+            lines.append(
+                f"  {name:<9} {s['count']:>4} {s['failure_rate']:>6.0%} {s['cache_hit_rate']:>6.0%} {s['p50_s']:>7.3f} {s['p95_s']:>7.3f}"
+            )
+    _emit(as_json, {"runs": recent, "stats": stats, "total": len(records)}, "\n".join(lines))
+
+
+def main() -> None:
+    """Console entry point."""
+    cli()

@@ -1,0 +1,32 @@
+"""Stage progress on a terminal (one line per stage, updated in place) or as plain lines in logs."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from mlci.pipeline import StageEvent
+
+__all__ = ["Progress"]
+
+_MARK = {"ok": "✓", "failed": "✗"}
+
+
+class Progress:
+    """Call with each :class:`StageEvent`; writes to ``stream`` (in place when it is a TTY)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+
+    def __call__(self, event: StageEvent) -> None:
+        if event.status == "running":
+            if self.tty:
+                self.stream.write(f"  … {event.stage:<10}")
+                self.stream.flush()
+            return
+        how = "cache hit" if event.cache_hit else f"{event.duration_s:.2f}s"
+        if self.tty:
+            self.stream.write(f"\r\x1b[2K  {_MARK.get(event.status, '?')} {event.stage:<10} {how}\n")
+        else:
+            self.stream.write(f"[mlci] {event.stage}: {event.status} ({how})\n")
+        self.stream.flush()

@@ -1,0 +1,197 @@
+"""The model stages as plain functions over directories: what `mlci <stage>` and `mlci run` both call.
+
+Each stage reads its inputs from directories and writes its outputs into ``out``; nothing passes in
+memory, which is what lets the same stage run in-process or in a container and give the same bytes.
+Heavy libraries (pandas, scikit-learn, onnxruntime) are imported inside the functions so that
+`mlci --help` and a fully cached `mlci run` never pay for them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+from mlci import __version__
+from mlci.canonical import digest_of, sha256_bytes, sha256_file
+from mlci.config import Config
+
+__all__ = ["STAGES", "Stage", "code_digest", "config_digest", "factory_source", "git_commit", "stage_keys"]
+
+
+def train_stage(config: Config, inputs: Mapping[str, Path], out: Path) -> dict[str, Any]:
+    """Fit the estimator; writes estimator.skops, split.json, train.json."""
+    from mlci.model.train import run_train
+
+    result = run_train(config, out)
+    return {"estimator": result.estimator, "train_rows": result.train_rows, "holdout_rows": result.holdout_rows}
+
+
+def export_stage(config: Config, inputs: Mapping[str, Path], out: Path) -> dict[str, Any]:
+    """Convert to ONNX and check parity; writes model.onnx, parity.json."""
+    from mlci.model.export import run_export
+
+    result = run_export(config, inputs["train"], out)
+    return {
+        "max_abs_diff": result.parity.max_abs_diff,
+        "max_rel_diff": result.parity.max_rel_diff,
+        "label_agreement": result.parity.label_agreement,
+        "size_bytes": result.size_bytes,
+    }
+
+
+def evaluate_stage(config: Config, inputs: Mapping[str, Path], out: Path) -> dict[str, Any]:
+    """Measure with onnxruntime and assemble the content-addressed artifact in ``out``."""
+    from mlci.model.artifact import assemble
+    from mlci.model.evaluate import run_evaluate
+    from mlci.model.export import ML_OPSET, MODEL_FILE, PARITY_FILE
+    from mlci.model.train import SPLIT_FILE, TRAIN_FILE
+
+    train_dir, export_dir = inputs["train"], inputs["export"]
+    result = run_evaluate(config, train_dir, export_dir)
+    summary = json.loads((train_dir / TRAIN_FILE).read_text())
+    split = json.loads((train_dir / SPLIT_FILE).read_text())
+    parity = json.loads((export_dir / PARITY_FILE).read_text())
+    schema = summary["schema"]
+    hashed = {
+        "name": config.name,
+        "task": config.task,
+        "schema": {**schema, "classes": summary["classes"]},
+        "estimator": summary["estimator"],
+        "data": {
+            "sha256": split["data_sha256"],
+            "rows": split["rows"],
+            "holdout_rows": len(split["holdout_rows"]),
+            "holdout_fraction": split["holdout_fraction"],
+            "seed": split["seed"],
+        },
+        "code": {
+            "config_sha256": config_digest(config),
+            "factory_sha256": sha256_bytes(factory_source(config)) if config.estimator.factory else None,
+        },
+        "metrics": result.metrics,
+        "parity": {k: v for k, v in parity.items() if k != "worst_rows"},
+        "onnx": {
+            "opset": config.export.target_opset,
+            "ml_opset": ML_OPSET,
+            "inputs": [{"name": f["name"], "datatype": f["datatype"], "shape": [-1, 1]} for f in schema["features"]],
+            "outputs": (
+                [{"name": "label", "shape": [-1]}, {"name": "probabilities", "shape": [-1, len(summary["classes"])]}]
+                if config.task == "classification"
+                else [{"name": "variable", "shape": [-1, 1]}]
+            ),
+        },
+        "reproducible": True,
+    }
+    runtime = {
+        "latency_ms": result.latency_ms,
+        "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "git_commit": git_commit(config.root),
+    }
+    manifest = assemble(
+        out,
+        model_onnx=export_dir / MODEL_FILE,
+        outlier_onnx=result.outlier_onnx,
+        profile=result.profile,
+        hashed=hashed,
+        runtime=runtime,
+    )
+    return {"digest": manifest["digest"], "metrics": result.metrics, "latency_ms": result.latency_ms}
+
+
+StageFn = Callable[[Config, Mapping[str, Path], Path], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named stage, the stages whose outputs it reads, and the config tables its result depends on."""
+
+    name: str
+    fn: StageFn
+    needs: tuple[str, ...]
+    config_tables: tuple[str, ...]
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("train", train_stage, (), ("model", "data", "split", "estimator")),
+    Stage("export", export_stage, ("train",), ("export",)),
+    Stage("evaluate", evaluate_stage, ("train", "export"), ("evaluate",)),
+)
+
+
+def _stage_code_files() -> list[Path]:
+    files: list[Path] = []
+    for package in ("mlci.model",):
+        spec = find_spec(package)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            files.extend(sorted(Path(location).glob("*.py")))
+    return files
+
+
+def code_digest() -> str:
+    """Hash of mlci's own stage code: a new mlci invalidates the stage cache, a comment in a README does not."""
+    here = Path(__file__).parent
+    parts = {p.name: sha256_file(p) for p in [*_stage_code_files(), here / "stages.py", here / "canonical.py"]}
+    return digest_of({"version": __version__, "files": parts})
+
+
+def config_digest(config: Config, tables: tuple[str, ...] | None = None) -> str:
+    """Hash of the config tables that shape the model; paths and the workspace location do not count."""
+    raw = {k: v for k, v in config.raw.items() if k != "workspace" and (tables is None or k in tables)}
+    if "data" in raw:
+        raw["data"] = {k: v for k, v in raw["data"].items() if k != "path"}
+    return digest_of(raw)
+
+
+def stage_keys(config: Config, data_digest: str, code: str, factory: bytes) -> dict[str, str]:
+    """Each stage's cache key: its own config tables plus the keys of the stages it reads (a Merkle chain)."""
+    keys: dict[str, str] = {}
+    for stage in STAGES:
+        keys[stage.name] = digest_of(
+            {
+                "stage": stage.name,
+                "code": code,
+                "config": config_digest(config, stage.config_tables),
+                "data": data_digest if stage.name == "train" else None,
+                "factory": sha256_bytes(factory) if stage.name == "train" else None,
+                "needs": {n: keys[n] for n in stage.needs},
+            }
+        )
+    return keys
+
+
+def factory_source(config: Config) -> bytes:
+    """Source of the `module:function` factory module (part of the code digest); b'' for a declarative spec.
+
+    Found without importing the module, so a cached run stays cheap.
+    """
+    if config.estimator.factory is None:
+        return b""
+    module = config.estimator.factory.partition(":")[0]
+    candidate = config.root / (module.replace(".", "/") + ".py")
+    if candidate.is_file():
+        return candidate.read_bytes()
+    try:
+        spec = find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.origin and Path(spec.origin).is_file():
+        return Path(spec.origin).read_bytes()
+    return config.estimator.factory.encode()
+
+
+def git_commit(root: Path) -> str | None:
+    """HEAD of the git repository holding ``root`` (provenance only; not part of the digest)."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+

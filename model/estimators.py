@@ -1,0 +1,172 @@
+"""Build the unfitted estimator named by `[estimator]`: a declarative spec or a `module:function`."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sklearn.base import BaseEstimator, is_classifier, is_regressor
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from mlci.config import EstimatorConfig
+from mlci.errors import ConfigError
+from mlci.model.data import Schema
+
+__all__ = ["build_estimator", "estimator_name", "preprocessor"]
+
+# Suggestions for a mistyped class path: estimators skl2onnx converts and people reach for first.
+KNOWN_ESTIMATORS = (
+    "sklearn.linear_model.LogisticRegression",
+    "sklearn.linear_model.Ridge",
+    "sklearn.linear_model.LinearRegression",
+    "sklearn.linear_model.Lasso",
+    "sklearn.linear_model.SGDClassifier",
+    "sklearn.ensemble.RandomForestClassifier",
+    "sklearn.ensemble.RandomForestRegressor",
+    "sklearn.ensemble.GradientBoostingClassifier",
+    "sklearn.ensemble.GradientBoostingRegressor",
+    "sklearn.ensemble.ExtraTreesClassifier",
+    "sklearn.ensemble.ExtraTreesRegressor",
+    "sklearn.tree.DecisionTreeClassifier",
+    "sklearn.tree.DecisionTreeRegressor",
+    "sklearn.neighbors.KNeighborsClassifier",
+    "sklearn.svm.SVC",
+    "sklearn.svm.SVR",
+)
+
+
+def _import_class(path: str) -> type:
+    module_name, _, attr = path.rpartition(".")
+    hint = difflib.get_close_matches(path, KNOWN_ESTIMATORS, n=1, cutoff=0.6)
+    did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+    if not module_name:
+        raise ConfigError(
+            f"[estimator] class must be a full import path such as 'sklearn.linear_model.LogisticRegression'; "
+            f"got {path!r}.{did_you_mean}"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"[estimator] class {path!r}: module {module_name!r} cannot be imported ({exc}).{did_you_mean}") from exc
+    cls = getattr(module, attr, None)
+    if cls is None:
+        public = [n for n in dir(module) if not n.startswith("_")]
+        local = difflib.get_close_matches(attr, public, n=1)
+        did_you_mean = f" Did you mean '{module_name}.{local[0]}'?" if local else did_you_mean
+        raise ConfigError(f"[estimator] class {path!r}: {module_name} has no {attr!r}.{did_you_mean}")
+    if not (inspect.isclass(cls) and issubclass(cls, BaseEstimator)):
+        raise ConfigError(f"[estimator] class {path!r} is not a scikit-learn estimator class.")
+    return cls
+
+
+def _check_params(cls: type, params: Mapping[str, Any]) -> None:
+    accepted = sorted(cls().get_params(deep=False))
+    for key in params:
+        if key not in accepted:
+            hint = difflib.get_close_matches(key, accepted, n=1)
+            did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(
+                f"{cls.__name__} does not accept the parameter {key!r} from [estimator] params.{did_you_mean} "
+                f"Accepted parameters: {', '.join(accepted)}."
+            )
+
+
+def preprocessor(schema: Schema, scale: bool) -> ColumnTransformer:
+    """Impute (+ scale) numeric columns, impute + one-hot categorical ones, selected by name."""
+    numeric = [f.name for f in schema.features if f.kind == "numeric"]
+    categorical = [f.name for f in schema.features if f.kind == "categorical"]
+    steps: list[tuple[str, Any, list[str]]] = []
+    if numeric:
+        num_steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median"))]
+        if scale:
+            num_steps.append(("scale", StandardScaler()))
+        steps.append(("numeric", Pipeline(num_steps), numeric))
+    if categorical:
+        # Missing categories arrive as '' (see data.py): the string imputer is what skl2onnx converts.
+        cat = Pipeline(
+            [
+                ("impute", SimpleImputer(missing_values="", strategy="constant", fill_value="(missing)")),
+                ("onehot", OneHotEncoder(handle_unknown="ignore")),
+            ]
+        )
+        steps.append(("categorical", cat, categorical))
+    return ColumnTransformer(steps, sparse_threshold=0.0)
+
+
+def _load_factory(spec: str, root: Path) -> Any:
+    module_name, _, func_name = spec.partition(":")
+    root_str = str(root)
+    if root_str not in sys.path:
+        sys.path.insert(0, root_str)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"[estimator] factory {spec!r}: module {module_name!r} cannot be imported ({exc}). "
+            f"It is looked up next to mlci.toml ({root}) and on sys.path."
+        ) from exc
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise ConfigError(f"[estimator] factory {spec!r}: {module_name} has no callable {func_name!r}.")
+    return func
+
+
+def _with_named_inputs(estimator: Any, schema: Schema, factory: str) -> Any:
+    """Serving takes one tensor per feature; a model that does not select columns by name gets a selector."""
+    first = estimator.steps[0][1] if isinstance(estimator, Pipeline) else estimator
+    if isinstance(first, ColumnTransformer):
+        return estimator
+    categorical = [f.name for f in schema.features if f.kind == "categorical"]
+    if categorical:
+        raise ConfigError(
+            f"[estimator] factory {factory!r} returned a model that does not start with a ColumnTransformer, "
+            f"but the data has categorical features ({', '.join(categorical)}). Start the pipeline with a "
+            "ColumnTransformer that selects columns by name and encodes the categorical ones."
+        )
+    select = ColumnTransformer([("numeric", "passthrough", schema.names)], sparse_threshold=0.0)
+    return Pipeline([("select", select), ("model", estimator)])
+
+
+def build_estimator(spec: EstimatorConfig, schema: Schema, seed: int, root: Path) -> Any:
+    """The unfitted estimator for ``spec``: preprocessing + model for a class, or whatever the factory returns."""
+    if spec.factory is not None:
+        estimator = _load_factory(spec.factory, root)()
+        if not hasattr(estimator, "fit"):
+            raise ConfigError(
+                f"[estimator] factory {spec.factory!r} returned {type(estimator).__name__}, not an unfitted estimator with fit()."
+            )
+        estimator = _with_named_inputs(estimator, schema, spec.factory)
+    else:
+        cls = _import_class(spec.class_path or "")
+        _check_params(cls, spec.params)
+        params = dict(spec.params)
+        # A seeded run is a reproducible run: fill random_state from [split] seed unless given.
+        if "random_state" in cls().get_params(deep=False) and "random_state" not in params:
+            params["random_state"] = seed
+        try:
+            final = cls(**params)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{cls.__name__}({params}) cannot be constructed: {exc}") from exc
+        estimator = Pipeline([("preprocess", preprocessor(schema, spec.scale)), ("estimator", final)])
+    wanted = is_classifier if schema.task == "classification" else is_regressor
+    if not wanted(estimator):
+        raise ConfigError(
+            f"[model] task is {schema.task!r}, but {estimator_name(estimator)} is not a "
+            f"{'classifier' if schema.task == 'classification' else 'regressor'}. "
+            "Pick a matching estimator or change the task."
+        )
+    return estimator
+
+
+def estimator_name(estimator: Any) -> str:
+    """The final step's class name (what users recognise), e.g. 'RandomForestClassifier'."""
+    final = estimator.steps[-1][1] if isinstance(estimator, Pipeline) else estimator
+    return type(final).__name__

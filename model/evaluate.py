@@ -1,0 +1,225 @@
+"""Evaluate stage: metrics from onnxruntime (what will be served), latency, the monitoring profile, an outlier model."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+from sklearn.ensemble import IsolationForest
+from sklearn.pipeline import Pipeline
+
+from mlci.config import Config
+from mlci.model.data import Schema
+from mlci.model.onnxio import Prediction, feeds_from_frame, open_session, predict
+
+__all__ = ["EvaluateResult", "build_profile", "classification_metrics", "regression_metrics", "run_evaluate"]
+
+_SIG = 9  # significant digits kept in metrics: stable across BLAS builds, ample for gates
+
+
+def _r(x: float) -> float:
+    return float(f"{float(x):.{_SIG}g}")
+
+
+def _normalised(probabilities: np.ndarray) -> np.ndarray:
+    """Float32 probabilities from ONNX sum to 1 only within ~1e-7; log loss wants exact rows."""
+    clipped = np.clip(probabilities, 1e-15, 1.0)
+    return clipped / clipped.sum(axis=1, keepdims=True)
+
+
+def classification_metrics(y: np.ndarray, pred: Prediction, classes: list[Any]) -> dict[str, Any]:
+    """Accuracy, F1, ROC AUC, log loss and per-class precision/recall/F1/support."""
+    assert pred.labels is not None and pred.probabilities is not None
+    y_s = np.asarray(y).astype(str)
+    labels_s = pred.labels.astype(str)
+    class_s = [str(c) for c in classes]
+    binary = len(classes) == 2
+    out: dict[str, Any] = {
+        "accuracy": _r(skm.accuracy_score(y_s, labels_s)),
+        "f1": _r(skm.f1_score(y_s, labels_s, average="binary" if binary else "macro", pos_label=class_s[-1] if binary else 1, labels=class_s)),
+        "log_loss": _r(skm.log_loss(y_s, _normalised(pred.probabilities), labels=class_s)),
+        "rows": len(y_s),
+    }
+    present = set(y_s)
+    if len(present) >= 2:
+        if binary:
+            out["roc_auc"] = _r(skm.roc_auc_score(y_s == class_s[-1], pred.probabilities[:, 1]))
+        elif present == set(class_s):
+            out["roc_auc"] = _r(skm.roc_auc_score(y_s, pred.probabilities, multi_class="ovr", labels=class_s))
+    precision, recall, f1, support = skm.precision_recall_fscore_support(y_s, labels_s, labels=class_s, zero_division=0)
+    out["per_class"] = {
+        c: {"precision": _r(p), "recall": _r(r), "f1": _r(f), "support": int(s)}
+        for c, p, r, f, s in zip(class_s, precision, recall, f1, support, strict=True)
+    }
+    return out
+
+
+def regression_metrics(y: np.ndarray, pred: Prediction) -> dict[str, Any]:
+    """RMSE, MAE and R2."""
+    assert pred.values is not None
+    y_f = np.asarray(y, dtype=np.float64)
+    return {
+        "rmse": _r(np.sqrt(skm.mean_squared_error(y_f, pred.values))),
+        "mae": _r(skm.mean_absolute_error(y_f, pred.values)),
+        "r2": _r(skm.r2_score(y_f, pred.values)) if len(y_f) > 1 else None,
+        "rows": len(y_f),
+    }
+
+
+def _numeric_profile(col: pd.Series, bins: int) -> dict[str, Any]:
+    present = col.dropna().to_numpy(dtype=np.float64)
+    missing = float(col.isna().mean())
+    if present.size == 0:
+        return {"kind": "numeric", "missing_rate": missing, "edges": [], "fractions": []}
+    # Interior quantile edges; the outer bins are open so production values outside the range still land.
+    edges = np.unique(np.quantile(present, np.linspace(0, 1, bins + 1)[1:-1]))
+    counts = np.bincount(np.searchsorted(edges, present, side="right"), minlength=len(edges) + 1)
+    return {
+        "kind": "numeric",
+        "missing_rate": _r(missing),
+        "edges": [_r(e) for e in edges],
+        "fractions": [_r(c / present.size) for c in counts],
+        "mean": _r(present.mean()),
+        "std": _r(present.std()),
+        "min": _r(present.min()),
+        "max": _r(present.max()),
+        "sample": [_r(v) for v in np.quantile(present, np.linspace(0, 1, 101))],
+    }
+
+
+def _categorical_profile(col: pd.Series, top: int = 50) -> dict[str, Any]:
+    missing = float((col == "").mean())
+    present = col[col != ""]
+    freq = present.value_counts(normalize=True, sort=True)
+    # Ties are ordered by name so the profile (and the digest) does not depend on row order.
+    items = sorted(freq.items(), key=lambda kv: (-kv[1], str(kv[0])))
+    kept = dict(items[:top])
+    other = float(sum(v for _, v in items[top:]))
+    return {
+        "kind": "categorical",
+        "missing_rate": _r(missing),
+        "frequencies": {str(k): _r(v) for k, v in kept.items()},
+        "other": _r(other),
+    }
+
+
+def build_profile(
+    X_train: pd.DataFrame, schema: Schema, pred: Prediction, classes: list[Any], bins: int, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """The reference the monitor compares production against, so it never needs the training data."""
+    features = {
+        f.name: _numeric_profile(X_train[f.name], bins) if f.kind == "numeric" else _categorical_profile(X_train[f.name])
+        for f in schema.features
+    }
+    if pred.probabilities is not None and pred.labels is not None:
+        labels = pred.labels.astype(str)
+        prediction = {
+            "kind": "classification",
+            "label_fractions": {str(c): _r(float((labels == str(c)).mean())) for c in classes},
+            "probability_edges": [_r(e) for e in np.linspace(0, 1, bins + 1)[1:-1]],
+            "probability_fractions": {
+                str(c): [
+                    _r(v)
+                    for v in np.bincount(
+                        np.searchsorted(np.linspace(0, 1, bins + 1)[1:-1], pred.probabilities[:, i], side="right"),
+                        minlength=bins,
+                    )
+                    / max(len(labels), 1)
+                ]
+                for i, c in enumerate(classes)
+            },
+        }
+    else:
+        assert pred.values is not None
+        prediction = {"kind": "regression", **_numeric_profile(pd.Series(pred.values), bins)}
+    return {
+        "schema_version": 1,
+        "rows": len(X_train),
+        "features": features,
+        "prediction": prediction,
+        "baseline_metrics": {k: v for k, v in metrics.items() if k != "per_class"},
+    }
+
+
+def measure_latency(session: Any, X: pd.DataFrame, schema: Schema, runs: int) -> dict[str, float]:
+    """Single-row onnxruntime latency in milliseconds (p50/p99/mean) after a warm-up."""
+    rows = [feeds_from_frame(X.iloc[[i % len(X)]], schema) for i in range(min(runs, len(X)))]
+    for feeds in rows[:10]:
+        session.run(None, feeds)
+    samples = np.empty(runs)
+    for i in range(runs):
+        feeds = rows[i % len(rows)]
+        t0 = time.perf_counter()
+        session.run(None, feeds)
+        samples[i] = (time.perf_counter() - t0) * 1000.0
+    return {
+        "p50": round(float(np.percentile(samples, 50)), 4),
+        "p99": round(float(np.percentile(samples, 99)), 4),
+        "mean": round(float(samples.mean()), 4),
+        "runs": runs,
+    }
+
+
+def fit_outlier_model(X_train: pd.DataFrame, schema: Schema, config: Config) -> tuple[bytes, dict[str, Any]]:
+    """IsolationForest on the training rows behind the same imputation/encoding, exported to ONNX."""
+    from mlci.model.estimators import preprocessor
+    from mlci.model.export import convert
+
+    detector = Pipeline(
+        [
+            ("preprocess", preprocessor(schema, scale=False)),
+            ("iforest", IsolationForest(n_estimators=config.evaluate.outlier_estimators, random_state=config.seed)),
+        ]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        detector.fit(X_train)
+    onnx_bytes = convert(detector, schema, f"{config.name}-outlier", config.export.target_opset)
+    session = open_session(onnx_bytes)
+    outputs = session.run(None, feeds_from_frame(X_train, schema))
+    flagged = float((np.asarray(outputs[0]).ravel() == -1).mean())
+    scores = np.asarray(outputs[1]).ravel()
+    return onnx_bytes, {
+        "train_outlier_rate": _r(flagged),
+        "score_quantiles": [_r(q) for q in np.quantile(scores, [0.01, 0.05, 0.5, 0.95, 0.99])],
+        "outputs": {"label": "-1 = outlier, 1 = inlier", "scores": "lower = more anomalous"},
+    }
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    """Everything evaluate measured; :mod:`mlci.model.artifact` assembles the artifact from it."""
+
+    metrics: dict[str, Any]
+    latency_ms: dict[str, float]
+    profile: dict[str, Any]
+    outlier_onnx: bytes
+    outlier: dict[str, Any]
+
+
+def run_evaluate(config: Config, train_dir: Path, export_dir: Path) -> EvaluateResult:
+    """Metrics and latency measured on the exported model with onnxruntime, plus profile and outlier model."""
+    from mlci.model.export import MODEL_FILE
+    from mlci.model.train import load_data, load_split, load_trained_summary
+
+    summary, schema = load_trained_summary(train_dir)
+    dataset = load_data(config)
+    mask = load_split(train_dir, dataset)
+    X_hold, y_hold = dataset.X[mask], dataset.y[mask].to_numpy()
+    X_train = dataset.X[~mask]
+    session = open_session(export_dir / MODEL_FILE)
+    pred = predict(session, feeds_from_frame(X_hold, schema), config.task)
+    classes = summary["classes"]
+    metrics = classification_metrics(y_hold, pred, classes) if config.task == "classification" else regression_metrics(y_hold, pred)
+    metrics["model_size_bytes"] = (export_dir / MODEL_FILE).stat().st_size
+    latency = measure_latency(session, X_hold, schema, config.evaluate.latency_runs)
+    profile = build_profile(X_train, schema, pred, classes, config.evaluate.profile_bins, metrics)
+    outlier_bytes, outlier = fit_outlier_model(X_train, schema, config)
+    profile["outlier"] = outlier
+    return EvaluateResult(metrics, latency, profile, outlier_bytes, outlier)
