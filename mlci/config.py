@@ -12,7 +12,7 @@ from typing import Any
 
 from mlci.errors import ConfigError
 
-__all__ = ["Config", "DataConfig", "EstimatorConfig", "ExportConfig", "EvaluateConfig", "load_config"]
+__all__ = ["Config", "DataConfig", "EstimatorConfig", "EvaluateConfig", "ExportConfig", "load_config", "parse_config"]
 
 TASKS = ("classification", "regression")
 FEATURE_KINDS = ("numeric", "categorical")

@@ -102,11 +102,15 @@ def read_table(path: Path) -> pd.DataFrame:
 _MISSING = {"", "na", "nan", "null", "none", "n/a"}
 
 
+def _fp32(values: pd.Series) -> pd.Series:
+    """Round to float32 and back: numeric features are FP32 in the served model (the schema says so), so
+    training, parity and evaluation all see exactly the values a production request can carry."""
+    return values.astype("float32").astype("float64")
+
+
 def _as_numeric(col: pd.Series, name: str, path: Path) -> pd.Series:
-    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-        return col.astype("float64")
-    if pd.api.types.is_bool_dtype(col):
-        return col.astype("float64")
+    if pd.api.types.is_numeric_dtype(col):
+        return _fp32(col)
     text = col.astype(str).str.strip()
     missing = text.str.lower().isin(_MISSING) | col.isna()
     values = pd.to_numeric(text.where(~missing), errors="coerce")
@@ -118,7 +122,7 @@ def _as_numeric(col: pd.Series, name: str, path: Path) -> pd.Series:
             f"{col.iloc[row]!r}, which is not a number ({int(bad.sum())} such rows). Fix the values, or "
             f'declare the column categorical: [data.features] {name} = "categorical".'
         )
-    return values.astype("float64")
+    return _fp32(values)
 
 
 def _as_categorical(col: pd.Series) -> pd.Series:

@@ -20,7 +20,7 @@ from mlci.config import EstimatorConfig
 from mlci.errors import ConfigError
 from mlci.model.data import Schema
 
-__all__ = ["build_estimator", "estimator_name", "preprocessor"]
+__all__ = ["build_estimator", "estimator_name", "float32_cast", "is_tree_model", "preprocessor"]
 
 # Suggestions for a mistyped class path: estimators skl2onnx converts and people reach for first.
 KNOWN_ESTIMATORS = (
@@ -155,7 +155,10 @@ def build_estimator(spec: EstimatorConfig, schema: Schema, seed: int, root: Path
             final = cls(**params)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{cls.__name__}({params}) cannot be constructed: {exc}") from exc
-        estimator = Pipeline([("preprocess", preprocessor(schema, spec.scale)), ("estimator", final)])
+        steps: list[tuple[str, Any]] = [("preprocess", preprocessor(schema, spec.scale))]
+        if is_tree_model(final):
+            steps.append(("float32", float32_cast()))
+        estimator = Pipeline([*steps, ("estimator", final)])
     wanted = is_classifier if schema.task == "classification" else is_regressor
     if not wanted(estimator):
         raise ConfigError(
@@ -164,6 +167,20 @@ def build_estimator(spec: EstimatorConfig, schema: Schema, seed: int, root: Path
             "Pick a matching estimator or change the task."
         )
     return estimator
+
+
+def is_tree_model(estimator: Any) -> bool:
+    """Trees compare float32 features (scikit-learn casts before splitting); ONNX must see the same values."""
+    module = type(estimator).__module__
+    return module.startswith(("sklearn.ensemble", "sklearn.tree")) and "HistGradient" not in type(estimator).__name__
+
+
+def float32_cast() -> Any:
+    """The transformer that makes the float32 cast explicit, so skl2onnx puts it in the graph too."""
+    import numpy as np
+    from skl2onnx.sklapi import CastTransformer
+
+    return CastTransformer(dtype=np.float32)
 
 
 def estimator_name(estimator: Any) -> str:

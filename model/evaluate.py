@@ -168,12 +168,13 @@ def measure_latency(session: Any, X: pd.DataFrame, schema: Schema, runs: int) ->
 
 def fit_outlier_model(X_train: pd.DataFrame, schema: Schema, config: Config) -> tuple[bytes, dict[str, Any]]:
     """IsolationForest on the training rows behind the same imputation/encoding, exported to ONNX."""
-    from mlci.model.estimators import preprocessor
+    from mlci.model.estimators import float32_cast, preprocessor
     from mlci.model.export import convert
 
     detector = Pipeline(
         [
             ("preprocess", preprocessor(schema, scale=False)),
+            ("float32", float32_cast()),
             ("iforest", IsolationForest(n_estimators=config.evaluate.outlier_estimators, random_state=config.seed)),
         ]
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,33 +57,14 @@ class ParityReport:
         }
 
 
-def initial_types(schema: Schema) -> list[tuple[str, Any]]:
-    """One named [None, 1] input per feature: FLOAT for numeric, STRING for categorical."""
-    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
-
-    return [
-        (f.name, FloatTensorType([None, 1]) if f.kind == "numeric" else StringTensorType([None, 1]))
-        for f in schema.features
-    ]
-
-
 def convert(estimator: Any, schema: Schema, name: str, opset: int) -> bytes:
     """ONNX bytes for ``estimator``; a converter failure becomes an ExportError naming the estimator."""
-    from skl2onnx import convert_sklearn
-
     from mlci.model.estimators import estimator_name
+    from mlci.model.onnx_convert import convert_with_fallback
 
     options = {id(estimator): {"zipmap": False}} if is_classifier(estimator) else None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            onx = convert_sklearn(
-                estimator,
-                name=name,
-                initial_types=initial_types(schema),
-                options=options,
-                target_opset={"": opset, "ai.onnx.ml": ML_OPSET},
-            )
+        onx = convert_with_fallback(estimator, [(f.name, f.kind) for f in schema.features], name, opset, ML_OPSET, options)
     except Exception as exc:  # skl2onnx raises bare RuntimeError/TypeError/NameError for unsupported models
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(

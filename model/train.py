@@ -28,7 +28,7 @@ ESTIMATOR_FILE = "estimator.skops"
 SPLIT_FILE = "split.json"
 TRAIN_FILE = "train.json"
 # Modules whose types the export stage accepts inside estimator.skops without asking.
-_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "collections.", "pandas.")
+_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "collections.", "pandas.", "skl2onnx.sklapi.")
 
 
 @dataclass(frozen=True)

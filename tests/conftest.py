@@ -1,0 +1,98 @@
+"""Shared fixtures: real projects on disk (mlci.toml + CSV) that the real stages run on."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "breast_cancer"
+
+BASE_TOML = """
+[model]
+name = "{name}"
+task = "{task}"
+
+[data]
+path = "data.csv"
+target = "{target}"
+{data_extra}
+
+[split]
+holdout = 0.25
+seed = 3
+
+[estimator]
+{estimator}
+
+[evaluate]
+latency_runs = 20
+outlier_estimators = 20
+"""
+
+
+def mixed_frame(rows: int = 400, seed: int = 0) -> pd.DataFrame:
+    """Numeric + string categories, with missing values in both, and a learnable target."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "age": rng.integers(18, 80, rows).astype(float),
+            "income": rng.normal(50_000, 15_000, rows).round(2),
+            "plan": rng.choice(["basic", "plus", "pro"], rows),
+            "region": rng.choice(["north", "south", "east", "west"], rows),
+        }
+    )
+    score = (frame["plan"] == "pro") * 1.5 + (frame["income"] - 50_000) / 15_000 + rng.normal(0, 0.5, rows)
+    frame["churn"] = np.where(score > 0.5, "yes", "no")
+    frame["spend"] = (frame["income"] / 1000 + (frame["plan"] == "pro") * 20 + rng.normal(0, 2, rows)).round(3)
+    frame.loc[::13, "age"] = np.nan
+    frame.loc[::17, "plan"] = None
+    return frame
+
+
+ProjectFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def make_project(tmp_path: Path) -> ProjectFactory:
+    """Write mlci.toml (+ data.csv) into a fresh directory and return the config path."""
+    counter = {"n": 0}
+
+    def make(
+        estimator: str = 'class = "sklearn.linear_model.LogisticRegression"\nparams = { max_iter = 500 }',
+        *,
+        task: str = "classification",
+        target: str = "churn",
+        frame: pd.DataFrame | None = None,
+        csv_text: str | None = None,
+        extra: str = "",
+        name: str = "demo",
+        data_extra: str | None = None,
+    ) -> Path:
+        counter["n"] += 1
+        root = tmp_path / f"project{counter['n']}"
+        root.mkdir()
+        if csv_text is not None:
+            (root / "data.csv").write_text(csv_text)
+        else:
+            (mixed_frame() if frame is None else frame).to_csv(root / "data.csv", index=False)
+        if data_extra is None:  # the mixed frame has two targets; each uses the other as a leak-free drop
+            data_extra = 'drop = ["spend"]' if target == "churn" else 'drop = ["churn"]' if target == "spend" else ""
+        toml = BASE_TOML.format(name=name, task=task, target=target, estimator=estimator, data_extra=data_extra) + extra
+        (root / "mlci.toml").write_text(toml)
+        return root / "mlci.toml"
+
+    return make
+
+
+@pytest.fixture
+def example_project(tmp_path: Path) -> Path:
+    """A copy of the bundled breast-cancer example; returns its mlci.toml."""
+    target = tmp_path / "breast_cancer"
+    shutil.copytree(EXAMPLE, target, ignore=shutil.ignore_patterns(".mlci"))
+    return target / "mlci.toml"

@@ -1,0 +1,90 @@
+"""`mlci.toml` validation: each error names the key, the bad value and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlci.config import load_config, parse_config
+from mlci.errors import ConfigError
+
+GOOD: dict[str, Any] = {
+    "model": {"name": "iris", "task": "classification"},
+    "data": {"path": "d.csv", "target": "y"},
+    "estimator": {"class": "sklearn.linear_model.LogisticRegression"},
+}
+
+
+def cfg(**changes: Any) -> dict[str, Any]:
+    raw = {k: dict(v) for k, v in GOOD.items()}
+    for dotted, value in changes.items():
+        section, _, key = dotted.partition("__")
+        if key:
+            raw.setdefault(section, {})[key] = value
+        else:
+            raw[section] = value
+    return raw
+
+
+def test_defaults(tmp_path: Path) -> None:
+    config = parse_config(cfg(), tmp_path / "mlci.toml")
+    assert config.holdout == 0.2 and config.seed == 0
+    assert config.data.path == tmp_path / "d.csv"
+    assert config.workspace == tmp_path / ".mlci"
+    assert config.export.abs_tolerance == 1e-5 and config.estimator.scale is True
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"model__task": "clustering"}, "task must be one of classification, regression; got 'clustering'"),
+        ({"model__name": "My Model"}, "[model] name must be lowercase"),
+        ({"split": {"holdout": 1.5}}, "holdout must be a fraction between 0 and 1"),
+        ({"split": {"seed": "7"}}, "[split] seed must be int; got '7'"),
+        ({"split": {"seed": True}}, "[split] seed must be int; got True"),
+        ({"estimator": {}}, "needs exactly one of 'class'"),
+        ({"estimator": {"class": "a.B", "factory": "m:f"}}, "got both"),
+        ({"estimator": {"factory": "nofunction"}}, "must look like 'module:function'"),
+        ({"estimator": {"factory": "m:f", "params": {"a": 1}}}, "params only apply to 'class'"),
+        ({"data__features": {"x": "text"}}, "[data.features] x must be one of numeric, categorical; got 'text'"),
+        ({"data__features": {"y": "numeric"}}, "target 'y' is also listed"),
+        ({"export": {"target_opset": 99}}, "target_opset must be between 9 and 21"),
+        ({"export": {"abs_tolerance": -1}}, "abs_tolerance must be >= 0"),
+        ({"evaluate": {"latency_runs": 1}}, "latency_runs must be >= 10"),
+        ({"modle": {}}, "Unknown key 'modle' in the top level of mlci.toml. Did you mean 'model'?"),
+        ({"data__traget": "y"}, "Did you mean 'target'?"),
+        ({"data": "d.csv"}, "data in mlci.toml must be a table"),
+    ],
+)
+def test_invalid(tmp_path: Path, changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(cfg(**changes), tmp_path / "mlci.toml")
+    assert message in str(info.value)
+    assert info.value.exit_code == 2
+
+
+def test_missing_required_table(tmp_path: Path) -> None:
+    raw = cfg()
+    del raw["estimator"]
+    with pytest.raises(ConfigError, match=r"no \[estimator\] table"):
+        parse_config(raw, tmp_path / "mlci.toml")
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[data\] target is required"):
+        parse_config(cfg(data={"path": "d.csv"}), tmp_path / "mlci.toml")
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "mlci.toml"
+    path.write_bytes(b"\xff\xfe[model]")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path)
+
+
+def test_workspace_override(tmp_path: Path) -> None:
+    path = tmp_path / "mlci.toml"
+    path.write_text('[model]\nname="a"\ntask="regression"\n[data]\npath="x.csv"\ntarget="y"\n[estimator]\nclass="sklearn.linear_model.Ridge"\n')
+    assert load_config(path, tmp_path / "elsewhere").workspace == tmp_path / "elsewhere"

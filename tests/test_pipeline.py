@@ -1,0 +1,147 @@
+"""`mlci run` end to end on real data: every supported estimator, reproducibility, the stage cache, run records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+from mlci.config import load_config
+from mlci.model.artifact import verify_artifact
+from mlci.pipeline import run_pipeline
+from mlci.runs import read_runs
+from mlci.workspace import Workspace
+
+from .conftest import ProjectFactory
+
+SCALED = "scale = true"
+CASES = {
+    "logistic": ("classification", "churn", 'class = "sklearn.linear_model.LogisticRegression"\nparams = { max_iter = 500 }'),
+    "random_forest_clf": (
+        "classification",
+        "churn",
+        'class = "sklearn.ensemble.RandomForestClassifier"\nparams = { n_estimators = 15, max_depth = 6 }',
+    ),
+    "gradient_boosting_clf": (
+        "classification",
+        "churn",
+        'class = "sklearn.ensemble.GradientBoostingClassifier"\nparams = { n_estimators = 20 }',
+    ),
+    "random_forest_reg": (
+        "regression",
+        "spend",
+        'class = "sklearn.ensemble.RandomForestRegressor"\nparams = { n_estimators = 15, max_depth = 6 }',
+    ),
+    "ridge": ("regression", "spend", 'class = "sklearn.linear_model.Ridge"\nparams = { alpha = 0.5 }'),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_estimator_end_to_end_on_mixed_csv(make_project: ProjectFactory, case: str) -> None:
+    task, target, estimator = CASES[case]
+    config = load_config(make_project(estimator + "\n" + SCALED, task=task, target=target))
+    result = run_pipeline(config)
+    assert result.status == "ok"
+    manifest = verify_artifact(result.artifact)
+    assert manifest["task"] == task
+    assert manifest["parity"]["passed"] is True
+    kinds = {f["name"]: f["kind"] for f in manifest["schema"]["features"]}
+    assert kinds == {"age": "numeric", "income": "numeric", "plan": "categorical", "region": "categorical"}
+    model = onnx.load(result.artifact / "model.onnx")
+    inputs = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    assert inputs["plan"] == onnx.TensorProto.STRING and inputs["age"] == onnx.TensorProto.FLOAT
+    if task == "classification":
+        assert manifest["metrics"]["accuracy"] > 0.7
+        assert set(manifest["metrics"]) >= {"accuracy", "f1", "roc_auc", "log_loss", "per_class"}
+        assert manifest["parity"]["label_agreement"] == 1.0
+    else:
+        assert manifest["metrics"]["r2"] > 0.5
+        assert set(manifest["metrics"]) >= {"rmse", "mae", "r2"}
+    assert not list(result.artifact.glob("*.skops")), "no pickle-like estimator file may enter the artifact"
+    profile = json.loads((result.artifact / "profile.json").read_text())
+    assert profile["features"]["plan"]["kind"] == "categorical"
+    assert profile["features"]["plan"]["missing_rate"] > 0
+    assert profile["outlier"]["train_outlier_rate"] >= 0
+
+
+def test_bundled_example_is_reproducible_byte_for_byte(example_project: Path, tmp_path: Path) -> None:
+    first = run_pipeline(load_config(example_project, tmp_path / "ws1"))
+    second = run_pipeline(load_config(example_project, tmp_path / "ws2"))
+    assert first.digest == second.digest
+    for name in ("model.onnx", "outlier.onnx", "profile.json"):
+        assert (first.artifact / name).read_bytes() == (second.artifact / name).read_bytes(), name
+    manifest = json.loads((first.artifact / "manifest.json").read_text())
+    assert manifest["metrics"]["accuracy"] > 0.9
+    assert manifest["runtime"]["latency_ms"]["p99"] > 0
+
+
+def test_random_forest_is_reproducible(make_project: ProjectFactory, tmp_path: Path) -> None:
+    path = make_project('class = "sklearn.ensemble.RandomForestClassifier"\nparams = { n_estimators = 10 }')
+    a = run_pipeline(load_config(path, tmp_path / "a"))
+    b = run_pipeline(load_config(path, tmp_path / "b"))
+    assert a.digest == b.digest
+
+
+def test_second_run_is_all_cache_hits_and_same_digest(example_project: Path) -> None:
+    config = load_config(example_project)
+    cold = run_pipeline(config)
+    warm = run_pipeline(config)
+    assert [e.cache_hit for e in cold.stages] == [False, False, False]
+    assert [e.cache_hit for e in warm.stages] == [True, True, True]
+    assert warm.digest == cold.digest and warm.metrics == cold.metrics
+
+
+def test_changing_only_export_config_reuses_training(example_project: Path) -> None:
+    cold = run_pipeline(load_config(example_project))
+    text = example_project.read_text() + "\n[export]\nabs_tolerance = 1e-4\n"
+    example_project.write_text(text)
+    again = run_pipeline(load_config(example_project))
+    assert [e.cache_hit for e in again.stages] == [True, False, False]
+    assert again.digest != cold.digest  # the tolerance is recorded in the manifest's parity section
+
+
+def test_changing_data_retrains(example_project: Path) -> None:
+    run_pipeline(load_config(example_project))
+    data = example_project.parent / "data.csv"
+    lines = data.read_text().splitlines()
+    data.write_text("\n".join(lines[:-5]) + "\n")
+    again = run_pipeline(load_config(example_project))
+    assert [e.cache_hit for e in again.stages] == [False, False, False]
+
+
+def test_no_cache_reruns_every_stage(example_project: Path) -> None:
+    config = load_config(example_project)
+    run_pipeline(config)
+    forced = run_pipeline(config, use_cache=False)
+    assert [e.cache_hit for e in forced.stages] == [False, False, False]
+
+
+def test_run_records_are_appended_for_success_and_failure(example_project: Path) -> None:
+    config = load_config(example_project)
+    run_pipeline(config)
+    (example_project.parent / "data.csv").write_text("")
+    with pytest.raises(Exception, match="empty"):
+        run_pipeline(config)
+    runs = read_runs(Workspace(config.workspace).runs_file)
+    assert [r["status"] for r in runs] == ["ok", "failed"]
+    assert runs[1]["stages"][0]["stage"] == "train" and runs[1]["stages"][0]["status"] == "failed"
+    assert "empty" in runs[1]["error"]
+    assert runs[0]["digest"].startswith("sha256:")
+
+
+def test_split_is_stable_when_rows_are_appended(make_project: ProjectFactory) -> None:
+    from mlci.model.data import holdout_mask
+    from tests.conftest import mixed_frame
+
+    frame = mixed_frame(300)
+    more = mixed_frame(350, seed=1)
+    X_a, y_a = frame.drop(columns=["churn"]), frame["churn"]
+    X_b = __import__("pandas").concat([X_a, more.drop(columns=["churn"])], ignore_index=True)
+    y_b = __import__("pandas").concat([y_a, more["churn"]], ignore_index=True)
+    a = holdout_mask(X_a, y_a, 0.2, 5)
+    b = holdout_mask(X_b, y_b, 0.2, 5)
+    assert (a == b[:300]).all()
+    assert 0.1 < a.mean() < 0.3
+    assert not (holdout_mask(X_a, y_a, 0.2, 6) == a).all(), "a different seed must give a different split"
