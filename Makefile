@@ -1,0 +1,41 @@
+# Two commands set everything up on a fresh Debian 12 + Python 3.11 machine:
+#   make demo   the whole pipeline on the bundled example, in-process (no containers, no servers)
+#   make test   the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test venv bench lint typecheck clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test,dev,parquet]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	@test -f examples/breast_cancer/data.csv || $(BIN)/python examples/breast_cancer/prepare.py
+	cd examples/breast_cancer && ../../$(BIN)/mlci run
+	@echo
+	@echo "Run it again: every stage is a cache hit. List runs: (cd examples/breast_cancer && ../../$(BIN)/mlci runs)"
+
+# pytest exits 5 when it collects no test; say so loudly instead of passing silently or failing obscurely.
+test: $(STAMP)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)"; fi; exit $$rc
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_pipeline.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check mlci model serving monitor tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy mlci model
+
+clean:
+	rm -rf $(VENV) examples/*/.mlci .pytest_cache
