@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import run_timed, summarise, write_section  # noqa: E402
+from _util import run_timed, summarise, write_section
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "breast_cancer"

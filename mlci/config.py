@@ -50,11 +50,7 @@ def _get(table: Mapping[str, Any], section: str, key: str, kind: type | tuple[ty
     value = table[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     # bool is an int in Python; a flag given where a number is expected is a mistake, not a 1.
-    if isinstance(value, bool) and bool not in kinds:
-        ok = False
-    else:
-        ok = isinstance(value, kinds)
-    if not ok:
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         names = " or ".join(k.__name__ for k in kinds)
         raise ConfigError(f"[{section}] {key} must be {names}; got {value!r} ({type(value).__name__}).")
     return value

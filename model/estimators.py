@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mlci.model.data import Schema
 from sklearn.base import BaseEstimator, is_classifier, is_regressor
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
@@ -18,7 +19,6 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from mlci.config import EstimatorConfig
 from mlci.errors import ConfigError
-from mlci.model.data import Schema
 
 __all__ = ["build_estimator", "estimator_name", "float32_cast", "is_tree_model", "preprocessor"]
 
@@ -106,6 +106,14 @@ def _load_factory(spec: str, root: Path) -> Any:
     root_str = str(root)
     if root_str not in sys.path:
         sys.path.insert(0, root_str)
+    local = root / (module_name.replace(".", "/") + ".py")
+    if local.is_file():
+        # Import the model repository's own file as it is now: a long-lived process (tests, a notebook)
+        # must not keep a same-named module from another repository or an older edit of this one.
+        sys.path.remove(root_str)
+        sys.path.insert(0, root_str)
+        sys.modules.pop(module_name, None)
+        importlib.invalidate_caches()
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -185,5 +193,6 @@ def float32_cast() -> Any:
 
 def estimator_name(estimator: Any) -> str:
     """The final step's class name (what users recognise), e.g. 'RandomForestClassifier'."""
-    final = estimator.steps[-1][1] if isinstance(estimator, Pipeline) else estimator
-    return type(final).__name__
+    while isinstance(estimator, Pipeline):
+        estimator = estimator.steps[-1][1]
+    return type(estimator).__name__

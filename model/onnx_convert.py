@@ -54,9 +54,9 @@ def register_converters() -> None:
     global _registered
     if _registered:
         return
-    from sklearn.impute import SimpleImputer
     from skl2onnx import update_registered_converter
     from skl2onnx.shape_calculators.imputer import calculate_sklearn_imputer_output_shapes
+    from sklearn.impute import SimpleImputer
 
     update_registered_converter(
         SimpleImputer, "SklearnSimpleImputer", calculate_sklearn_imputer_output_shapes, _double_imputer, overwrite=True

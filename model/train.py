@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import skops.io as sio
+from mlci.model.data import Dataset, Schema, holdout_mask, load_dataset
+from mlci.model.estimators import build_estimator, estimator_name
 
 from mlci.canonical import sha256_file, write_json
 from mlci.config import Config
 from mlci.errors import ConfigError, DataError
-from mlci.model.data import Dataset, Schema, holdout_mask, load_dataset
-from mlci.model.estimators import build_estimator, estimator_name
 
 __all__ = ["TrainResult", "load_data", "load_split", "load_trained", "load_trained_summary", "run_train", "split_dataset"]
 
@@ -100,7 +100,9 @@ def run_train(config: Config, out_dir: Path) -> TrainResult:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     sio.dump(estimator, out_dir / ESTIMATOR_FILE)
-    final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+    final = estimator
+    while hasattr(final, "steps"):
+        final = final.steps[-1][1]
     classes = [_jsonable(c.item() if hasattr(c, "item") else c) for c in getattr(estimator, "classes_", [])]
     write_json(
         out_dir / SPLIT_FILE,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+import mlci.model
 import pytest
 
 import mlci
-import mlci.model
 
 MODULES = sorted(
     {f"mlci.{m.name}" for m in pkgutil.iter_modules(mlci.__path__)}

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import onnx
 import pytest
+from mlci.model.artifact import verify_artifact
 
 from mlci.config import load_config
-from mlci.model.artifact import verify_artifact
 from mlci.pipeline import run_pipeline
 from mlci.runs import read_runs
 from mlci.workspace import Workspace
 
-from .conftest import ProjectFactory
+from .conftest import ProjectFactory, mixed_frame
 
 SCALED = "scale = true"
 CASES = {
@@ -132,16 +132,80 @@ def test_run_records_are_appended_for_success_and_failure(example_project: Path)
 
 
 def test_split_is_stable_when_rows_are_appended(make_project: ProjectFactory) -> None:
+    import pandas as pd
     from mlci.model.data import holdout_mask
-    from tests.conftest import mixed_frame
 
     frame = mixed_frame(300)
     more = mixed_frame(350, seed=1)
     X_a, y_a = frame.drop(columns=["churn"]), frame["churn"]
-    X_b = __import__("pandas").concat([X_a, more.drop(columns=["churn"])], ignore_index=True)
-    y_b = __import__("pandas").concat([y_a, more["churn"]], ignore_index=True)
+    X_b = pd.concat([X_a, more.drop(columns=["churn"])], ignore_index=True)
+    y_b = pd.concat([y_a, more["churn"]], ignore_index=True)
     a = holdout_mask(X_a, y_a, 0.2, 5)
     b = holdout_mask(X_b, y_b, 0.2, 5)
     assert (a == b[:300]).all()
     assert 0.1 < a.mean() < 0.3
     assert not (holdout_mask(X_a, y_a, 0.2, 6) == a).all(), "a different seed must give a different split"
+
+
+FACTORY_NUMERIC = '''
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+
+def make():
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=300))
+'''
+
+FACTORY_MIXED = '''
+from sklearn.compose import make_column_transformer
+from sklearn.ensemble import ExtraTreesClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder
+
+
+def make():
+    encode = make_pipeline(SimpleImputer(missing_values="", strategy="constant", fill_value="?"), OneHotEncoder(handle_unknown="ignore"))
+    columns = make_column_transformer((SimpleImputer(), ["age", "income"]), (encode, ["plan", "region"]), sparse_threshold=0)
+    return make_pipeline(columns, ExtraTreesClassifier(n_estimators=10, random_state=0))
+'''
+
+
+def test_factory_numeric_pipeline_gets_a_column_selector(make_project: ProjectFactory) -> None:
+    frame = mixed_frame().drop(columns=["plan", "region", "spend"]).fillna({"age": 40.0})
+    config_path = make_project('factory = "my_models:make"', frame=frame, data_extra="")
+    (config_path.parent / "my_models.py").write_text(FACTORY_NUMERIC)
+    result = run_pipeline(load_config(config_path))
+    manifest = verify_artifact(result.artifact)
+    assert [i["name"] for i in manifest["onnx"]["inputs"]] == ["age", "income"]
+    assert manifest["code"]["factory_sha256"] and manifest["parity"]["passed"]
+
+
+def test_factory_with_its_own_column_transformer(make_project: ProjectFactory) -> None:
+    config_path = make_project('factory = "my_models:make"')
+    (config_path.parent / "my_models.py").write_text(FACTORY_MIXED)
+    result = run_pipeline(load_config(config_path))
+    assert verify_artifact(result.artifact)["estimator"]["name"] == "ExtraTreesClassifier"
+    # editing the factory's source is a code change: training must run again
+    (config_path.parent / "my_models.py").write_text(FACTORY_MIXED.replace("n_estimators=10", "n_estimators=12"))
+    again = run_pipeline(load_config(config_path))
+    assert not again.stages[0].cache_hit and again.digest != result.digest
+
+
+def test_factory_that_cannot_handle_missing_values_says_so(make_project: ProjectFactory) -> None:
+    from mlci.errors import ConfigError
+
+    frame = mixed_frame().drop(columns=["plan", "region", "spend"])  # 'age' has missing values
+    config_path = make_project('factory = "my_models:make"', frame=frame, data_extra="")
+    (config_path.parent / "my_models.py").write_text(FACTORY_NUMERIC)
+    with pytest.raises(ConfigError, match="Fitting LogisticRegression failed: Input X contains NaN"):
+        run_pipeline(load_config(config_path))
+
+
+def test_factory_module_missing_is_a_config_error(make_project: ProjectFactory) -> None:
+    from mlci.errors import ConfigError
+
+    config_path = make_project('factory = "no_such_module_here:make"')
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        run_pipeline(load_config(config_path))

@@ -1,0 +1,31 @@
+"""Progress display: updated in place on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import io
+
+from mlci.pipeline import StageEvent
+from mlci.progress import Progress
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_plain_lines_when_not_a_tty() -> None:
+    out = io.StringIO()
+    show = Progress(out)
+    show(StageEvent("train", "running"))
+    show(StageEvent("train", "ok", 1.234))
+    show(StageEvent("export", "ok", 0.0, cache_hit=True))
+    assert out.getvalue() == "[mlci] train: ok (1.23s)\n[mlci] export: ok (cache hit)\n"
+
+
+def test_in_place_updates_on_a_tty() -> None:
+    out = Terminal()
+    show = Progress(out)
+    show(StageEvent("train", "running"))
+    show(StageEvent("train", "failed", 0.5))
+    text = out.getvalue()
+    assert text.startswith("  … train") and "\r\x1b[2K  ✗ train" in text and text.endswith("0.50s\n")
