@@ -181,7 +181,7 @@ def fit_outlier_model(X_train: pd.DataFrame, schema: Schema, config: Config) -> 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         detector.fit(X_train)
-    onnx_bytes = convert(detector, schema, f"{config.name}-outlier", config.export.target_opset)
+    onnx_bytes = convert(detector, schema, f"{config.name}-outlier", config.export.target_opset, optimise=False)
     session = open_session(onnx_bytes)
     outputs = session.run(None, feeds_from_frame(X_train, schema))
     flagged = float((np.asarray(outputs[0]).ravel() == -1).mean())

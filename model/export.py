@@ -57,14 +57,16 @@ class ParityReport:
         }
 
 
-def convert(estimator: Any, schema: Schema, name: str, opset: int) -> bytes:
+def convert(estimator: Any, schema: Schema, name: str, opset: int, optimise: bool = True) -> bytes:
     """ONNX bytes for ``estimator``; a converter failure becomes an ExportError naming the estimator."""
     from mlci.model.estimators import estimator_name
     from mlci.model.onnx_convert import convert_with_fallback
 
     options = {id(estimator): {"zipmap": False}} if is_classifier(estimator) else None
     try:
-        onx = convert_with_fallback(estimator, [(f.name, f.kind) for f in schema.features], name, opset, ML_OPSET, options)
+        onx = convert_with_fallback(
+            estimator, [(f.name, f.kind) for f in schema.features], name, opset, ML_OPSET, options, optimise
+        )
     except Exception as exc:  # skl2onnx raises bare RuntimeError/TypeError/NameError for unsupported models
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(

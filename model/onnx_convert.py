@@ -87,10 +87,20 @@ def _fp32_doors(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def convert_with_fallback(estimator: Any, names_kinds: list[tuple[str, str]], name: str, opset: int, ml_opset: int, options: Any) -> onnx.ModelProto:
+def convert_with_fallback(
+    estimator: Any,
+    names_kinds: list[tuple[str, str]],
+    name: str,
+    opset: int,
+    ml_opset: int,
+    options: Any,
+    optimise: bool = True,
+) -> onnx.ModelProto:
     """Convert with double arithmetic inside; fall back to plain float32 when a converter needs it.
 
-    The parity check decides afterwards whether the result is close enough.
+    The parity check decides afterwards whether the result is close enough. ``optimise=False`` skips
+    skl2onnx's Identity-node removal, which is quadratic (2 s for a 100-tree IsolationForest) and
+    redundant: onnxruntime removes Identity nodes itself when it loads the model.
     """
     import onnxruntime as ort
     from skl2onnx import convert_sklearn
@@ -104,7 +114,12 @@ def convert_with_fallback(estimator: Any, names_kinds: list[tuple[str, str]], na
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model = convert_sklearn(
-                    estimator, name=name, initial_types=types, options=options, target_opset={"": opset, "ai.onnx.ml": ml_opset}
+                    estimator,
+                    name=name,
+                    initial_types=types,
+                    options=options,
+                    target_opset={"": opset, "ai.onnx.ml": ml_opset},
+                    model_optim=optimise,
                 )
             model = _fp32_doors(model)
             # Prove onnxruntime can load it: some converters emit double ops it lacks.
