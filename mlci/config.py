@@ -12,14 +12,26 @@ from typing import Any
 
 from mlci.errors import ConfigError
 
-__all__ = ["Config", "DataConfig", "EstimatorConfig", "EvaluateConfig", "ExportConfig", "load_config", "parse_config"]
+__all__ = [
+    "Config",
+    "DataConfig",
+    "DeployConfig",
+    "EstimatorConfig",
+    "EvaluateConfig",
+    "ExportConfig",
+    "GateConfig",
+    "RegistryConfig",
+    "SmokeConfig",
+    "load_config",
+    "parse_config",
+]
 
 TASKS = ("classification", "regression")
 FEATURE_KINDS = ("numeric", "categorical")
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 
 _KNOWN: dict[str, tuple[str, ...]] = {
-    "": ("model", "data", "split", "estimator", "export", "evaluate", "workspace"),
+    "": ("model", "data", "split", "estimator", "export", "evaluate", "workspace", "gate", "smoke", "registry", "deploy"),
     "model": ("name", "task"),
     "data": ("path", "target", "features", "drop"),
     "split": ("holdout", "seed"),
@@ -27,7 +39,23 @@ _KNOWN: dict[str, tuple[str, ...]] = {
     "export": ("target_opset", "abs_tolerance", "rel_tolerance"),
     "evaluate": ("latency_runs", "profile_bins", "outlier_estimators"),
     "workspace": ("path",),
+    "gate": (
+        "min", "max", "non_inferiority", "require_better", "alpha", "bootstrap", "seed",
+        "max_latency_p99_ms", "max_model_bytes", "require_smoke",
+    ),
+    "smoke": ("rows", "max_p99_ms", "timeout_s"),
+    "registry": ("url", "repository", "insecure"),
+    "deploy": (
+        "target", "continuous_deployment", "host", "staging_port", "production_port", "check_timeout_s",
+        "image", "namespace", "replicas", "kind",
+    ),
 }
+COMPARABLE = ("accuracy", "f1", "roc_auc", "log_loss", "rmse", "mae", "r2")
+TASK_METRICS = {
+    "classification": ("accuracy", "f1", "roc_auc", "log_loss"),
+    "regression": ("rmse", "mae", "r2"),
+}
+DEPLOY_TARGETS = ("local", "kubernetes")
 
 
 def _unknown_keys(table: Mapping[str, Any], section: str) -> None:
@@ -107,6 +135,56 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """The release policy: absolute thresholds, comparison with production, budgets."""
+
+    min: Mapping[str, float] = field(default_factory=dict)
+    max: Mapping[str, float] = field(default_factory=dict)
+    non_inferiority: Mapping[str, float] = field(default_factory=dict)
+    require_better: tuple[str, ...] = ()
+    alpha: float = 0.05
+    bootstrap: int = 1000
+    seed: int = 0
+    max_latency_p99_ms: float | None = None
+    max_model_bytes: int | None = None
+    require_smoke: bool = True
+
+
+@dataclass(frozen=True)
+class SmokeConfig:
+    """The smoke test against a real server."""
+
+    rows: int = 32
+    max_p99_ms: float = 250.0
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """Where artifacts are pushed: an OCI image layout on disk (default) or a registry server."""
+
+    url: str
+    repository: str
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """How environments are served."""
+
+    target: str = "local"
+    continuous_deployment: bool = False
+    host: str = "127.0.0.1"
+    staging_port: int = 8601
+    production_port: int = 8600
+    check_timeout_s: float = 30.0
+    image: str = "ghcr.io/example/mlci-serving:latest"
+    namespace: str = "default"
+    replicas: int = 2
+    kind: str = "deployment"
+
+
+@dataclass(frozen=True)
 class Config:
     """A validated `mlci.toml`. Relative paths are resolved against the file's directory."""
 
@@ -121,6 +199,10 @@ class Config:
     evaluate: EvaluateConfig
     workspace: Path
     raw: Mapping[str, Any]
+    gate: GateConfig = field(default_factory=GateConfig)
+    smoke: SmokeConfig = field(default_factory=SmokeConfig)
+    registry: RegistryConfig | None = None
+    deploy: DeployConfig = field(default_factory=DeployConfig)
 
     @property
     def root(self) -> Path:
@@ -229,7 +311,47 @@ def parse_config(raw: Mapping[str, Any], path: Path, workspace: Path | str | Non
     ws = _section(raw, "workspace")
     ws_path = Path(workspace) if workspace is not None else root / _get(ws, "workspace", "path", str, ".mlci")
 
+    gate_cfg = _parse_gate(_section(raw, "gate"), task)
+    sm = _section(raw, "smoke")
+    smoke_cfg = SmokeConfig(
+        rows=_get(sm, "smoke", "rows", int, 32),
+        max_p99_ms=float(_get(sm, "smoke", "max_p99_ms", (float, int), 250.0)),
+        timeout_s=float(_get(sm, "smoke", "timeout_s", (float, int), 30.0)),
+    )
+    if smoke_cfg.rows < 1 or smoke_cfg.max_p99_ms <= 0 or smoke_cfg.timeout_s <= 0:
+        raise ConfigError(f"[smoke] rows, max_p99_ms and timeout_s must be positive; got {smoke_cfg}.")
+    reg = _section(raw, "registry")
+    registry_cfg = RegistryConfig(
+        url=_get(reg, "registry", "url", str, f"oci-layout:{ws_path / 'registry'}"),
+        repository=_get(reg, "registry", "repository", str, name),
+        insecure=_get(reg, "registry", "insecure", bool, False),
+    )
+    dep = _section(raw, "deploy")
+    deploy_cfg = DeployConfig(
+        target=_get(dep, "deploy", "target", str, "local"),
+        continuous_deployment=_get(dep, "deploy", "continuous_deployment", bool, False),
+        host=_get(dep, "deploy", "host", str, "127.0.0.1"),
+        staging_port=_get(dep, "deploy", "staging_port", int, 8601),
+        production_port=_get(dep, "deploy", "production_port", int, 8600),
+        check_timeout_s=float(_get(dep, "deploy", "check_timeout_s", (float, int), 30.0)),
+        image=_get(dep, "deploy", "image", str, "ghcr.io/example/mlci-serving:latest"),
+        namespace=_get(dep, "deploy", "namespace", str, "default"),
+        replicas=_get(dep, "deploy", "replicas", int, 2),
+        kind=_get(dep, "deploy", "kind", str, "deployment"),
+    )
+    if deploy_cfg.target not in DEPLOY_TARGETS:
+        raise ConfigError(f"[deploy] target must be one of {', '.join(DEPLOY_TARGETS)}; got {deploy_cfg.target!r}.")
+    if deploy_cfg.kind not in ("deployment", "inferenceservice"):
+        raise ConfigError(f"[deploy] kind must be 'deployment' or 'inferenceservice'; got {deploy_cfg.kind!r}.")
+    for key in ("staging_port", "production_port"):
+        if not 0 < getattr(deploy_cfg, key) < 65536:
+            raise ConfigError(f"[deploy] {key} must be a TCP port (1-65535); got {getattr(deploy_cfg, key)}.")
+
     return Config(
+        gate=gate_cfg,
+        smoke=smoke_cfg,
+        registry=registry_cfg,
+        deploy=deploy_cfg,
         path=path,
         name=name,
         task=task,
@@ -241,4 +363,54 @@ def parse_config(raw: Mapping[str, Any], path: Path, workspace: Path | str | Non
         evaluate=eval_cfg,
         workspace=ws_path,
         raw=raw,
+    )
+
+
+def _metric_table(table: Mapping[str, Any], key: str, task: str) -> dict[str, float]:
+    value = _get(table, "gate", key, dict, {})
+    allowed = (*TASK_METRICS[task], "model_size_bytes") if key in ("min", "max") else TASK_METRICS[task]
+    out = {}
+    for metric, threshold in value.items():
+        if metric not in allowed:
+            hint = difflib.get_close_matches(metric, allowed, n=1)
+            did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(
+                f"[gate.{key}] {metric!r} is not a {task} metric.{did_you_mean} Allowed: {', '.join(allowed)}."
+            )
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise ConfigError(f"[gate.{key}] {metric} must be a number; got {threshold!r}.")
+        out[metric] = float(threshold)
+    return out
+
+
+def _parse_gate(table: Mapping[str, Any], task: str) -> GateConfig:
+    default_margin = {"accuracy": 0.01} if task == "classification" else {"r2": 0.01}
+    margins = _metric_table(table, "non_inferiority", task) if "non_inferiority" in table else default_margin
+    if any(m < 0 for m in margins.values()):
+        raise ConfigError(f"[gate.non_inferiority] margins must be >= 0; got {margins}.")
+    better = _get(table, "gate", "require_better", list, [])
+    for metric in better:
+        if metric not in TASK_METRICS[task]:
+            raise ConfigError(
+                f"[gate] require_better names {metric!r}, not a {task} metric. Allowed: {', '.join(TASK_METRICS[task])}."
+            )
+    alpha = float(_get(table, "gate", "alpha", (float, int), 0.05))
+    if not 0 < alpha < 0.5:
+        raise ConfigError(f"[gate] alpha must be between 0 and 0.5; got {alpha}.")
+    samples = _get(table, "gate", "bootstrap", int, 1000)
+    if samples < 100:
+        raise ConfigError(f"[gate] bootstrap must be >= 100 resamples; got {samples}.")
+    latency = _get(table, "gate", "max_latency_p99_ms", (float, int), None)
+    size = _get(table, "gate", "max_model_bytes", int, None)
+    return GateConfig(
+        min=_metric_table(table, "min", task),
+        max=_metric_table(table, "max", task),
+        non_inferiority=margins,
+        require_better=tuple(better),
+        alpha=alpha,
+        bootstrap=samples,
+        seed=_get(table, "gate", "seed", int, 0),
+        max_latency_p99_ms=float(latency) if latency is not None else None,
+        max_model_bytes=size,
+        require_smoke=_get(table, "gate", "require_smoke", bool, True),
     )

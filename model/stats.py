@@ -1,0 +1,154 @@
+"""Paired comparisons of two models on the same rows: McNemar's exact test and a vectorised paired bootstrap.
+
+The bootstrap draws one set of resamples and applies it to both models, so the interval is for the
+*difference* on the same rows (far tighter than comparing two independent intervals). Each resample is
+a vector of row weights; every metric below is written as a weighted metric, so 1000 resamples of
+10,000 rows are a handful of matrix products instead of 1000 Python loops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+__all__ = [
+    "HIGHER_IS_BETTER",
+    "McNemar",
+    "PairedInterval",
+    "bootstrap_weights",
+    "mcnemar",
+    "paired_bootstrap",
+    "weighted_metric",
+]
+
+HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "roc_auc": True, "r2": True, "log_loss": False, "rmse": False, "mae": False}
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """Discordant pairs and one-sided exact p-values (binomial on the discordant pairs)."""
+
+    candidate_only_wrong: int
+    candidate_only_right: int
+    p_worse: float
+    p_better: float
+
+
+def mcnemar(candidate_correct: np.ndarray, production_correct: np.ndarray) -> McNemar:
+    """Exact McNemar test: is the candidate wrong on more of the rows where the two disagree than chance allows?"""
+    b = int(np.sum(~candidate_correct & production_correct))
+    c = int(np.sum(candidate_correct & ~production_correct))
+    if b + c == 0:
+        return McNemar(b, c, 1.0, 1.0)
+    p_worse = stats.binomtest(b, b + c, 0.5, alternative="greater").pvalue
+    p_better = stats.binomtest(c, b + c, 0.5, alternative="greater").pvalue
+    return McNemar(b, c, float(p_worse), float(p_better))
+
+
+def bootstrap_weights(n: int, samples: int, seed: int) -> np.ndarray:
+    """(samples, n) float matrix: how often each row is drawn in each resample (rows sum to n)."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, size=(samples, n), dtype=np.int64)
+    draws += (np.arange(samples, dtype=np.int64) * n)[:, None]
+    return np.bincount(draws.ravel(), minlength=samples * n).reshape(samples, n).astype(np.float64)
+
+
+def _weighted_auc(W: np.ndarray, positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """ROC AUC under each weight vector (Mann-Whitney with ties counted half)."""
+    order = np.argsort(scores, kind="mergesort")
+    s, pos = scores[order], positive[order]
+    Ws = W[:, order]
+    # Group equal scores: ties between a positive and a negative count one half.
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    neg_w = np.add.reduceat(Ws * ~pos, starts, axis=1)
+    pos_w = np.add.reduceat(Ws * pos, starts, axis=1)
+    neg_before = np.cumsum(neg_w, axis=1) - neg_w
+    numerator = np.sum(pos_w * (neg_before + 0.5 * neg_w), axis=1)
+    denominator = pos_w.sum(axis=1) * neg_w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, numerator / denominator, np.nan)
+
+
+def _weighted_f1(W: np.ndarray, y: np.ndarray, labels: np.ndarray, classes: list[str]) -> np.ndarray:
+    scores = []
+    # Binary: F1 of the last class (the positive one, as in evaluate); multiclass: macro average.
+    for cls in classes[-1:] if len(classes) == 2 else classes:
+        tp = W @ ((labels == cls) & (y == cls))
+        fp = W @ ((labels == cls) & (y != cls))
+        fn = W @ ((labels != cls) & (y == cls))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scores.append(np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0))
+    return np.mean(scores, axis=0)
+
+
+def weighted_metric(
+    name: str, y: np.ndarray, *, labels: np.ndarray | None = None, probabilities: np.ndarray | None = None,
+    values: np.ndarray | None = None, classes: list[str] | None = None,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A function W -> metric per weight row, for the metrics the gate compares."""
+    n = len(y)
+    if name == "accuracy" and labels is not None:
+        correct = (labels == y).astype(np.float64)
+        return lambda W: (W @ correct) / n
+    if name == "f1" and labels is not None and classes is not None:
+        return lambda W: _weighted_f1(W, y, labels, classes)
+    if name == "roc_auc" and probabilities is not None and classes is not None:
+        if len(classes) == 2:
+            return lambda W: _weighted_auc(W, y == classes[1], probabilities[:, 1])
+        return lambda W: np.nanmean([_weighted_auc(W, y == c, probabilities[:, i]) for i, c in enumerate(classes)], axis=0)
+    if name == "log_loss" and probabilities is not None and classes is not None:
+        index = {c: i for i, c in enumerate(classes)}
+        p = np.clip(probabilities[np.arange(n), [index[v] for v in y]], 1e-15, 1.0)
+        loss = -np.log(p)
+        return lambda W: (W @ loss) / n
+    if values is not None:
+        yf = y.astype(np.float64)
+        err = values - yf
+        if name == "rmse":
+            return lambda W: np.sqrt((W @ err**2) / n)
+        if name == "mae":
+            return lambda W: (W @ np.abs(err)) / n
+        if name == "r2":
+            def r2(W: np.ndarray) -> np.ndarray:
+                mean = (W @ yf) / n
+                total = np.sum(W * (yf[None, :] - mean[:, None]) ** 2, axis=1)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    return 1.0 - (W @ err**2) / total
+            return r2
+    raise ValueError(f"metric {name!r} cannot be compared for this task; comparable: {sorted(HIGHER_IS_BETTER)}")
+
+
+@dataclass(frozen=True)
+class PairedInterval:
+    """Candidate minus production, oriented so that positive = the candidate is better."""
+
+    metric: str
+    candidate: float
+    production: float
+    improvement: float
+    low: float
+    high: float
+    confidence: float
+    samples: int
+
+
+def paired_bootstrap(
+    metric: str,
+    candidate: Callable[[np.ndarray], np.ndarray],
+    production: Callable[[np.ndarray], np.ndarray],
+    weights: np.ndarray,
+    alpha: float,
+) -> PairedInterval:
+    """Percentile interval of the improvement over the shared resamples (two-sided, level 1 - alpha)."""
+    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+    ones = np.ones((1, weights.shape[1]))
+    cand_point, prod_point = float(candidate(ones)[0]), float(production(ones)[0])
+    diffs = sign * (candidate(weights) - production(weights))
+    diffs = diffs[np.isfinite(diffs)]
+    low, high = (np.quantile(diffs, [alpha / 2, 1 - alpha / 2]) if diffs.size else (np.nan, np.nan))
+    return PairedInterval(
+        metric, cand_point, prod_point, sign * (cand_point - prod_point), float(low), float(high), 1 - alpha, int(diffs.size)
+    )
