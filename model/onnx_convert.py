@@ -87,6 +87,16 @@ def _fp32_doors(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _canonical_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Sort the opset imports by domain: skl2onnx emits them in set order, which varies between processes
+    (PYTHONHASHSEED) and would make identical trainings differ by a few bytes and a digest."""
+    opsets = sorted(((o.domain, o.version) for o in model.opset_import))
+    del model.opset_import[:]
+    for domain, version in opsets:
+        model.opset_import.add(domain=domain, version=version)
+    return model
+
+
 def convert_with_fallback(
     estimator: Any,
     names_kinds: list[tuple[str, str]],
@@ -121,7 +131,7 @@ def convert_with_fallback(
                     target_opset={"": opset, "ai.onnx.ml": ml_opset},
                     model_optim=optimise,
                 )
-            model = _fp32_doors(model)
+            model = _canonical_opsets(_fp32_doors(model))
             # Prove onnxruntime can load it: some converters emit double ops it lacks.
             ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
             return model

@@ -209,3 +209,19 @@ def test_factory_module_missing_is_a_config_error(make_project: ProjectFactory) 
     config_path = make_project('factory = "no_such_module_here:make"')
     with pytest.raises(ConfigError, match="cannot be imported"):
         run_pipeline(load_config(config_path))
+
+
+def test_digest_is_the_same_across_processes_and_hash_seeds(example_project: Path, tmp_path: Path) -> None:
+    """skl2onnx orders some ONNX fields by Python set order; the digest must not depend on PYTHONHASHSEED."""
+    import os
+    import subprocess
+    import sys
+
+    digests = set()
+    for seed in ("1", "4"):  # these two seeds order skl2onnx's opset imports differently
+        done = subprocess.run(
+            [sys.executable, "-m", "mlci", "run", "-c", str(example_project), "--until", "evaluate", "--json", "--workspace", str(tmp_path / seed)],
+            capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed}, check=True,
+        )
+        digests.add(json.loads(done.stdout)["digest"])
+    assert len(digests) == 1, digests
