@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckFailed", "ConfigError", "DataError", "ExportError", "MlciError"]
+__all__ = ["CheckFailed", "ConfigError", "DataError", "ExportError", "MlciError", "RegistryError"]
 
 
 class MlciError(Exception):
@@ -25,5 +25,11 @@ class ExportError(MlciError):
 
 class CheckFailed(MlciError):
     """A quality check ran and failed (parity, gate, smoke)."""
+
+    exit_code = 1
+
+
+class RegistryError(MlciError):
+    """The registry is unreachable, refused a request, or holds content that fails verification."""
 
     exit_code = 1

@@ -1,0 +1,275 @@
+"""Model artifacts and small JSON documents as OCI artifacts: the same code for every store.
+
+A model is an OCI image manifest with ``artifactType`` ``application/vnd.mlci.model.v1``; its config is
+the artifact's manifest.json and each file is one layer titled with its file name. The OCI manifest
+holds no timestamp, so pushing the same artifact twice gives the same manifest digest. Tags are moved
+only after every blob and the manifest (by digest) are stored: an interrupted push never leaves a tag
+pointing at something incomplete.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlci.canonical import canonical_json
+from mlci.errors import ConfigError, MlciError, RegistryError
+from mlci.model.artifact import ARTIFACT_FILES, MANIFEST_FILE, verify_artifact
+from mlci.registry.store import OCI_MANIFEST, Store, check_tag, digest_bytes, is_digest
+from mlci.workspace import atomic_dir
+
+__all__ = [
+    "CONFIG_MEDIA_TYPE",
+    "LAYER_MEDIA_TYPES",
+    "MODEL_ARTIFACT_TYPE",
+    "PushResult",
+    "digest_tag",
+    "get_document",
+    "model_manifest",
+    "pull_artifact",
+    "push_artifact",
+    "put_document",
+    "resolve",
+    "tag_artifact",
+    "tag_digest",
+]
+
+MODEL_ARTIFACT_TYPE = "application/vnd.mlci.model.v1"
+CONFIG_MEDIA_TYPE = "application/vnd.mlci.model.config.v1+json"
+LAYER_MEDIA_TYPES = {
+    "model.onnx": "application/vnd.mlci.model.onnx",
+    "outlier.onnx": "application/vnd.mlci.outlier.onnx",
+    "profile.json": "application/vnd.mlci.profile.v1+json",
+    MANIFEST_FILE: "application/vnd.mlci.manifest.v1+json",
+}
+TITLE = "org.opencontainers.image.title"
+DIGEST_KEY = "dev.mlci.digest"
+KIND_KEY = "dev.mlci.kind"
+# The OCI 1.1 "empty" config for artifacts that need none (documents).
+EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
+EMPTY_DATA = b"{}"
+_KIND = re.compile(r"[a-z0-9][a-z0-9-]*")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """Where a push landed: the OCI manifest digest, the mlci artifact digest, and the tags now on it."""
+
+    manifest_digest: str
+    artifact_digest: str
+    tags: tuple[str, ...]
+
+
+def digest_tag(artifact_digest: str) -> str:
+    """The tag that names an mlci digest: ``sha256:<hex>`` → ``sha256-<hex>``."""
+    return artifact_digest.replace(":", "-")
+
+
+def _descriptor(media_type: str, data: bytes, title: str | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"mediaType": media_type, "digest": digest_bytes(data), "size": len(data)}
+    if title is not None:
+        entry["annotations"] = {TITLE: title}
+    return entry
+
+
+def _annotations(mlci_manifest: Mapping[str, Any]) -> dict[str, str]:
+    out = {DIGEST_KEY: str(mlci_manifest["digest"]), "dev.mlci.name": str(mlci_manifest.get("name", ""))}
+    commit = (mlci_manifest.get("runtime") or {}).get("git_commit")
+    if isinstance(commit, str) and commit:
+        out["org.opencontainers.image.revision"] = commit
+    for name, value in (mlci_manifest.get("metrics") or {}).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"dev.mlci.metrics.{name}"] = json.dumps(value)
+    return out
+
+
+def model_manifest(artifact_dir: Path, mlci_manifest: Mapping[str, Any]) -> tuple[bytes, dict[str, bytes]]:
+    """The OCI manifest bytes for an artifact directory, and every blob it references by digest."""
+    names = [n for n in ARTIFACT_FILES if n in mlci_manifest["files"]]
+    names += [*sorted(set(mlci_manifest["files"]) - set(names)), MANIFEST_FILE]
+    files = {name: (artifact_dir / name).read_bytes() for name in names}
+    layers = [_descriptor(LAYER_MEDIA_TYPES.get(n, "application/vnd.mlci.file"), files[n], n) for n in names]
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": MODEL_ARTIFACT_TYPE,
+        "config": _descriptor(CONFIG_MEDIA_TYPE, files[MANIFEST_FILE]),
+        "layers": layers,
+        "annotations": _annotations(mlci_manifest),
+    }
+    return canonical_json(manifest), {digest_bytes(data): data for data in files.values()}
+
+
+def _upload(store: Store, blobs: Mapping[str, bytes]) -> None:
+    for digest, data in blobs.items():
+        if not store.has_blob(digest):
+            store.put_blob(data, digest)
+
+
+def push_artifact(
+    store: Store,
+    artifact_dir: Path,
+    tags: Iterable[str] = ("candidate",),
+    on_progress: Callable[[str], None] | None = None,
+) -> PushResult:
+    """Verify the artifact, upload its blobs (skipping stored ones), store the manifest, then move the tags."""
+    mlci_manifest = verify_artifact(artifact_dir)
+    all_tags = tuple(dict.fromkeys([*(check_tag(t) for t in tags), digest_tag(mlci_manifest["digest"])]))
+    data, blobs = model_manifest(artifact_dir, mlci_manifest)
+    _upload(store, blobs)
+    if on_progress is not None:
+        on_progress("blobs")
+    manifest_digest = store.put_manifest(data, OCI_MANIFEST, digest_bytes(data))
+    if on_progress is not None:
+        on_progress("manifest")
+    for tag in all_tags:
+        store.put_manifest(data, OCI_MANIFEST, tag)
+    return PushResult(manifest_digest, str(mlci_manifest["digest"]), all_tags)
+
+
+def resolve(store: Store, ref: str) -> str | None:
+    """The manifest digest for a tag, an mlci digest (via its ``sha256-<hex>`` tag) or a manifest digest."""
+    candidates = [digest_tag(ref), ref] if is_digest(ref) else [check_tag(ref)]
+    for candidate in candidates:
+        found = store.get_manifest(candidate)
+        if found is not None:
+            return found[2]
+    return None
+
+
+def _load_manifest(store: Store, ref: str) -> tuple[bytes, dict[str, Any]]:
+    digest = resolve(store, ref)
+    found = store.get_manifest(digest) if digest is not None else None
+    if found is None:
+        raise RegistryError(
+            f"Nothing named {ref!r} in {store!r}. Its tags are: {', '.join(store.tags()) or 'none'}."
+        )
+    try:
+        manifest = json.loads(found[0])
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"The manifest {found[2]} in {store!r} is not valid JSON ({exc}).") from exc
+    if not isinstance(manifest, dict):
+        raise RegistryError(f"The manifest {found[2]} in {store!r} is not a JSON object.")
+    return found[0], manifest
+
+
+def _model_manifest_of(store: Store, ref: str) -> dict[str, Any]:
+    _, manifest = _load_manifest(store, ref)
+    if manifest.get("artifactType") != MODEL_ARTIFACT_TYPE:
+        raise RegistryError(
+            f"{ref!r} in {store!r} is not an mlci model: expected artifactType {MODEL_ARTIFACT_TYPE}, "
+            f"got {manifest.get('artifactType')!r}."
+        )
+    return manifest
+
+
+def _already_there(dest: Path, artifact_digest: str) -> bool:
+    if not dest.exists():
+        return False
+    try:
+        held = verify_artifact(dest)["digest"]
+    except MlciError:
+        held = None
+    if held == artifact_digest:
+        return True
+    raise RegistryError(
+        f"'{dest}' already exists and does not hold {artifact_digest} (it holds {held or 'something else'}). "
+        "Remove it or pull into another directory."
+    )
+
+
+def pull_artifact(store: Store, ref: str, dest: Path) -> dict[str, Any]:
+    """Download the artifact ``ref`` into ``dest`` (all or nothing), verified blob by blob; return its manifest."""
+    manifest = _model_manifest_of(store, ref)
+    artifact_digest = str(manifest.get("annotations", {}).get(DIGEST_KEY, ""))
+    if _already_there(dest, artifact_digest):
+        held: dict[str, Any] = verify_artifact(dest)
+        return held
+    with atomic_dir(dest) as tmp:
+        for layer in manifest.get("layers", []):
+            name = layer.get("annotations", {}).get(TITLE, "")
+            if _SAFE_NAME.fullmatch(name) is None or (tmp / name).exists():
+                raise RegistryError(
+                    f"A layer of {ref!r} has an unsafe or repeated file name {name!r}; refusing to write it."
+                )
+            try:
+                data = store.get_blob(layer["digest"])
+            except RegistryError as exc:
+                raise RegistryError(f"Cannot pull {name} of {ref!r}: {exc}") from exc
+            if len(data) != layer.get("size"):
+                raise RegistryError(
+                    f"{name} of {ref!r} has {len(data)} bytes; the manifest says {layer.get('size')}."
+                )
+            (tmp / name).write_bytes(data)
+        try:
+            pulled: dict[str, Any] = verify_artifact(tmp)
+        except MlciError as exc:
+            raise RegistryError(f"The artifact pulled as {ref!r} does not verify: {exc}") from exc
+        if pulled["digest"] != artifact_digest:
+            raise RegistryError(
+                f"{ref!r} is annotated as {artifact_digest}, but its files make {pulled['digest']}. Re-push the artifact."
+            )
+    return pulled
+
+
+def tag_artifact(store: Store, tag: str, ref: str) -> str:
+    """Point ``tag`` at the already-pushed manifest ``ref`` (any form ``resolve`` accepts); return its digest."""
+    data, manifest = _load_manifest(store, ref)
+    return store.put_manifest(data, str(manifest.get("mediaType", OCI_MANIFEST)), check_tag(tag))
+
+
+def tag_digest(store: Store, tag: str) -> str | None:
+    """The mlci digest the tag points at (from the manifest's annotation), or None if the tag is absent."""
+    found = store.get_manifest(check_tag(tag))
+    if found is None:
+        return None
+    value = json.loads(found[0]).get("annotations", {}).get(DIGEST_KEY)
+    return value if isinstance(value, str) else None
+
+
+def put_document(store: Store, tag: str, document: Mapping[str, Any], kind: str) -> str:
+    """Store a small JSON document as an OCI artifact under ``tag``; return the manifest digest."""
+    if _KIND.fullmatch(kind) is None:
+        raise ConfigError(f"Document kind {kind!r} is not valid: expected lowercase letters, digits and '-'.")
+    check_tag(tag)
+    body = canonical_json(dict(document))
+    config = _descriptor(EMPTY_MEDIA_TYPE, EMPTY_DATA)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": f"application/vnd.mlci.{kind}.v1",
+        "config": config,
+        "layers": [_descriptor(f"application/vnd.mlci.{kind}.v1+json", body, f"{kind}.json")],
+        "annotations": {KIND_KEY: kind},
+    }
+    data = canonical_json(manifest)
+    _upload(store, {config["digest"]: EMPTY_DATA, digest_bytes(body): body})
+    store.put_manifest(data, OCI_MANIFEST, digest_bytes(data))
+    return store.put_manifest(data, OCI_MANIFEST, tag)
+
+
+def get_document(store: Store, tag: str) -> dict[str, Any] | None:
+    """The JSON document stored under ``tag``, or None if the tag is absent."""
+    found = store.get_manifest(check_tag(tag))
+    if found is None:
+        return None
+    manifest = json.loads(found[0])
+    kind = manifest.get("annotations", {}).get(KIND_KEY)
+    layers = manifest.get("layers", [])
+    if (
+        not isinstance(kind, str)
+        or manifest.get("artifactType") != f"application/vnd.mlci.{kind}.v1"
+        or len(layers) != 1
+    ):
+        raise RegistryError(
+            f"{tag!r} in {store!r} is not an mlci document (artifactType {manifest.get('artifactType')!r})."
+        )
+    value = json.loads(store.get_blob(layers[0]["digest"]))
+    if not isinstance(value, dict):
+        raise RegistryError(f"The document under {tag!r} in {store!r} is not a JSON object.")
+    return value

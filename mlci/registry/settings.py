@@ -1,0 +1,102 @@
+"""From configuration to a store: the registry URL forms we accept, and credentials from the environment."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from mlci.errors import ConfigError
+from mlci.registry.http import HttpStore
+from mlci.registry.layout import LayoutStore
+
+__all__ = ["PASSWORD_ENV", "USERNAME_ENV", "check_repository", "open_store", "registry_settings_from_env"]
+
+USERNAME_ENV = "MLCI_REGISTRY_USERNAME"
+PASSWORD_ENV = "MLCI_REGISTRY_PASSWORD"
+
+_FORMS = (
+    "accepted forms: 'oci-layout:<path>' or a plain path (an OCI layout directory), "
+    "'http://host:port' or 'https://host' (a registry)"
+)
+# The distribution spec's repository-name grammar.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_HOST_PORT = re.compile(r"[A-Za-z0-9.-]+:\d+(?:/.*)?")
+_USERINFO = re.compile(r"://[^/@]*@")
+_LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
+
+
+def registry_settings_from_env(environ: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """(username, password) from MLCI_REGISTRY_USERNAME / MLCI_REGISTRY_PASSWORD; empty counts as unset."""
+    username = environ.get(USERNAME_ENV) or None
+    password = environ.get(PASSWORD_ENV) or None
+    if (username is None) != (password is None):
+        have, missing = (USERNAME_ENV, PASSWORD_ENV) if password is None else (PASSWORD_ENV, USERNAME_ENV)
+        raise ConfigError(
+            f"{have} is set but {missing} is not. Set both, or neither for an anonymous registry."
+        )
+    return username, password
+
+
+def check_repository(repository: str) -> str:
+    """Return ``repository`` if it follows the distribution name grammar, else raise."""
+    if _REPOSITORY.fullmatch(repository) is None or len(repository) > 255:
+        raise ConfigError(
+            f"Registry repository {repository!r} is not a valid name: expected lowercase letters, digits and "
+            "'.', '_', '-' separators, with '/' between components (e.g. 'acme/breast-cancer')."
+        )
+    return repository
+
+
+def open_store(
+    url: str,
+    repository: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    insecure: bool = False,
+    base_dir: Path | None = None,
+) -> LayoutStore | HttpStore:
+    """The store for ``repository`` at ``url`` (an OCI layout directory or a registry)."""
+    check_repository(repository)
+    shown = _USERINFO.sub("://…@", url)  # never echo credentials someone put in the URL
+    if shown != url:
+        raise ConfigError(
+            f"[registry] url must not carry credentials (got {shown!r}). "
+            "Set MLCI_REGISTRY_USERNAME and MLCI_REGISTRY_PASSWORD instead."
+        )
+    if url.startswith(("http://", "https://")):
+        scheme, _, rest = url.partition("://")
+        host, _, url_path = rest.partition("/")
+        if url_path.strip("/"):
+            raise ConfigError(
+                f"[registry] url {url!r} has a path; give the registry root (e.g. 'https://ghcr.io') "
+                f"and put '{url_path.strip('/')}/…' in [registry] repository."
+            )
+        if not host:
+            raise ConfigError(f"[registry] url {url!r} has no host; {_FORMS}.")
+        if (
+            scheme == "http"
+            and username is not None
+            and not insecure
+            and host.rsplit(":", 1)[0] not in _LOOPBACK
+        ):
+            raise ConfigError(
+                f"[registry] url {url!r} is plain http, so the credentials would cross the network unencrypted. "
+                "Use https, or set [registry] insecure = true if that is really intended."
+            )
+        return HttpStore(f"{scheme}://{host}", repository, username, password, insecure=insecure)
+    path_text = url.removeprefix("oci-layout:")
+    if not path_text:
+        raise ConfigError(f"[registry] url {url!r} names no directory; {_FORMS}.")
+    if "://" in url:
+        raise ConfigError(f"[registry] url {url!r} has an unsupported scheme; {_FORMS}.")
+    if _HOST_PORT.fullmatch(url):
+        raise ConfigError(
+            f"[registry] url {url!r} looks like a registry address; did you mean 'http://{url}'? {_FORMS}."
+        )
+    path = Path(path_text).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    return LayoutStore(path / repository)
