@@ -215,6 +215,53 @@ def runs(config_path: Path, workspace: Path | None, limit: int, as_json: bool) -
     _emit(as_json, {"runs": recent, "stats": stats, "total": len(records)}, "\n".join(lines))
 
 
+@cli.command()
+@click.argument("artifact", type=_dir_in)
+@click.option("--host", default=None, help="Interface to bind (default 127.0.0.1, or MLCI_SERVE_HOST).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default 8080, or MLCI_SERVE_PORT).")
+@click.option(
+    "--log-dir",
+    type=_dir_out,
+    default=None,
+    help="Prediction log directory (default ./predictions, or MLCI_SERVE_LOG_DIR).",
+)
+@click.option("--no-log", is_flag=True, help="Do not write the prediction log.")
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=None, help="Larger bodies get 413 (default 8 MiB).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads (default 1).")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default=None)
+def serve(
+    artifact: Path,
+    host: str | None,
+    port: int | None,
+    log_dir: Path | None,
+    no_log: bool,
+    max_body_bytes: int | None,
+    threads: int | None,
+    log_level: str | None,
+) -> None:
+    """Serve ARTIFACT over the Open Inference Protocol (KServe V2 REST) until SIGTERM.
+
+    The artifact's hashes and digest are verified first; a tampered artifact is refused (exit 2).
+    Every other setting can also come from MLCI_SERVE_* environment variables.
+    """
+    import dataclasses
+    import os
+
+    from mlci.serving.server import serve as run_server
+    from mlci.serving.settings import Settings
+
+    overrides: dict[str, Any] = {"artifact": artifact}
+    for key, value in (
+        ("host", host), ("port", port), ("log_dir", log_dir), ("max_body_bytes", max_body_bytes),
+        ("threads", threads), ("log_level", log_level),
+    ):  # fmt: skip
+        if value is not None:
+            overrides[key] = value
+    if no_log:
+        overrides["log_dir"] = None
+    run_server(dataclasses.replace(Settings.from_env(os.environ), **overrides))
+
+
 def main() -> None:
     """Console entry point."""
     cli()

@@ -1,0 +1,310 @@
+"""HTTP for the Open Inference Protocol: routes translate requests and hand off to the runtime.
+
+Every error becomes ``{"error": "<message>"}`` with its status in one handler (:func:`_error`), which
+also counts it in the metrics. The model loads in a background thread after startup, so
+``/v2/health/live`` answers at once and ``/v2/health/ready`` turns true only after the warm-up inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from mlci.model.artifact import read_manifest
+from mlci.serving.errors import (
+    BadRequest,
+    ClientClosed,
+    ModelNotFound,
+    NotReady,
+    PayloadTooLarge,
+    ServingError,
+)
+from mlci.serving.metrics import CONTENT_TYPE, ServingMetrics
+from mlci.serving.predlog import PredictionLog
+from mlci.serving.protocol import encode_response
+from mlci.serving.runtime import ModelInfo, ModelRuntime, model_info
+from mlci.serving.settings import Settings
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mlci import __version__
+from mlci.errors import ConfigError
+
+__all__ = ["ServerState", "create_app"]
+
+_JSON = "application/json"
+Loader = Callable[[], ModelRuntime]
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type=_JSON)
+
+
+class ServerState:
+    """What the routes share: the model (once loaded), metrics, prediction log, readiness."""
+
+    def __init__(self, settings: Settings, info: ModelInfo, loader: Loader) -> None:
+        self.settings = settings
+        self.info = info
+        self.loader = loader
+        self.runtime: ModelRuntime | None = None
+        self.load_error: str | None = None
+        self.loaded = threading.Event()
+        self.metrics = ServingMetrics(model=info.name, digest=info.digest)
+        self.log: PredictionLog | None = None
+        self.on_load_error: Callable[[str], None] | None = None
+        self._ids = itertools.count(1)
+        self._id_prefix = os.urandom(4).hex()
+
+    def next_id(self) -> str:
+        """A request id unique within this process run (random prefix + counter)."""
+        return f"{self._id_prefix}-{next(self._ids)}"
+
+    def load(self) -> None:
+        """Load the model and run the warm-up inference; readiness flips only after both succeed."""
+        try:
+            runtime = self.loader()
+            runtime.warm_up()
+        except Exception as exc:  # any load failure is reported through readiness and the server log
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            print(f"mlci serve: the model failed to load: {self.load_error}", file=sys.stderr)
+            if self.on_load_error is not None:
+                self.on_load_error(self.load_error)
+        else:
+            self.runtime = runtime
+            self.metrics.set_ready(True)
+        finally:
+            self.loaded.set()
+
+    def open_log(self) -> None:
+        """Start the prediction log, unless disabled (``log_dir`` unset)."""
+        if self.settings.log_dir is not None:
+            self.log = PredictionLog(
+                self.settings.log_dir,
+                model=self.info.name,
+                digest=self.info.digest,
+                max_bytes=self.settings.log_max_bytes,
+                keep=self.settings.log_keep,
+                flush_interval_s=self.settings.log_flush_interval_s,
+                max_pending=self.settings.log_max_pending,
+                on_write=self.metrics.log_written,
+                on_drop=self.metrics.log_dropped_records,
+            )
+
+    def check_model(self, request: Request) -> ModelRuntime:
+        """The runtime for the URL's model and version; 404 for another model or version, 503 while loading."""
+        name = request.path_params["name"]
+        if name != self.info.name:
+            raise ModelNotFound(f"Model {name!r} is not served here; this server serves {self.info.name!r}.")
+        version = request.path_params.get("version")
+        if version is not None and version not in self.info.versions:
+            raise ModelNotFound(
+                f"Model {name!r} has no version {version!r}; this server serves version {self.info.digest} "
+                "(the bare hex digest works too)."
+            )
+        runtime = self.runtime
+        if runtime is None:
+            why = f"it failed to load: {self.load_error}" if self.load_error else "it is still loading"
+            raise NotReady(f"Model {name!r} is not ready: {why}. Poll GET /v2/health/ready.")
+        return runtime
+
+
+def _infer_headers(request: Request) -> tuple[int | None, int | None]:
+    """Content-Length and Inference-Header-Content-Length, in one pass over the raw (lower-cased) headers."""
+    content_length = header_length = None
+    for key, value in request.scope["headers"]:
+        if key == b"content-length":
+            content_length = value
+        elif key == b"inference-header-content-length":
+            header_length = value
+    return _byte_count("Content-Length", content_length), _byte_count(
+        "Inference-Header-Content-Length", header_length
+    )
+
+
+def _byte_count(header: str, value: bytes | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise BadRequest(f"{header} is {value.decode('latin-1')!r}; expected a number of bytes.")
+    return int(value)
+
+
+async def _read_body(request: Request, declared: int | None, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it (or its Content-Length) exceeds ``limit``."""
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(
+            f"The body is {declared} bytes; this server accepts at most {limit} (--max-body-bytes). "
+            "Split the batch into smaller requests."
+        )
+    chunks: list[bytes] = []
+    size = 0
+    receive = request.receive  # straight from the ASGI server: one message for a small body
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientClosed(f"The client disconnected after {size} bytes of the body.")
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(
+                f"The body exceeds {limit} bytes (--max-body-bytes). Split the batch into smaller requests."
+            )
+        if not message.get("more_body", False):
+            if not chunks:
+                return chunk
+            chunks.append(chunk)
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _routes(state: ServerState) -> list[Route]:
+    settings = state.settings
+    info = state.info
+
+    async def infer(request: Request) -> Response:
+        request.scope["mlci.endpoint"] = "infer"
+        start = request.scope["mlci.start"] = time.perf_counter()
+        runtime = state.check_model(request)
+        content_length, header_length = _infer_headers(request)
+        body = await _read_body(request, content_length, settings.max_body_bytes)
+        decoded = runtime.decoder.decode(body, header_length)
+        results = runtime.predict(decoded.numeric, decoded.categorical)
+        request_id = decoded.id or state.next_id()
+        by_name = dict(zip(runtime.output_names, results, strict=True))
+        if decoded.outputs is None:
+            chosen = [(spec, by_name[spec.name], decoded.binary_output) for spec in runtime.outputs]
+        else:
+            specs = {spec.name: spec for spec in runtime.outputs}
+            chosen = [(specs[name], by_name[name], binary) for name, binary in decoded.outputs]
+        content, json_length = encode_response(
+            model_name=info.name, model_version=info.digest, request_id=request_id, outputs=chosen
+        )
+        if state.log is not None:
+            logged = {
+                name: array.tolist() if array.dtype == object else array for name, array in by_name.items()
+            }
+            state.log.append(request_id, time.time(), decoded.rows, decoded.columns, logged)
+        metrics = state.metrics
+        metrics.inference(decoded.rows, results[0] if info.task == "classification" else None)
+        metrics.request("infer", 200, time.perf_counter() - start)
+        if json_length is None:
+            return Response(content, media_type=_JSON)
+        return Response(
+            content,
+            media_type="application/octet-stream",
+            headers={"Inference-Header-Content-Length": str(json_length)},
+        )
+
+    async def live(request: Request) -> Response:
+        state.metrics.request("live", 200)
+        return _json({"live": True})
+
+    async def ready(request: Request) -> Response:
+        is_ready = state.runtime is not None
+        status = 200 if is_ready else 503
+        state.metrics.request("ready", status)
+        payload: dict[str, Any] = {"ready": is_ready}
+        if state.load_error:
+            payload["error"] = state.load_error
+        return _json(payload, status)
+
+    async def model_ready(request: Request) -> Response:
+        request.scope["mlci.endpoint"] = "ready"
+        state.check_model(request)
+        state.metrics.request("ready", 200)
+        return _json({"name": info.name, "ready": True})
+
+    async def model_metadata(request: Request) -> Response:
+        request.scope["mlci.endpoint"] = "metadata"
+        runtime = state.check_model(request)
+        state.metrics.request("metadata", 200)
+        return _json(runtime.metadata())
+
+    async def server_metadata(request: Request) -> Response:
+        state.metrics.request("metadata", 200)
+        return _json({"name": "mlci", "version": __version__, "extensions": ["binary_tensor_data"]})
+
+    async def metrics(request: Request) -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    model = "/v2/models/{name}"
+    version = "/v2/models/{name}/versions/{version}"
+    return [
+        Route(f"{model}/infer", infer, methods=["POST"]),
+        Route(f"{version}/infer", infer, methods=["POST"]),
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        Route(f"{model}/ready", model_ready, methods=["GET"]),
+        Route(f"{version}/ready", model_ready, methods=["GET"]),
+        Route(model, model_metadata, methods=["GET"]),
+        Route(version, model_metadata, methods=["GET"]),
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+
+
+def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette:
+    """The ASGI app for ``settings.artifact``; ``loader`` replaces how the model loads (tests pass a slow one)."""
+    if settings.artifact is None:
+        raise ConfigError("No artifact to serve: pass ARTIFACT to `mlci serve` or set MLCI_SERVE_ARTIFACT.")
+    artifact: Path = settings.artifact
+    info = model_info(read_manifest(artifact))
+    state = ServerState(
+        settings,
+        info,
+        loader if loader is not None else lambda: ModelRuntime.load(artifact, threads=settings.threads),
+    )
+
+    async def _error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, ServingError):
+            status, message = exc.status_code, str(exc)
+        elif isinstance(exc, HTTPException):
+            status = exc.status_code
+            message = f"{request.method} {request.url.path}: {exc.detail}. The server speaks the Open Inference Protocol under /v2."
+        else:
+            status, message = (
+                500,
+                f"Internal error ({type(exc).__name__}); this is a bug in mlci serve, please report it.",
+            )
+        start = request.scope.get("mlci.start")
+        state.metrics.request(
+            request.scope.get("mlci.endpoint", "other"),
+            status,
+            None if start is None else time.perf_counter() - start,
+        )
+        return _json({"error": message}, status)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state.open_log()
+        loading = asyncio.get_running_loop().run_in_executor(None, state.load)
+        try:
+            yield
+        finally:
+            # Uvicorn calls this after in-flight requests finished: every answered request is queued, so
+            # closing the log writes them all.
+            if not loading.done():
+                await loading  # a load still running (e.g. SIGTERM during start-up) finishes first
+            if state.log is not None:
+                state.log.close()
+
+    app = Starlette(
+        routes=_routes(state),
+        exception_handlers={ServingError: _error, HTTPException: _error, Exception: _error},
+        lifespan=lifespan,
+    )
+    app.state.mlci = state
+    return app

@@ -1,0 +1,453 @@
+"""Open Inference Protocol (KServe V2 REST) requests and responses, checked against a model's inputs.
+
+Pure: bytes in, numpy arrays out, and back. No HTTP framework and no onnxruntime here.
+
+Both the JSON form (``"data": [...]``) and Triton's binary tensor extension (``parameters.binary_data_size``
+plus the ``Inference-Header-Content-Length`` header, what ``tritonclient.http`` sends by default) are read;
+outputs are written as JSON or binary as the request asks (``binary_data_output`` / ``outputs[].parameters``).
+
+Missing and non-finite values, the policy:
+
+- ``null`` in a numeric input, or NaN in binary FP16/FP32/FP64 data, is a *missing value*. It reaches the
+  model as NaN, which mlci models impute (training median), exactly like an empty cell in the training CSV.
+- ``null`` in a BYTES input is a missing category (``''``), as are the spellings that mean "missing" in the
+  training data: ``''``, ``na``, ``nan``, ``null``, ``none``, ``n/a`` in any case; surrounding spaces are
+  stripped, as in training.
+- ``+inf``/``-inf`` (binary data, or a JSON number beyond the float32 range) are rejected with 422 naming the
+  input and the element: no training row held one, so the model's answer would be meaningless.
+  JSON itself has no NaN/Infinity literals; a body that uses them is not JSON (400).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+import orjson
+from mlci.serving.errors import BadRequest, InvalidInput
+from mlci.serving.tensors import (
+    BYTES,
+    KNOWN_DATATYPES,
+    NUMBER_TYPES,
+    NUMERIC_DATATYPES,
+    NUMERIC_LIST,
+    binary_tensor,
+    categories_from_binary,
+    categories_from_json,
+    json_type,
+    numbers_from_binary,
+    numbers_from_json,
+    reject_infinite,
+    show,
+)
+
+__all__ = ["Decoder", "InferRequest", "InputSpec", "OutputSpec", "encode_response"]
+
+_NAME = itemgetter("name")
+_DATATYPE = itemgetter("datatype")
+_SHAPE = itemgetter("shape")
+_DATA = itemgetter("data")
+_EXAMPLE = '{"inputs": [{"name": "<feature>", "datatype": "FP32", "shape": [1], "data": [0.5]}, ...]}'
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    """One model input: a feature name, its kind (numeric | categorical) and its V2 datatype."""
+
+    name: str
+    kind: str
+    datatype: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSpec:
+    """One model output as the metadata endpoint describes it."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    """A decoded, validated request.
+
+    ``numeric`` holds every numeric feature as one C-contiguous float32 ``(rows, n_numeric)`` matrix in
+    schema order (None when the model has no numeric feature); ``categorical`` holds one ``(rows, 1)``
+    object array per categorical feature; ``columns`` is what the prediction log writes.
+    """
+
+    id: str | None
+    rows: int
+    numeric: np.ndarray | None
+    categorical: dict[str, np.ndarray]
+    columns: dict[str, Any]
+    outputs: tuple[tuple[str, bool], ...] | None
+    binary_output: bool
+
+
+def _names(names: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+class Decoder:
+    """Decodes V2 inference requests for one model; built once, used for every request."""
+
+    def __init__(self, inputs: Sequence[InputSpec], outputs: Sequence[OutputSpec]) -> None:
+        self.inputs = tuple(inputs)
+        self.outputs = tuple(outputs)
+        self._specs = {spec.name: spec for spec in self.inputs}
+        self._numeric = tuple(s.name for s in self.inputs if s.kind == "numeric")
+        self._categorical = tuple(s.name for s in self.inputs if s.kind != "numeric")
+        self._output_names = tuple(o.name for o in self.outputs)
+        self._datatypes = [s.datatype for s in self.inputs]
+        self._name_set = frozenset(self._specs)
+        self._names = [s.name for s in self.inputs]
+        self._all_numeric = len(self._numeric) == len(self.inputs)
+
+    # -- request level -------------------------------------------------------------------------------
+
+    def decode(self, body: bytes, header_length: int | None = None) -> InferRequest:
+        """Parse and validate a request body; raise BadRequest (400) or InvalidInput (422) naming the field."""
+        binary: memoryview | bytes = b""
+        if header_length is not None:
+            if not 0 <= header_length <= len(body):
+                raise BadRequest(
+                    f"Inference-Header-Content-Length is {header_length}, but the body has {len(body)} bytes; "
+                    "it must be the length of the JSON part that starts the body."
+                )
+            binary = memoryview(body)[header_length:]
+            body = body[:header_length]
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(
+                f"The request body is not valid JSON ({exc}). Send a V2 inference request: {_EXAMPLE}"
+            ) from None
+        if type(doc) is not dict:
+            raise BadRequest(f"The request body must be a JSON object; got {json_type(doc)}. Send {_EXAMPLE}")
+        request_id = doc.get("id")
+        if request_id is not None and type(request_id) is not str:
+            raise BadRequest(f"'id' must be a string; got {show(request_id)} ({json_type(request_id)}).")
+        binary_output = self._request_parameters(doc.get("parameters"))
+        outputs = self._requested_outputs(doc.get("outputs"))
+        inputs = doc.get("inputs")
+        items = self._items(inputs)
+        columns: dict[str, Any] = {}
+        # Clients usually send the inputs in schema order: then the dict is already in order.
+        ordered = (
+            list(items.values()) if list(items) == self._names else [items[name] for name in self._names]
+        )
+        plain = None if binary else self._plain_rows(ordered)
+        numeric = None
+        if plain is not None:
+            rows, datas = plain
+            if self._all_numeric:
+                numeric = self._fast_numeric(datas, rows, columns)
+                sources = {} if numeric is not None else dict(zip(self._names, datas, strict=True))
+            else:
+                sources = dict(zip(self._names, datas, strict=True))
+                numeric = self._fast_numeric([sources[n] for n in self._numeric], rows, columns)
+        else:
+            rows, sources = self._shapes(items, binary)
+        if numeric is None and self._numeric:
+            numeric = self._numeric_matrix(items, sources, rows, columns)
+        categorical: dict[str, np.ndarray] = {}
+        for name in self._categorical:
+            spec_item = items[name]
+            source = sources[name]
+            values = (
+                categories_from_binary(name, source, rows)
+                if isinstance(source, memoryview)
+                else categories_from_json(name, spec_item["shape"], source, rows)
+            )
+            categorical[name] = np.array(values, dtype=object).reshape(rows, 1)
+            columns[name] = values
+        if self._categorical and self._numeric:
+            columns = {name: columns[name] for name in self._names}  # schema order in the log
+        return InferRequest(request_id, rows, numeric, categorical, columns, outputs, binary_output)
+
+    @staticmethod
+    def _request_parameters(parameters: Any) -> bool:
+        if parameters is None:
+            return False
+        if type(parameters) is not dict:
+            raise BadRequest(
+                f"'parameters' must be a JSON object; got {show(parameters)} ({json_type(parameters)})."
+            )
+        flag = parameters.get("binary_data_output", False)
+        if type(flag) is not bool:
+            raise BadRequest(f"parameters.binary_data_output must be true or false; got {show(flag)}.")
+        return flag
+
+    def _requested_outputs(self, outputs: Any) -> tuple[tuple[str, bool], ...] | None:
+        if outputs is None:
+            return None
+        if type(outputs) is not list:
+            raise BadRequest(
+                f"'outputs' must be a list of {{\"name\": ...}} objects; got {json_type(outputs)}."
+            )
+        chosen: list[tuple[str, bool]] = []
+        seen: set[str] = set()
+        for i, item in enumerate(outputs):
+            name = item.get("name") if type(item) is dict else None
+            if type(name) is not str:
+                raise BadRequest(f"outputs[{i}] must be an object with a 'name' string; got {show(item)}.")
+            if name not in self._output_names:
+                raise BadRequest(
+                    f"Output {name!r} (outputs[{i}]) does not exist. Available outputs are {_names(self._output_names)}."
+                )
+            if name in seen:
+                raise BadRequest(
+                    f"Output {name!r} is requested twice in 'outputs'; request each output once."
+                )
+            seen.add(name)
+            parameters = item.get("parameters")
+            if parameters is not None and type(parameters) is not dict:
+                raise BadRequest(f"outputs[{i}].parameters must be a JSON object; got {show(parameters)}.")
+            flag = (parameters or {}).get("binary_data", False)
+            if type(flag) is not bool:
+                raise BadRequest(
+                    f"outputs[{i}].parameters.binary_data must be true or false; got {show(flag)}."
+                )
+            chosen.append((name, flag))
+        return tuple(chosen)
+
+    def _items(self, inputs: Any) -> dict[str, dict[str, Any]]:
+        if type(inputs) is not list:
+            if inputs is None:
+                raise BadRequest(f"The request has no 'inputs'. Send one tensor per feature: {_EXAMPLE}")
+            raise BadRequest(f"'inputs' must be a list of tensors; got {json_type(inputs)}. Send {_EXAMPLE}")
+        # Fast path, C-level calls only: a list of objects naming every input exactly once.
+        if list(map(type, inputs)).count(dict) == len(inputs):
+            try:
+                names = list(map(_NAME, inputs))
+            except KeyError:
+                names = []
+            if (
+                len(names) == len(self._name_set)
+                and list(map(type, names)).count(str) == len(names)
+                and self._name_set.issuperset(names)
+            ):
+                items = dict(zip(names, inputs, strict=True))
+                if len(items) == len(names):
+                    return items
+        items = {}
+        specs = self._specs
+        for i, item in enumerate(inputs):
+            if type(item) is not dict:
+                raise BadRequest(
+                    f"inputs[{i}] must be an object with name, datatype, shape and data; got {json_type(item)}."
+                )
+            name = item.get("name")
+            if type(name) is not str:
+                raise BadRequest(f"inputs[{i}] has no 'name' string; got {show(name)}.")
+            if name not in specs:
+                hint = difflib.get_close_matches(name, list(specs), n=1)
+                did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+                raise InvalidInput(
+                    f"Input {name!r} (inputs[{i}]) is not an input of this model.{did_you_mean} "
+                    f"Available inputs are {_names(list(specs))} ({len(specs)} in all; see GET /v2/models/<name>)."
+                )
+            if name in items:
+                raise InvalidInput(f"Input {name!r} appears twice in 'inputs'; send each feature once.")
+            items[name] = item
+        if len(items) != len(specs):
+            missing = [n for n in specs if n not in items]
+            raise InvalidInput(
+                f"Input(s) {_names(missing)} are missing ({len(missing)} of {len(specs)}). This model needs one "
+                "tensor per feature; send null values for missing data."
+            )
+        return items
+
+    def _shapes(
+        self, items: dict[str, dict[str, Any]], binary: memoryview | bytes
+    ) -> tuple[int, dict[str, Any]]:
+        """Check datatype family and shape of every input; return the batch size and each input's data."""
+        rows = -1
+        first = ""
+        offset = 0
+        sources: dict[str, Any] = {}
+        for spec in self.inputs:
+            name = spec.name
+            item = items[name]
+            datatype = item.get("datatype")
+            if type(datatype) is not str or datatype not in KNOWN_DATATYPES:
+                raise BadRequest(
+                    f"Input {name!r} has datatype {show(datatype)}, which is not an Open Inference Protocol "
+                    f"datatype; use {spec.datatype} for this input."
+                )
+            if spec.kind == "numeric":
+                if datatype not in NUMERIC_DATATYPES:
+                    raise InvalidInput(
+                        f"Input {name!r} is a numeric feature: expected datatype {NUMERIC_LIST}; got {datatype}."
+                    )
+            elif datatype != BYTES:
+                raise InvalidInput(
+                    f"Input {name!r} is a categorical feature: expected datatype BYTES (strings); got {datatype}. "
+                    "Send its values as strings."
+                )
+            shape = item.get("shape")
+            if type(shape) is not list or not shape or any(type(d) is not int or d < 0 for d in shape):
+                raise BadRequest(
+                    f"Input {name!r} has shape {show(shape)}; expected a list of non-negative integers such as [3] or [3, 1]."
+                )
+            if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
+                raise InvalidInput(
+                    f"Input {name!r} has shape {shape}; this model takes one value per row: shape [N] or [N, 1]."
+                )
+            if rows < 0:
+                rows, first = shape[0], name
+            elif shape[0] != rows:
+                raise InvalidInput(
+                    f"Input {name!r} has {shape[0]} rows (shape {shape}), but input {first!r} has {rows}; "
+                    "every input must carry the same batch size."
+                )
+            parameters = item.get("parameters")
+            if parameters is not None and type(parameters) is not dict:
+                raise BadRequest(
+                    f"Input {name!r}: 'parameters' must be a JSON object; got {show(parameters)}."
+                )
+            size = parameters.get("binary_data_size") if parameters else None
+            if size is None:
+                data = item.get("data")
+                if data is None:
+                    raise BadRequest(f"Input {name!r} has no 'data' (and no parameters.binary_data_size).")
+                if type(data) is not list:
+                    raise BadRequest(f"Input {name!r}: 'data' must be a list; got {json_type(data)}.")
+                sources[name] = data
+                continue
+            if type(size) is not int or size < 0:
+                raise BadRequest(
+                    f"Input {name!r}: binary_data_size must be a non-negative integer; got {show(size)}."
+                )
+            if "data" in item:
+                raise BadRequest(f"Input {name!r} has both 'data' and binary_data_size; send one of them.")
+            if offset + size > len(binary):
+                raise BadRequest(
+                    f"Input {name!r} declares {size} bytes of binary data, but only {len(binary) - offset} bytes follow "
+                    "the JSON header. Check Inference-Header-Content-Length and binary_data_size."
+                )
+            sources[name] = memoryview(binary)[offset : offset + size]
+            offset += size
+        if offset != len(binary):
+            raise BadRequest(
+                f"{len(binary) - offset} bytes of binary data follow the JSON header, but no input claims them. "
+                "Check Inference-Header-Content-Length and each input's binary_data_size."
+            )
+        if rows == 0:
+            raise InvalidInput(
+                f"The batch is empty: input {first!r} (and every other) has 0 rows; send at least one row."
+            )
+        return rows, sources
+
+    def _plain_rows(self, ordered: list[dict[str, Any]]) -> tuple[int, list[Any]] | None:
+        """Batch size and data lists if every input is plain JSON (exactly name, datatype, shape, data) with the
+        schema's datatype and one common shape; else None, and :meth:`_shapes` checks input by input.
+
+        Only C-level calls (itemgetter, list comparisons) here: this runs for every request.
+        """
+        count = len(ordered)
+        try:
+            datatypes = list(map(_DATATYPE, ordered))
+            shapes = list(map(_SHAPE, ordered))
+            datas = list(map(_DATA, ordered))
+        except KeyError:
+            return None
+        if datatypes != self._datatypes or list(map(len, ordered)).count(4) != count:
+            return None
+        shape = shapes[0]
+        if type(shape) is not list or not (
+            (len(shape) == 1 or (len(shape) == 2 and type(shape[1]) is int and shape[1] == 1))
+            and type(shape[0]) is int
+            and shape[0] > 0
+        ):
+            return None
+        # orjson.dumps tells 1 from 1.0 and true, which list equality does not.
+        if (
+            orjson.dumps(shapes) != orjson.dumps([shape] * count)
+            or list(map(type, datas)).count(list) != count
+        ):
+            return None
+        return shape[0], datas
+
+    def _fast_numeric(self, datas: list[Any], rows: int, columns: dict[str, Any]) -> np.ndarray | None:
+        """Every numeric input a flat list of ``rows`` plain numbers, all finite in float32: one numpy call."""
+        names = self._numeric
+        if not names:
+            return None
+        if (
+            list(map(len, datas)).count(rows) != len(datas)
+            or not set(map(type, chain.from_iterable(datas))) <= NUMBER_TYPES
+        ):
+            return None
+        with np.errstate(over="ignore"):
+            matrix = np.array(datas, dtype=np.float64).T.astype(np.float32, order="C")
+        if not np.isfinite(matrix).all():
+            return None
+        columns.update(zip(names, datas, strict=True))
+        return matrix
+
+    def _numeric_matrix(
+        self, items: dict[str, dict[str, Any]], sources: dict[str, Any], rows: int, columns: dict[str, Any]
+    ) -> np.ndarray:
+        """Exact path: nested lists, nulls, other datatypes, binary data, or an error to name precisely."""
+        # Allocate only after every input proved it holds ``rows`` values: ``rows`` comes from the client.
+        arrays: list[np.ndarray] = []
+        binary: list[int] = []
+        with np.errstate(over="ignore", invalid="ignore"):
+            for j, name in enumerate(self._numeric):
+                item = items[name]
+                source = sources[name]
+                if isinstance(source, memoryview):
+                    values = numbers_from_binary(name, item["datatype"], source, rows)
+                    columns[name] = values
+                    binary.append(j)
+                else:
+                    values, columns[name] = numbers_from_json(
+                        name, item["datatype"], item["shape"], source, rows
+                    )
+                    reject_infinite(name, values, columns[name])
+                arrays.append(values)
+        matrix = np.stack(arrays, axis=1)
+        # Binary data is checked once for the whole matrix (one pass instead of one per input).
+        if binary and np.isinf(matrix[:, binary]).any():
+            for j in binary:
+                reject_infinite(self._numeric[j], matrix[:, j], None)
+        return matrix
+
+
+def encode_response(
+    *,
+    model_name: str,
+    model_version: str,
+    request_id: str,
+    outputs: Sequence[tuple[OutputSpec, np.ndarray, bool]],
+) -> tuple[bytes, int | None]:
+    """The response body and, when any output is binary, the length of its JSON header."""
+    tensors: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for spec, array, binary in outputs:
+        tensor: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(array.shape)}
+        if binary:
+            raw = binary_tensor(spec.datatype, array)
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        elif spec.datatype == BYTES or array.dtype == object:
+            tensor["data"] = array.ravel().tolist()
+        else:
+            tensor["data"] = np.ascontiguousarray(array).ravel()
+        tensors.append(tensor)
+    header = orjson.dumps(
+        {"model_name": model_name, "model_version": model_version, "id": request_id, "outputs": tensors},
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+    if not chunks:
+        return header, None
+    return header + b"".join(chunks), len(header)

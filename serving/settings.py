@@ -1,0 +1,111 @@
+"""Server configuration: a frozen dataclass built from an environment mapping (``MLCI_SERVE_*``).
+
+Tests pass a plain dict; the CLI passes ``os.environ`` and then overrides with its options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from mlci.errors import ConfigError
+
+__all__ = ["PREFIX", "Settings"]
+
+PREFIX = "MLCI_SERVE_"
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError
+    return value
+
+
+def _log_level(text: str) -> str:
+    if text.lower() not in _LOG_LEVELS:
+        raise ValueError
+    return text.lower()
+
+
+def _optional_path(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+_CASTS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "artifact": (_optional_path, "a path"),
+    "host": (str, "a host name"),
+    "port": (_port, "a port number 0-65535"),
+    "log_dir": (_optional_path, "a directory path (empty to disable the prediction log)"),
+    "log_max_bytes": (_positive_int, "a positive int (bytes)"),
+    "log_keep": (_non_negative_int, "an int >= 0 (0 keeps every rotated file)"),
+    "log_flush_interval_s": (_positive_float, "a positive number of seconds"),
+    "log_max_pending": (_positive_int, "a positive int (records)"),
+    "max_body_bytes": (_positive_int, "a positive int (bytes)"),
+    "threads": (_positive_int, "a positive int"),
+    "graceful_timeout_s": (_positive_float, "a positive number of seconds"),
+    "log_level": (_log_level, f"one of {', '.join(_LOG_LEVELS)}"),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the server needs; every field can come from ``MLCI_SERVE_<FIELD>``."""
+
+    artifact: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_dir: Path | None = Path("predictions")
+    log_max_bytes: int = 64 * 1024 * 1024
+    log_keep: int = 0
+    log_flush_interval_s: float = 0.2
+    log_max_pending: int = 200_000
+    max_body_bytes: int = 8 * 1024 * 1024
+    threads: int = 1
+    graceful_timeout_s: float = 30.0
+    log_level: str = "warning"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], prefix: str = PREFIX) -> Settings:
+        """Read ``<prefix><FIELD>`` keys; a bad value names the key, the value and what is allowed."""
+        values: dict[str, Any] = {}
+        known = {f.name for f in fields(cls)}
+        for key, raw in environ.items():
+            if not key.startswith(prefix):
+                continue
+            name = key[len(prefix) :].lower()
+            if name not in known:
+                allowed = ", ".join(prefix + n.upper() for n in sorted(known))
+                raise ConfigError(f"Unknown setting {key!r}. Known settings: {allowed}.")
+            cast, expected = _CASTS[name]
+            try:
+                values[name] = cast(raw.strip())
+            except ValueError:
+                raise ConfigError(
+                    f"Config {key!r} has value {raw!r}. Not valid: expected {expected}."
+                ) from None
+        return cls(**values)

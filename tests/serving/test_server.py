@@ -1,0 +1,144 @@
+"""`mlci serve` as a real process: tamper refusal, load without failures or lost log lines, SIGTERM under load."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from click.testing import CliRunner
+from mlci.serving.predlog import read_lines
+
+from mlci.cli import cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_cli_refuses_tampered_artifact(bc_artifact: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "artifact"
+    shutil.copytree(bc_artifact, copy)
+    (copy / "model.onnx").write_bytes((copy / "model.onnx").read_bytes()[:-1])
+    result = CliRunner().invoke(cli, ["serve", str(copy), "--port", "0", "--no-log"])
+    assert result.exit_code == 2
+    assert "model.onnx" in result.output and "Rebuild or re-pull" in result.output
+
+
+def test_help_does_not_import_the_server_stack() -> None:
+    code = (
+        "import sys; from click.testing import CliRunner; from mlci.cli import cli; "
+        "r = CliRunner().invoke(cli, ['serve', '--help']); assert r.exit_code == 0, r.output; "
+        "print(sorted(m for m in ('starlette', 'uvicorn', 'onnxruntime') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@dataclass
+class Tally:
+    """What the clients saw."""
+
+    ok_ids: list[str] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    timeouts: int = 0
+
+
+async def _hammer(
+    url: str, body: bytes, clients: int, seconds: float, tally: Tally, on_start: Any = None
+) -> None:
+    """``clients`` concurrent keep-alive clients POSTing until ``seconds`` pass; each request times out at 15 s."""
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(limits=limits, timeout=15) as ac:
+        until = time.monotonic() + seconds
+
+        async def client() -> None:
+            while time.monotonic() < until:
+                try:
+                    response = await ac.post(url, content=body, headers={"content-type": "application/json"})
+                except httpx.TimeoutException:
+                    tally.timeouts += 1
+                    return
+                except httpx.TransportError as exc:
+                    tally.errors.append(type(exc).__name__)
+                    await asyncio.sleep(0.05)
+                    continue
+                if response.status_code == 200:
+                    tally.ok_ids.append(orjson.loads(response.content)["id"])
+                else:
+                    tally.statuses.append(response.status_code)
+
+        if on_start is not None:
+            on_start()
+        await asyncio.gather(*(client() for _ in range(clients)))
+
+
+def _row_body(bc_rows: list[dict[str, float]], make_body: Any) -> bytes:
+    return orjson.dumps(make_body(bc_rows[:1]))
+
+
+def test_load_64_clients_20s_no_failures_no_lost_log_lines(
+    bc_artifact: Path, tmp_path: Path, serve_subprocess: Any, bc_rows: list[dict[str, float]], make_body: Any
+) -> None:
+    log_dir = tmp_path / "log"
+    tally = Tally()
+    with serve_subprocess(bc_artifact, log_dir) as (proc, url):
+        asyncio.run(
+            _hammer(f"{url}/v2/models/breast-cancer/infer", _row_body(bc_rows, make_body), 64, 20, tally)
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == -signal.SIGTERM  # uvicorn re-raises the signal after its graceful shutdown
+    assert tally.errors == [] and tally.statuses == [] and tally.timeouts == 0
+    assert len(tally.ok_ids) > 1000
+    logged = [r["id"] for r in read_lines(log_dir)]
+    assert len(logged) == len(tally.ok_ids)
+    assert set(logged) == set(tally.ok_ids)
+
+
+def test_sigterm_under_load_keeps_every_answered_request(
+    bc_artifact: Path, tmp_path: Path, serve_subprocess: Any, bc_rows: list[dict[str, float]], make_body: Any
+) -> None:
+    log_dir = tmp_path / "log"
+    tally = Tally()
+    with serve_subprocess(bc_artifact, log_dir) as (proc, url):
+
+        def schedule_sigterm() -> None:
+            asyncio.get_running_loop().call_later(2.0, proc.send_signal, signal.SIGTERM)
+
+        started = time.monotonic()
+        asyncio.run(
+            _hammer(
+                f"{url}/v2/models/breast-cancer/infer",
+                _row_body(bc_rows, make_body),
+                64,
+                6,
+                tally,
+                schedule_sigterm,
+            )
+        )
+        assert time.monotonic() - started < 30, "clients were still waiting long after SIGTERM"
+        assert proc.wait(60) == -signal.SIGTERM  # uvicorn re-raises the signal after its graceful shutdown
+    assert tally.timeouts == 0, "a request hung across the shutdown"
+    assert tally.statuses == [], f"non-200 answers during shutdown: {set(tally.statuses)}"
+    assert len(tally.ok_ids) > 100 and tally.errors, "the load did not straddle the SIGTERM"
+    logged = {r["id"] for r in read_lines(log_dir)}
+    assert set(tally.ok_ids) <= logged
+    assert len(logged) == len(tally.ok_ids)
+
+
+def test_cli_refuses_unwritable_log_dir(bc_artifact: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = CliRunner().invoke(
+        cli, ["serve", str(bc_artifact), "--port", "0", "--log-dir", str(blocker / "log")]
+    )
+    assert result.exit_code == 2
+    assert "Cannot create the prediction log directory" in result.output

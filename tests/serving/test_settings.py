@@ -1,0 +1,42 @@
+"""Settings from an environment mapping: defaults, casts, errors that name the key and value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlci.serving.settings import Settings
+
+from mlci.errors import ConfigError
+
+
+def test_defaults_and_overrides() -> None:
+    assert Settings.from_env({}) == Settings()
+    s = Settings.from_env(
+        {
+            "MLCI_SERVE_PORT": "9000",
+            "MLCI_SERVE_LOG_DIR": "/tmp/x",
+            "MLCI_SERVE_MAX_BODY_BYTES": "10",
+            "PATH": "/bin",
+        }
+    )
+    assert (s.port, s.log_dir, s.max_body_bytes, s.host) == (9000, Path("/tmp/x"), 10, "127.0.0.1")
+    assert Settings.from_env({"MLCI_SERVE_LOG_DIR": ""}).log_dir is None
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        (
+            {"MLCI_SERVE_PORT": "abc"},
+            "Config 'MLCI_SERVE_PORT' has value 'abc'. Not valid: expected a port number",
+        ),
+        ({"MLCI_SERVE_PORT": "70000"}, "'70000'"),
+        ({"MLCI_SERVE_MAX_BODY_BYTES": "0"}, "a positive int"),
+        ({"MLCI_SERVE_LOG_LEVEL": "loud"}, "one of critical"),
+        ({"MLCI_SERVE_PROT": "1"}, "Unknown setting 'MLCI_SERVE_PROT'"),
+    ],
+)
+def test_bad_values_name_key_and_value(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(".", r"\.")):
+        Settings.from_env(env)
