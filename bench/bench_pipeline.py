@@ -23,7 +23,7 @@ from _util import run_timed, summarise, write_section
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "breast_cancer"
 BIN = Path(sys.executable).parent
-TARGETS = {"cold_s": 20.0, "warm_s": 1.5, "help_s": 0.3}
+TARGETS = {"cold_model_stages_s": 20.0, "cold_full_s": 30.0, "warm_s": 1.5, "help_s": 0.3}
 
 HAND_WRITTEN = """
 import pandas as pd
@@ -44,22 +44,25 @@ def main() -> None:
     args = parser.parse_args()
     mlci = str(BIN / "mlci")
     python = sys.executable
-    cold, warm, help_, floor, hand = [], [], [], [], []
+    cold, full, warm, help_, floor, hand = [], [], [], [], [], []
     peak_kib = 0
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:
             project = Path(tmp) / "example"
             shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns(".mlci"))
-            seconds, peak = run_timed([mlci, "run"], cwd=project)
+            seconds, peak = run_timed([mlci, "run", "--until", "evaluate"], cwd=project)
             cold.append(seconds)
             peak_kib = max(peak_kib, peak)
+            shutil.rmtree(project / ".mlci")
+            full.append(run_timed([mlci, "run"], cwd=project)[0])
             warm.append(run_timed([mlci, "run"], cwd=project)[0])
             hand.append(run_timed([python, "-c", HAND_WRITTEN], cwd=project)[0])
         help_.append(run_timed([mlci, "--help"])[0])
         floor.append(run_timed([python, "-c", "pass"])[0])
 
     rows = {
-        "cold_s": summarise(cold),
+        "cold_model_stages_s": summarise(cold),
+        "cold_full_s": summarise(full),
         "warm_s": summarise(warm),
         "help_s": summarise(help_),
         "python_startup_s": summarise(floor),
@@ -67,7 +70,11 @@ def main() -> None:
     }
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("scikit-learn", "skl2onnx", "onnxruntime", "numpy"))
     lines = [
-        "## `mlci run` on the bundled example (issue 2)",
+        "## `mlci run` on the bundled example (issues 2 and 4)",
+        "",
+        "cold_model_stages_s: `mlci run --until evaluate` on an empty workspace (train, export, evaluate).  ",
+        "cold_full_s: `mlci run` on an empty workspace: also smoke (a real server process), gate and push to the OCI layout.  ",
+        "warm_s: `mlci run` again with nothing changed (every stage a cache hit; push is idempotent).",
         "",
         f"Command: `{Path(sys.executable).relative_to(REPO) if sys.executable.startswith(str(REPO)) else sys.executable} bench/bench_pipeline.py --repeat {args.repeat}`  ",
         f"Machine: {platform.machine()}, {shutil.os.cpu_count()} cores, Python {platform.python_version()}; {versions}.",
@@ -83,8 +90,8 @@ def main() -> None:
         )
     lines += [
         "",
-        f"Peak RSS of a cold `mlci run`: {peak_kib / 1024:.0f} MiB." if peak_kib > 0 else "Peak RSS: not attributable in this run.",
-        f"Ratios in this run: cold run / hand-written fit+convert = {rows['cold_s']['median'] / rows['hand_written_fit_convert_s']['median']:.2f}× "
+        f"Peak RSS of a cold `mlci run --until evaluate`: {peak_kib / 1024:.0f} MiB." if peak_kib > 0 else "Peak RSS: not attributable in this run.",
+        f"Ratios in this run: cold model stages / hand-written fit+convert = {rows['cold_model_stages_s']['median'] / rows['hand_written_fit_convert_s']['median']:.2f}× "
         "(mlci also checks parity, evaluates with onnxruntime, measures latency, builds the profile and the outlier model); "
         f"warm run / python start-up = {rows['warm_s']['median'] / rows['python_startup_s']['median']:.2f}×; "
         f"`--help` / python start-up = {rows['help_s']['median'] / rows['python_startup_s']['median']:.2f}×.",

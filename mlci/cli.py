@@ -86,15 +86,21 @@ def cli() -> None:
 @cli.command()
 @config_option
 @click.option("--no-cache", is_flag=True, help="Run every stage even when its inputs are unchanged.")
+@click.option(
+    "--until",
+    type=click.Choice(["evaluate", "smoke", "gate", "push", "deploy"]),
+    default=None,
+    help="Stop after this step (default: push; deploy when [deploy] continuous_deployment = true).",
+)
 @json_option
-def run(config_path: Path, workspace: Path | None, no_cache: bool, as_json: bool) -> None:
-    """Run the whole pipeline in-process; print the artifact's digest, path and metrics."""
+def run(config_path: Path, workspace: Path | None, no_cache: bool, until: str | None, as_json: bool) -> None:
+    """Run the pipeline in-process: train → export → evaluate → smoke → gate → push (→ promote/deploy)."""
     from mlci.pipeline import run_pipeline
     from mlci.progress import Progress
 
     config = _load(config_path, workspace)
     progress = Progress(sys.stderr if as_json else sys.stdout)
-    result = run_pipeline(config, use_cache=not no_cache, on_event=progress)
+    result = run_pipeline(config, use_cache=not no_cache, until=until, on_event=progress)
     hits = sum(e.cache_hit for e in result.stages)
     payload = {
         "run_id": result.run_id,
@@ -102,6 +108,8 @@ def run(config_path: Path, workspace: Path | None, no_cache: bool, as_json: bool
         "digest": result.digest,
         "artifact": str(result.artifact),
         "metrics": result.metrics,
+        "verdict": result.verdict,
+        "release": result.release,
         "duration_s": round(result.duration_s, 3),
         "stages": [
             {"stage": e.stage, "status": e.status, "duration_s": round(e.duration_s, 4), "cache_hit": e.cache_hit}
@@ -116,6 +124,9 @@ def run(config_path: Path, workspace: Path | None, no_cache: bool, as_json: bool
             f"artifact  {result.digest}",
             f"path      {result.artifact}",
             f"metrics   {metrics}",
+            *([f"gate      {'passed' if result.verdict['passed'] else 'FAILED'}" + (" (first release)" if result.verdict["first_run"] else "")] if result.verdict else []),
+            *([f"pushed    {result.release['push']['tags'][0]} → {config.registry.url if config.registry else ''}"] if "push" in result.release else []),
+            *[f"{env:<9} {result.release[env].get('url') or result.release[env].get('manifest')}" for env in ("staging", "production") if env in result.release],
             f"run       {result.run_id} {result.status} in {result.duration_s:.2f}s "
             f"({len(result.stages)} stages, {hits} from cache)",
         ]
@@ -260,6 +271,12 @@ def serve(
     if no_log:
         overrides["log_dir"] = None
     run_server(dataclasses.replace(Settings.from_env(os.environ), **overrides))
+
+
+# Command groups that live beside their code; each module imports only click at the top level.
+from mlci.release.commands import register as _register_release  # noqa: E402
+
+_register_release(cli, config_option=config_option, json_option=json_option, emit=_emit, load=_load)
 
 
 def main() -> None:

@@ -1,8 +1,14 @@
-"""`mlci run`: the stages in order, in-process, each skipped when the digest of its inputs is unchanged."""
+"""`mlci run`: the stages in order, in-process, each skipped when the digest of its inputs is unchanged.
+
+train → export → evaluate build the artifact; smoke → gate judge it; push puts the artifact and its
+verdict in the registry; with continuous deployment a passing candidate is then promoted and deployed
+to staging and production. ``until`` stops the run after any of those steps.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import uuid
@@ -12,16 +18,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlci.canonical import sha256_file, write_json
+from mlci.canonical import digest_of, sha256_file, write_json
 from mlci.config import Config
-from mlci.errors import MlciError
+from mlci.errors import CheckFailed, MlciError
 from mlci.runs import append_run
-from mlci.stages import STAGES, code_digest, factory_source, stage_keys
+from mlci.stages import RELEASE_STAGES, STAGES, Stage, code_digest, config_digest, factory_source, stage_keys
 from mlci.workspace import Workspace, atomic_dir
 
-__all__ = ["RunResult", "StageEvent", "run_pipeline"]
+__all__ = ["RunResult", "STEPS", "StageEvent", "open_registry", "run_pipeline"]
 
 SUMMARY_FILE = "stage.json"
+STEPS = ("evaluate", "smoke", "gate", "push", "deploy")
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,8 @@ class RunResult:
     artifact: Path | None
     metrics: dict[str, Any]
     duration_s: float
+    verdict: dict[str, Any] | None = None
+    release: dict[str, Any] = field(default_factory=dict)
 
 
 def _record(event: StageEvent) -> dict[str, Any]:
@@ -74,71 +83,172 @@ def _publish(workspace: Workspace, evaluate_dir: Path) -> tuple[str, Path]:
     return digest, target
 
 
+class _Runner:
+    """Runs stages with the cache, timing and events; remembers every event for the run record."""
+
+    def __init__(self, config: Config, use_cache: bool, on_event: Callable[[StageEvent], None]) -> None:
+        self.config = config
+        self.workspace = Workspace(config.workspace)
+        self.use_cache = use_cache
+        self.on_event = on_event
+        self.events: list[StageEvent] = []
+        self.outputs: dict[str, Path] = {}
+        self.details: dict[str, dict[str, Any]] = {}
+
+    def _finish(self, event: StageEvent) -> None:
+        self.events.append(event)
+        self.on_event(event)
+
+    def stage(self, stage: Stage, key: str, extra_inputs: dict[str, Path] | None = None) -> dict[str, Any]:
+        out = self.workspace.stage_dir(stage.name, key)
+        self.on_event(StageEvent(stage.name, "running", key=key))
+        t0 = time.perf_counter()
+        hit = self.use_cache and (out / SUMMARY_FILE).is_file()
+        try:
+            if hit:
+                detail = json.loads((out / SUMMARY_FILE).read_text())
+            else:
+                if out.exists():  # --no-cache, or a cache entry from an older layout
+                    shutil.rmtree(out)
+                inputs = {n: self.outputs[n] for n in stage.needs} | (extra_inputs or {})
+                with atomic_dir(out) as tmp:
+                    detail = stage.fn(self.config, inputs, tmp)
+                    write_json(tmp / SUMMARY_FILE, detail)
+        except BaseException as exc:
+            self._finish(StageEvent(stage.name, "failed", time.perf_counter() - t0, False, key, error=str(exc) or type(exc).__name__))
+            raise
+        self._finish(StageEvent(stage.name, "ok", time.perf_counter() - t0, hit, key, detail))
+        self.outputs[stage.name] = out
+        self.details[stage.name] = detail
+        return detail
+
+    def step(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """An uncached step with side effects (push, promote, deploy)."""
+        self.on_event(StageEvent(name, "running"))
+        t0 = time.perf_counter()
+        try:
+            detail = fn()
+        except BaseException as exc:
+            self._finish(StageEvent(name, "failed", time.perf_counter() - t0, error=str(exc) or type(exc).__name__))
+            raise
+        self._finish(StageEvent(name, "ok", time.perf_counter() - t0, detail=detail))
+        self.details[name] = detail
+        return detail
+
+
+def open_registry(config: Config) -> Any:
+    """The configured registry store, with credentials from MLCI_REGISTRY_USERNAME/PASSWORD."""
+    from mlci.registry import open_store, registry_settings_from_env
+
+    assert config.registry is not None  # always set by parse_config
+    username, password = registry_settings_from_env(os.environ)
+    return open_store(
+        config.registry.url, config.registry.repository, username=username, password=password,
+        insecure=config.registry.insecure, base_dir=config.root,
+    )
+
+
+def _release(runner: _Runner, keys: dict[str, str], artifact: Path, until: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """smoke → gate → push → (continuous) promote + deploy. Returns the verdict and what was released."""
+    config = runner.config
+    smoke, gate = RELEASE_STAGES
+    serving_code = code_digest(("mlci.serving", "mlci.release"))
+    keys["smoke"] = digest_of({"stage": "smoke", "evaluate": keys["evaluate"], "code": serving_code, "config": config_digest(config, smoke.config_tables)})
+    runner.stage(smoke, keys["smoke"])
+    if until == "smoke":
+        return None, {}
+
+    from mlci.registry import pull_artifact, push_artifact, tag_digest
+
+    store = open_registry(config)
+    production = tag_digest(store, "production")
+    extra: dict[str, Path] = {}
+    if production is not None:
+        extra["production"] = runner.workspace.root / "production" / production.replace(":", "-")
+        pull_artifact(store, production, extra["production"])
+    keys["gate"] = digest_of({
+        "stage": "gate", "evaluate": keys["evaluate"], "smoke": keys["smoke"], "production": production,
+        "config": config_digest(config, gate.config_tables), "data": keys["train"],
+    })
+    runner.stage(gate, keys["gate"], extra)
+    verdict = json.loads((runner.outputs["gate"] / "verdict.json").read_text())
+    if until == "gate":
+        return verdict, {}
+
+    from mlci.release.promote import Release, store_verdict
+
+    def push() -> dict[str, Any]:
+        result = push_artifact(store, artifact, tags=("candidate",))
+        store_verdict(store, verdict)
+        return {"artifact_digest": result.artifact_digest, "manifest_digest": result.manifest_digest, "tags": list(result.tags)}
+
+    released: dict[str, Any] = {"push": runner.step("push", push)}
+    if until == "push" or not verdict["passed"] or not config.deploy.continuous_deployment:
+        return verdict, released
+
+    from mlci.release.flow import deploy_environment
+    from mlci.release.promote import promote
+
+    release = Release.from_env()
+    for env in ("staging", "production"):
+        runner.step(f"promote-{env}", lambda env=env: promote(store, env, verdict["candidate"], release=release, continuous=True))
+        released[env] = runner.step(f"deploy-{env}", lambda env=env: deploy_environment(config, store, env, release))
+    return verdict, released
+
+
 def run_pipeline(
     config: Config,
     *,
     use_cache: bool = True,
+    until: str | None = None,
     on_event: Callable[[StageEvent], None] = lambda _e: None,
 ) -> RunResult:
-    """Run train → export → evaluate; return the artifact's digest and path. Raises the failing stage's error."""
-    workspace = Workspace(config.workspace)
+    """Run the pipeline up to ``until`` (default: push, or deploy with continuous deployment).
+
+    Raises the failing stage's error; a failing gate raises CheckFailed after the candidate and its
+    verdict are pushed (so the failure is on record in the registry).
+    """
+    until = until or ("deploy" if config.deploy.continuous_deployment else "push")
+    if until not in STEPS:
+        raise MlciError(f"--until must be one of {', '.join(STEPS)}; got {until!r}.")
+    runner = _Runner(config, use_cache, on_event)
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     started = time.perf_counter()
     data_path = config.data.path
     # A missing file gets no digest: the train stage then runs and reports it properly.
     data_digest = sha256_file(data_path) if data_path.is_file() else f"missing:{uuid.uuid4().hex}"
     keys = stage_keys(config, data_digest, code_digest(), factory_source(config))
-    events: list[StageEvent] = []
-    outputs: dict[str, Path] = {}
-    details: dict[str, dict[str, Any]] = {}
     status, error = "ok", None
+    digest, artifact, verdict, released = None, None, None, {}
     try:
         for stage in STAGES:
-            key = keys[stage.name]
-            out = workspace.stage_dir(stage.name, key)
-            on_event(StageEvent(stage.name, "running", key=key))
-            t0 = time.perf_counter()
-            hit = use_cache and (out / SUMMARY_FILE).is_file()
-            try:
-                if hit:
-                    detail = json.loads((out / SUMMARY_FILE).read_text())
-                else:
-                    if out.exists():  # --no-cache, or a cache entry from an older layout
-                        shutil.rmtree(out)
-                    with atomic_dir(out) as tmp:
-                        detail = stage.fn(config, {n: outputs[n] for n in stage.needs}, tmp)
-                        write_json(tmp / SUMMARY_FILE, detail)
-            except BaseException as exc:
-                event = StageEvent(stage.name, "failed", time.perf_counter() - t0, False, key, error=str(exc) or type(exc).__name__)
-                events.append(event)
-                on_event(event)
-                raise
-            event = StageEvent(stage.name, "ok", time.perf_counter() - t0, hit, key, detail)
-            events.append(event)
-            on_event(event)
-            outputs[stage.name] = out
-            details[stage.name] = detail
-        digest, artifact = _publish(workspace, outputs["evaluate"])
-        write_json(workspace.root / "latest.json", {"digest": digest, "path": str(artifact), "run_id": run_id})
-    except MlciError as exc:
-        status, error = "failed", str(exc)
-        raise
+            runner.stage(stage, keys[stage.name])
+        digest, artifact = _publish(runner.workspace, runner.outputs["evaluate"])
+        write_json(runner.workspace.root / "latest.json", {"digest": digest, "path": str(artifact), "run_id": run_id})
+        if until != "evaluate":
+            verdict, released = _release(runner, keys, artifact, until)
+            if verdict is not None and not verdict["passed"]:
+                failed = [f"{c['name']} ({c['reason']})" for c in verdict["checks"] if not c["passed"]]
+                raise CheckFailed(f"The gate failed for {digest[:19]}: " + "; ".join(failed))
     except BaseException as exc:  # a bug or Ctrl-C still leaves an honest record
-        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        status, error = "failed", str(exc) if isinstance(exc, MlciError) else f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        duration = time.perf_counter() - started
         append_run(
-            workspace.runs_file,
+            runner.workspace.runs_file,
             {
                 "run_id": run_id,
                 "config": str(config.path),
                 "model": config.name,
                 "status": status,
                 "error": error,
-                "duration_s": round(duration, 4),
-                "stages": [_record(e) for e in events],
-                "digest": details.get("evaluate", {}).get("digest"),
+                "duration_s": round(time.perf_counter() - started, 4),
+                "stages": [_record(e) for e in runner.events],
+                "digest": digest,
+                "verdict": None if verdict is None else verdict["passed"],
             },
         )
-    return RunResult(run_id, status, events, digest, artifact, details["evaluate"].get("metrics", {}), duration)
+    return RunResult(
+        run_id, status, runner.events, digest, artifact, runner.details["evaluate"].get("metrics", {}),
+        time.perf_counter() - started, verdict, released,
+    )

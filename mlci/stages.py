@@ -21,7 +21,7 @@ from mlci import __version__
 from mlci.canonical import digest_of, sha256_bytes, sha256_file
 from mlci.config import Config
 
-__all__ = ["STAGES", "Stage", "code_digest", "config_digest", "factory_source", "git_commit", "stage_keys"]
+__all__ = ["RELEASE_STAGES", "STAGES", "Stage", "code_digest", "config_digest", "factory_source", "git_commit", "holdout_rows", "stage_keys"]
 
 
 def train_stage(config: Config, inputs: Mapping[str, Path], out: Path) -> dict[str, Any]:
@@ -104,6 +104,48 @@ def evaluate_stage(config: Config, inputs: Mapping[str, Path], out: Path) -> dic
     return {"digest": manifest["digest"], "metrics": result.metrics, "latency_ms": result.latency_ms}
 
 
+def holdout_rows(config: Config, limit: int | None = None) -> Any:
+    """The holdout rows (recomputed from the data and the seed: the split is a pure function of both)."""
+    from mlci.model.data import holdout_mask
+    from mlci.model.train import load_data
+
+    data = load_data(config)
+    X = data.X[holdout_mask(data.X, data.y, config.holdout, config.seed)]
+    return X if limit is None else X.head(limit)
+
+
+def smoke_stage(config: Config, inputs: Mapping[str, Path], out: Path) -> dict[str, Any]:
+    """Serve the artifact with the real server and compare served output with in-process output."""
+    from mlci.canonical import write_json
+    from mlci.errors import CheckFailed
+    from mlci.release.smoke import run_smoke
+
+    artifact = inputs["evaluate"]
+    try:
+        report = run_smoke(
+            artifact, holdout_rows(config, config.smoke.rows), max_p99_ms=config.smoke.max_p99_ms, timeout_s=config.smoke.timeout_s
+        ).to_json()
+    except CheckFailed as exc:  # a server that never became ready is a failed smoke test, judged by the gate
+        manifest = json.loads((artifact / "manifest.json").read_text())
+        report = {"passed": False, "digest": manifest["digest"], "reason": str(exc), "rows": 0,
+                  "p50_ms": None, "p99_ms": None, "max_p99_ms": config.smoke.max_p99_ms, "url": "", "mismatches": []}
+    write_json(out / "smoke.json", report)
+    return {"passed": report["passed"], "p99_ms": report["p99_ms"], "reason": report["reason"]}
+
+
+def gate_stage(config: Config, inputs: Mapping[str, Path], out: Path) -> dict[str, Any]:
+    """Judge the candidate (against production when ``inputs`` has one); writes verdict.json and verdict.md."""
+    from mlci.canonical import write_json
+    from mlci.model.gate import run_gate, verdict_markdown
+
+    smoke = json.loads((inputs["smoke"] / "smoke.json").read_text()) if "smoke" in inputs else None
+    verdict = run_gate(config, inputs["evaluate"], inputs.get("production"), smoke).to_json()
+    write_json(out / "verdict.json", verdict)
+    (out / "verdict.md").write_text(verdict_markdown(verdict))
+    return {"passed": verdict["passed"], "first_run": verdict["first_run"], "production": verdict["production"],
+            "failed": [c["name"] for c in verdict["checks"] if not c["passed"]]}
+
+
 StageFn = Callable[[Config, Mapping[str, Path], Path], dict[str, Any]]
 
 
@@ -122,21 +164,27 @@ STAGES: tuple[Stage, ...] = (
     Stage("export", export_stage, ("train",), ("export",)),
     Stage("evaluate", evaluate_stage, ("train", "export"), ("evaluate",)),
 )
+# After evaluate: the smoke test depends on the serving code too, the gate on production (keyed in pipeline.py).
+RELEASE_STAGES: tuple[Stage, ...] = (
+    Stage("smoke", smoke_stage, ("evaluate",), ("smoke",)),
+    Stage("gate", gate_stage, ("evaluate", "smoke"), ("gate", "data", "split")),
+)
 
 
-def _stage_code_files() -> list[Path]:
+def _stage_code_files(packages: tuple[str, ...]) -> list[Path]:
     files: list[Path] = []
-    for package in ("mlci.model",):
+    for package in packages:
         spec = find_spec(package)
         for location in (spec.submodule_search_locations or []) if spec else []:
             files.extend(sorted(Path(location).glob("*.py")))
     return files
 
 
-def code_digest() -> str:
+def code_digest(packages: tuple[str, ...] = ("mlci.model",)) -> str:
     """Hash of mlci's own stage code: a new mlci invalidates the stage cache, a comment in a README does not."""
     here = Path(__file__).parent
-    parts = {p.name: sha256_file(p) for p in [*_stage_code_files(), here / "stages.py", here / "canonical.py"]}
+    files = [*_stage_code_files(packages), here / "stages.py", here / "canonical.py"]
+    parts = {f"{p.parent.name}/{p.name}": sha256_file(p) for p in files}
     return digest_of({"version": __version__, "files": parts})
 
 

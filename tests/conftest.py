@@ -96,3 +96,23 @@ def example_project(tmp_path: Path) -> Path:
     target = tmp_path / "breast_cancer"
     shutil.copytree(EXAMPLE, target, ignore=shutil.ignore_patterns(".mlci"))
     return target / "mlci.toml"
+
+
+def reseal(artifact: Path) -> str:
+    """Recompute an edited artifact's file hashes and digest, as a (malicious or buggy) producer would.
+
+    Lets tests build artifacts that pass verification but are broken inside (e.g. an unloadable model).
+    """
+    import json
+
+    from mlci.model.artifact import manifest_digest
+
+    from mlci.canonical import sha256_file, write_json
+
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    for name, entry in manifest["files"].items():
+        entry["sha256"] = sha256_file(artifact / name)
+        entry["size"] = (artifact / name).stat().st_size
+    manifest["digest"] = manifest_digest(manifest)
+    write_json(artifact / "manifest.json", manifest)
+    return str(manifest["digest"])

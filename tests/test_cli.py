@@ -52,7 +52,10 @@ def test_run_prints_artifact_and_metrics_then_json(example_project: Path) -> Non
     assert code == 0
     payload = json.loads(out[out.index("{") :])
     assert payload["status"] == "ok"
-    assert [s["cache_hit"] for s in payload["stages"]] == [True, True, True]
+    assert [(s["stage"], s["cache_hit"]) for s in payload["stages"]] == [
+        ("train", True), ("export", True), ("evaluate", True), ("smoke", True), ("gate", True), ("push", False)
+    ]
+    assert payload["verdict"]["passed"] and payload["verdict"]["first_run"]
     assert Path(payload["artifact"], "model.onnx").is_file()
     code, out = invoke("runs", "--config", str(example_project), "--json")
     assert code == 0 and json.loads(out)["total"] == 2

@@ -31,7 +31,7 @@ def project(root: Path, estimator: str, gate: str = "") -> Path:
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("gate")
     return {
-        name: run_pipeline(load_config(project(base / name, est))).artifact  # type: ignore[misc]
+        name: run_pipeline(load_config(project(base / name, est)), until="evaluate").artifact  # type: ignore[misc]
         for name, est in (("logistic", LOGISTIC), ("stump", STUMP))
     }
 

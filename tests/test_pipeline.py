@@ -42,7 +42,7 @@ CASES = {
 def test_estimator_end_to_end_on_mixed_csv(make_project: ProjectFactory, case: str) -> None:
     task, target, estimator = CASES[case]
     config = load_config(make_project(estimator + "\n" + SCALED, task=task, target=target))
-    result = run_pipeline(config)
+    result = run_pipeline(config, until="evaluate")
     assert result.status == "ok"
     manifest = verify_artifact(result.artifact)
     assert manifest["task"] == task
@@ -67,8 +67,8 @@ def test_estimator_end_to_end_on_mixed_csv(make_project: ProjectFactory, case: s
 
 
 def test_bundled_example_is_reproducible_byte_for_byte(example_project: Path, tmp_path: Path) -> None:
-    first = run_pipeline(load_config(example_project, tmp_path / "ws1"))
-    second = run_pipeline(load_config(example_project, tmp_path / "ws2"))
+    first = run_pipeline(load_config(example_project, tmp_path / "ws1"), until="evaluate")
+    second = run_pipeline(load_config(example_project, tmp_path / "ws2"), until="evaluate")
     assert first.digest == second.digest
     for name in ("model.onnx", "outlier.onnx", "profile.json"):
         assert (first.artifact / name).read_bytes() == (second.artifact / name).read_bytes(), name
@@ -79,51 +79,51 @@ def test_bundled_example_is_reproducible_byte_for_byte(example_project: Path, tm
 
 def test_random_forest_is_reproducible(make_project: ProjectFactory, tmp_path: Path) -> None:
     path = make_project('class = "sklearn.ensemble.RandomForestClassifier"\nparams = { n_estimators = 10 }')
-    a = run_pipeline(load_config(path, tmp_path / "a"))
-    b = run_pipeline(load_config(path, tmp_path / "b"))
+    a = run_pipeline(load_config(path, tmp_path / "a"), until="evaluate")
+    b = run_pipeline(load_config(path, tmp_path / "b"), until="evaluate")
     assert a.digest == b.digest
 
 
 def test_second_run_is_all_cache_hits_and_same_digest(example_project: Path) -> None:
     config = load_config(example_project)
-    cold = run_pipeline(config)
-    warm = run_pipeline(config)
+    cold = run_pipeline(config, until="evaluate")
+    warm = run_pipeline(config, until="evaluate")
     assert [e.cache_hit for e in cold.stages] == [False, False, False]
     assert [e.cache_hit for e in warm.stages] == [True, True, True]
     assert warm.digest == cold.digest and warm.metrics == cold.metrics
 
 
 def test_changing_only_export_config_reuses_training(example_project: Path) -> None:
-    cold = run_pipeline(load_config(example_project))
+    cold = run_pipeline(load_config(example_project), until="evaluate")
     text = example_project.read_text() + "\n[export]\nabs_tolerance = 1e-4\n"
     example_project.write_text(text)
-    again = run_pipeline(load_config(example_project))
+    again = run_pipeline(load_config(example_project), until="evaluate")
     assert [e.cache_hit for e in again.stages] == [True, False, False]
     assert again.digest != cold.digest  # the tolerance is recorded in the manifest's parity section
 
 
 def test_changing_data_retrains(example_project: Path) -> None:
-    run_pipeline(load_config(example_project))
+    run_pipeline(load_config(example_project), until="evaluate")
     data = example_project.parent / "data.csv"
     lines = data.read_text().splitlines()
     data.write_text("\n".join(lines[:-5]) + "\n")
-    again = run_pipeline(load_config(example_project))
+    again = run_pipeline(load_config(example_project), until="evaluate")
     assert [e.cache_hit for e in again.stages] == [False, False, False]
 
 
 def test_no_cache_reruns_every_stage(example_project: Path) -> None:
     config = load_config(example_project)
-    run_pipeline(config)
-    forced = run_pipeline(config, use_cache=False)
+    run_pipeline(config, until="evaluate")
+    forced = run_pipeline(config, use_cache=False, until="evaluate")
     assert [e.cache_hit for e in forced.stages] == [False, False, False]
 
 
 def test_run_records_are_appended_for_success_and_failure(example_project: Path) -> None:
     config = load_config(example_project)
-    run_pipeline(config)
+    run_pipeline(config, until="evaluate")
     (example_project.parent / "data.csv").write_text("")
     with pytest.raises(Exception, match="empty"):
-        run_pipeline(config)
+        run_pipeline(config, until="evaluate")
     runs = read_runs(Workspace(config.workspace).runs_file)
     assert [r["status"] for r in runs] == ["ok", "failed"]
     assert runs[1]["stages"][0]["stage"] == "train" and runs[1]["stages"][0]["status"] == "failed"
@@ -176,7 +176,7 @@ def test_factory_numeric_pipeline_gets_a_column_selector(make_project: ProjectFa
     frame = mixed_frame().drop(columns=["plan", "region", "spend"]).fillna({"age": 40.0})
     config_path = make_project('factory = "my_models:make"', frame=frame, data_extra="")
     (config_path.parent / "my_models.py").write_text(FACTORY_NUMERIC)
-    result = run_pipeline(load_config(config_path))
+    result = run_pipeline(load_config(config_path), until="evaluate")
     manifest = verify_artifact(result.artifact)
     assert [i["name"] for i in manifest["onnx"]["inputs"]] == ["age", "income"]
     assert manifest["code"]["factory_sha256"] and manifest["parity"]["passed"]
@@ -185,11 +185,11 @@ def test_factory_numeric_pipeline_gets_a_column_selector(make_project: ProjectFa
 def test_factory_with_its_own_column_transformer(make_project: ProjectFactory) -> None:
     config_path = make_project('factory = "my_models:make"')
     (config_path.parent / "my_models.py").write_text(FACTORY_MIXED)
-    result = run_pipeline(load_config(config_path))
+    result = run_pipeline(load_config(config_path), until="evaluate")
     assert verify_artifact(result.artifact)["estimator"]["name"] == "ExtraTreesClassifier"
     # editing the factory's source is a code change: training must run again
     (config_path.parent / "my_models.py").write_text(FACTORY_MIXED.replace("n_estimators=10", "n_estimators=12"))
-    again = run_pipeline(load_config(config_path))
+    again = run_pipeline(load_config(config_path), until="evaluate")
     assert not again.stages[0].cache_hit and again.digest != result.digest
 
 
@@ -200,7 +200,7 @@ def test_factory_that_cannot_handle_missing_values_says_so(make_project: Project
     config_path = make_project('factory = "my_models:make"', frame=frame, data_extra="")
     (config_path.parent / "my_models.py").write_text(FACTORY_NUMERIC)
     with pytest.raises(ConfigError, match="Fitting LogisticRegression failed: Input X contains NaN"):
-        run_pipeline(load_config(config_path))
+        run_pipeline(load_config(config_path), until="evaluate")
 
 
 def test_factory_module_missing_is_a_config_error(make_project: ProjectFactory) -> None:
@@ -208,7 +208,7 @@ def test_factory_module_missing_is_a_config_error(make_project: ProjectFactory) 
 
     config_path = make_project('factory = "no_such_module_here:make"')
     with pytest.raises(ConfigError, match="cannot be imported"):
-        run_pipeline(load_config(config_path))
+        run_pipeline(load_config(config_path), until="evaluate")
 
 
 def test_digest_is_the_same_across_processes_and_hash_seeds(example_project: Path, tmp_path: Path) -> None:

@@ -1,0 +1,3 @@
+"""Release: smoke test, promotion with tag history, deploy targets and rollback."""
+
+__all__: list[str] = []

@@ -1,0 +1,265 @@
+"""The release commands of the CLI: smoke, gate, push, pull, promote, deploy, rollback, hotfix, status, stop.
+
+Registered on the main group by :func:`register`; like the rest of the CLI, they import heavy libraries
+only inside the command bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlci.errors import MlciError
+
+__all__ = ["register"]
+
+_ENV = click.Choice(["staging", "production"])
+
+
+def register(
+    group: click.Group,
+    *,
+    config_option: Callable[[Any], Any],
+    json_option: Callable[[Any], Any],
+    emit: Callable[[bool, dict[str, Any], str], None],
+    load: Callable[[Path, Path | None], Any],
+) -> None:
+    """Add the release commands to ``group`` (helpers passed in to avoid an import cycle with mlci.cli)."""
+
+    def store_of(config: Any) -> Any:
+        from mlci.pipeline import open_registry
+
+        return open_registry(config)
+
+    def explicit_store(registry: str | None, repository: str | None) -> Any:
+        """The store named by --registry/--repository, or None to use mlci.toml's [registry]."""
+        if (registry is None) != (repository is None):
+            raise click.UsageError("--registry and --repository go together; give both or neither.")
+        if registry is None or repository is None:
+            return None
+        import os
+
+        from mlci.registry import open_store, registry_settings_from_env
+
+        username, password = registry_settings_from_env(os.environ)
+        return open_store(registry, repository, username=username, password=password)
+
+    def release_of() -> Any:
+        from mlci.release.promote import Release
+
+        return Release.from_env()
+
+    @group.command()
+    @click.argument("artifact", type=click.Path(exists=True, file_okay=False, path_type=Path))
+    @config_option
+    @click.option("--url", default=None, help="Smoke-test this live endpoint instead of starting a server.")
+    @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write smoke.json here.")
+    @json_option
+    def smoke(artifact: Path, config_path: Path, workspace: Path | None, url: str | None, out: Path | None, as_json: bool) -> None:
+        """Serve ARTIFACT with the real server, send holdout rows, compare with in-process output. Exit 1 on failure."""
+        from mlci.release.smoke import run_smoke
+        from mlci.stages import holdout_rows
+
+        config = load(config_path, workspace)
+        report = run_smoke(
+            artifact, holdout_rows(config, config.smoke.rows), max_p99_ms=config.smoke.max_p99_ms,
+            timeout_s=config.smoke.timeout_s, url=url,
+        ).to_json()
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        emit(as_json, report, f"smoke {'passed' if report['passed'] else 'FAILED'}: {report['reason']}")
+        if not report["passed"]:
+            sys.exit(1)
+
+    @group.command()
+    @click.argument("artifact", type=click.Path(exists=True, file_okay=False, path_type=Path))
+    @config_option
+    @click.option(
+        "--production", default="registry", show_default=True,
+        help="Production model to compare with: 'registry' (the production tag, if any), 'none', or an artifact directory.",
+    )
+    @click.option("--smoke", "smoke_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="smoke.json from `mlci smoke`.")
+    @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write verdict.json here.")
+    @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
+    def gate(artifact: Path, config_path: Path, workspace: Path | None, production: str, smoke_file: Path | None, out: Path | None, fmt: str) -> None:
+        """Judge ARTIFACT against the policy and production on the same holdout rows. Exit 0 pass, 1 fail."""
+        from mlci.model.gate import run_gate, verdict_markdown
+
+        config = load(config_path, workspace)
+        prod_dir: Path | None = None
+        if production == "registry":
+            from mlci.registry import pull_artifact, tag_digest
+
+            store = store_of(config)
+            digest = tag_digest(store, "production")
+            if digest is not None:
+                prod_dir = config.workspace / "production" / digest.replace(":", "-")
+                pull_artifact(store, digest, prod_dir)
+        elif production != "none":
+            prod_dir = Path(production)
+            if not prod_dir.is_dir():
+                raise click.BadParameter(f"'{production}' is not a directory, 'registry' or 'none'.", param_hint="--production")
+        smoke = json.loads(smoke_file.read_text()) if smoke_file else None
+        verdict = run_gate(config, artifact, prod_dir, smoke).to_json()
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(verdict, indent=2, sort_keys=True) + "\n")
+        if fmt == "json":
+            click.echo(json.dumps(verdict, indent=2, sort_keys=True))
+        elif fmt == "markdown":
+            click.echo(verdict_markdown(verdict))
+        else:
+            for c in verdict["checks"]:
+                click.echo(f"  {'✓' if c['passed'] else '✗'} {c['name']}: {c['reason']}")
+            click.echo(f"gate {'passed' if verdict['passed'] else 'FAILED'}" + (" (first release: absolute checks only)" if verdict["first_run"] else ""))
+        if not verdict["passed"]:
+            sys.exit(1)
+
+    @group.command()
+    @click.argument("artifact", type=click.Path(exists=True, file_okay=False, path_type=Path))
+    @config_option
+    @click.option("--tag", "tags", multiple=True, default=("candidate",), show_default=True, help="Tags to move to the artifact.")
+    @click.option("--verdict", "verdict_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="verdict.json to store beside it.")
+    @click.option("--registry", default=None, help="Registry URL (instead of [registry] url; no mlci.toml needed with --repository).")
+    @click.option("--repository", default=None, help="Repository name (instead of [registry] repository).")
+    @json_option
+    def push(
+        artifact: Path, config_path: Path, workspace: Path | None, tags: tuple[str, ...], verdict_file: Path | None,
+        registry: str | None, repository: str | None, as_json: bool,
+    ) -> None:
+        """Push ARTIFACT to the registry as an OCI artifact (blobs first, tags last)."""
+        from mlci.model.artifact import read_manifest
+        from mlci.registry import push_artifact
+        from mlci.release.promote import store_verdict
+
+        verdict = json.loads(verdict_file.read_text()) if verdict_file is not None else None
+        digest = read_manifest(artifact)["digest"]
+        if verdict is not None and verdict.get("candidate") != digest:
+            raise MlciError(f"{verdict_file} judges {verdict.get('candidate')}, not the pushed {digest}; nothing was pushed.")
+        store = explicit_store(registry, repository) or store_of(load(config_path, workspace))
+        result = push_artifact(store, artifact, tags=tags)
+        if verdict is not None:
+            store_verdict(store, verdict)
+        payload = {"artifact_digest": result.artifact_digest, "manifest_digest": result.manifest_digest, "tags": list(result.tags), "registry": str(store)}
+        emit(as_json, payload, f"pushed {result.artifact_digest} → {store} (tags: {', '.join(result.tags)})")
+
+    @group.command()
+    @click.argument("ref")
+    @config_option
+    @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Directory to write the artifact into.")
+    @click.option("--registry", default=None, help="Registry URL (instead of [registry] url; no mlci.toml needed with --repository).")
+    @click.option("--repository", default=None, help="Repository name (instead of [registry] repository).")
+    @json_option
+    def pull(ref: str, config_path: Path, workspace: Path | None, out: Path, registry: str | None, repository: str | None, as_json: bool) -> None:
+        """Pull REF (a tag, an artifact digest or a manifest digest), verifying every blob."""
+        from mlci.registry import pull_artifact
+
+        store = explicit_store(registry, repository) or store_of(load(config_path, workspace))
+        manifest = pull_artifact(store, ref, out)
+        emit(as_json, {"digest": manifest["digest"], "out": str(out)}, f"pulled {manifest['digest']} → {out}")
+
+    @group.command()
+    @click.argument("env", type=_ENV)
+    @config_option
+    @click.option("--digest", default=None, help="Artifact to promote (default: candidate for staging, staging for production).")
+    @click.option("--approve", is_flag=True, help="A human approves this promotion (needed unless continuous deployment is on).")
+    @click.option("--reason", default="", help="Why, for the history.")
+    @click.option("--deploy/--no-deploy", "then_deploy", default=True, show_default=True, help="Deploy right after promoting.")
+    @json_option
+    def promote(env: str, config_path: Path, workspace: Path | None, digest: str | None, approve: bool, reason: str, then_deploy: bool, as_json: bool) -> None:
+        """Point ENV at an artifact with a passing verdict, then deploy it (with post-deploy check and auto-rollback)."""
+        from mlci.registry import tag_digest
+        from mlci.release.flow import deploy_environment
+        from mlci.release.promote import promote as do_promote
+
+        config = load(config_path, workspace)
+        store = store_of(config)
+        source = "candidate" if env == "staging" else "staging"
+        digest = digest or tag_digest(store, source)
+        if digest is None:
+            raise MlciError(f"Nothing to promote to {env}: the {source} tag is empty. Pass --digest or run the pipeline first.")
+        release = release_of()
+        entry = do_promote(store, env, digest, release=release, approve=approve, continuous=config.deploy.continuous_deployment, reason=reason)
+        deployed = deploy_environment(config, store, env, release) if then_deploy else None
+        emit(as_json, {"promotion": entry, "deployed": deployed}, f"{env} → {digest}" + (f" (serving at {deployed.get('url') or deployed.get('manifest')})" if deployed else ""))
+
+    @group.command()
+    @click.argument("env", type=_ENV)
+    @config_option
+    @json_option
+    def deploy(env: str, config_path: Path, workspace: Path | None, as_json: bool) -> None:
+        """(Re)deploy what ENV's tag points at; roll back automatically if the post-deploy check fails."""
+        from mlci.release.flow import deploy_environment
+
+        config = load(config_path, workspace)
+        result = deploy_environment(config, store_of(config), env, release_of())
+        emit(as_json, result, f"{env} serves {result['digest']} ({result.get('url') or result.get('manifest')})")
+
+    @group.command()
+    @click.argument("env", type=_ENV)
+    @config_option
+    @click.option("--reason", default="", help="Why, for the history.")
+    @click.option("--deploy/--no-deploy", "then_deploy", default=True, show_default=True, help="Redeploy after moving the tag.")
+    @json_option
+    def rollback(env: str, config_path: Path, workspace: Path | None, reason: str, then_deploy: bool, as_json: bool) -> None:
+        """Move ENV back to the version it served before, and redeploy it."""
+        from mlci.release.flow import deploy_environment
+        from mlci.release.promote import rollback as do_rollback
+
+        config = load(config_path, workspace)
+        store = store_of(config)
+        release = release_of()
+        entry = do_rollback(store, env, release=release, reason=reason)
+        deployed = deploy_environment(config, store, env, release) if then_deploy else None
+        emit(as_json, {"rollback": entry, "deployed": deployed}, f"{env} rolled back {str(entry['from'])[:19]} → {entry['to']}")
+
+    @group.command()
+    @click.argument("env", type=_ENV)
+    @config_option
+    @click.option("--reason", default="", help="Why, for the history.")
+    @json_option
+    def hotfix(env: str, config_path: Path, workspace: Path | None, reason: str, as_json: bool) -> None:
+        """Serving code changed only: smoke ENV's artifact with the new code, redeploy it, record it."""
+        from mlci.release.flow import hotfix as do_hotfix
+
+        config = load(config_path, workspace)
+        result = do_hotfix(config, store_of(config), env, release_of(), reason)
+        emit(as_json, result, f"hotfix of {env}: {result['digest']} redeployed with the current serving code")
+
+    @group.command()
+    @config_option
+    @click.option("--limit", type=click.IntRange(min=1), default=5, show_default=True, help="History entries shown per environment.")
+    @json_option
+    def status(config_path: Path, workspace: Path | None, limit: int, as_json: bool) -> None:
+        """What each environment serves (registry tags and local servers) and the history of its moves."""
+        from mlci.release.deploy import running
+        from mlci.release.promote import status as registry_status
+
+        config = load(config_path, workspace)
+        report = registry_status(store_of(config))
+        lines = [f"candidate   {report['candidate']['digest'] or '-'}"]
+        for env in ("staging", "production"):
+            info = report[env]
+            info["local_server"] = running(config, env)
+            server = f"  serving at {info['local_server']['url']}" if info["local_server"] else ""
+            warn = "" if info["consistent"] else "  (tag moved outside mlci or history write interrupted)"
+            lines.append(f"{env:<11} {info['digest'] or '-'}{server}{warn}")
+            for e in info["history"][-limit:]:
+                lines.append(f"    {e['at']}  {e['action']:<8} {str(e['from'])[:19]:<19} → {e['to'][:19]}  by {e['by']}: {e['why']}")
+        emit(as_json, report, "\n".join(lines))
+
+    @group.command()
+    @click.argument("env", type=_ENV)
+    @config_option
+    def stop(env: str, config_path: Path, workspace: Path | None) -> None:
+        """Stop ENV's local server (graceful: drains requests and flushes the prediction log)."""
+        from mlci.release.deploy import stop as stop_server
+
+        stop_server(load(config_path, workspace), env)
+        click.echo(f"{env}: stopped")
