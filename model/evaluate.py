@@ -166,8 +166,14 @@ def measure_latency(session: Any, X: pd.DataFrame, schema: Schema, runs: int) ->
     }
 
 
-def fit_outlier_model(X_train: pd.DataFrame, schema: Schema, config: Config) -> tuple[bytes, dict[str, Any]]:
-    """IsolationForest on the training rows behind the same imputation/encoding, exported to ONNX."""
+def fit_outlier_model(
+    X_train: pd.DataFrame, schema: Schema, config: Config, X_hold: pd.DataFrame | None = None
+) -> tuple[bytes, dict[str, Any]]:
+    """IsolationForest on the training rows behind the same imputation/encoding, exported to ONNX.
+
+    The outlier rate on the holdout is the monitor's reference: on the rows it was fitted on, a forest
+    flags fewer outliers than on unseen rows from the same distribution.
+    """
     from mlci.model.estimators import float32_cast, preprocessor
     from mlci.model.export import convert
 
@@ -186,7 +192,12 @@ def fit_outlier_model(X_train: pd.DataFrame, schema: Schema, config: Config) -> 
     outputs = session.run(None, feeds_from_frame(X_train, schema))
     flagged = float((np.asarray(outputs[0]).ravel() == -1).mean())
     scores = np.asarray(outputs[1]).ravel()
+    extra: dict[str, Any] = {}
+    if X_hold is not None and len(X_hold):
+        held = session.run(None, feeds_from_frame(X_hold, schema))
+        extra = {"holdout_outlier_rate": _r(float((np.asarray(held[0]).ravel() == -1).mean())), "holdout_rows": len(X_hold)}
     return onnx_bytes, {
+        **extra,
         "train_outlier_rate": _r(flagged),
         "score_quantiles": [_r(q) for q in np.quantile(scores, [0.01, 0.05, 0.5, 0.95, 0.99])],
         "outputs": {"label": "-1 = outlier, 1 = inlier", "scores": "lower = more anomalous"},
@@ -221,6 +232,6 @@ def run_evaluate(config: Config, train_dir: Path, export_dir: Path) -> EvaluateR
     metrics["model_size_bytes"] = (export_dir / MODEL_FILE).stat().st_size
     latency = measure_latency(session, X_hold, schema, config.evaluate.latency_runs)
     profile = build_profile(X_train, schema, pred, classes, config.evaluate.profile_bins, metrics)
-    outlier_bytes, outlier = fit_outlier_model(X_train, schema, config)
+    outlier_bytes, outlier = fit_outlier_model(X_train, schema, config, X_hold)
     profile["outlier"] = outlier
     return EvaluateResult(metrics, latency, profile, outlier_bytes, outlier)

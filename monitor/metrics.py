@@ -1,0 +1,46 @@
+"""The last cycle's report in Prometheus text exposition format (for node_exporter's textfile collector)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["prometheus_text"]
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def prometheus_text(report: Mapping[str, Any], rows_total: int, alerts: list[dict[str, Any]]) -> str:
+    """The last report as Prometheus text exposition format."""
+    model = _label(str(report["model"]))
+    out: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
+        out.extend(f"{name}{{model=\"{model}\"{extra}}} {value!r}" for extra, value in samples)
+
+    metric("mlci_monitor_rows_total", "counter", "Rows judged by the monitor.", [("", float(rows_total))])
+    metric("mlci_monitor_cycle_seconds", "gauge", "Duration of the last cycle.", [("", float(report.get("duration_s", 0.0)))])
+    windows = report["windows"]
+    if windows:
+        last = windows[-1]
+        tests = [t for t in last["drift"]["tests"] if t["kind"] == "distribution" and t["psi"] is not None]
+        metric("mlci_monitor_feature_psi", "gauge", "PSI of each feature in the last window.",
+               [(f',feature="{_label(t["name"])}"', float(t["psi"])) for t in tests])  # fmt: skip
+        metric("mlci_monitor_feature_drift", "gauge", "1 if the feature drifted in the last window.",
+               [(f',feature="{_label(t["name"])}"', float(t["drifted"])) for t in tests])  # fmt: skip
+        metric("mlci_monitor_outlier_rate", "gauge", "Outlier rate of the last window.", [("", float(last["outliers"]["rate"]))])
+    performance = report.get("performance")
+    if performance and performance.get("metrics"):
+        metric("mlci_monitor_metric", "gauge", "Model metric on the labelled rows.",
+               [(f',metric="{k}"', float(v)) for k, v in performance["metrics"].items()])  # fmt: skip
+    metric("mlci_monitor_condition_firing", "gauge", "1 while a policy condition is firing.",
+           [(f',condition="{c}"', float(v["state"] == "firing")) for c, v in report["policy"].items()])  # fmt: skip
+    counts = {s: 0 for s in ("pending", "delivered", "dead")}
+    for alert in alerts:
+        counts[alert["status"]] = counts.get(alert["status"], 0) + 1
+    metric("mlci_monitor_alerts", "gauge", "Alerts in the outbox by status.", [(f',status="{k}"', float(v)) for k, v in counts.items()])
+    return "\n".join(out) + "\n"

@@ -1,0 +1,392 @@
+"""One monitoring cycle, and the loop around it: log → windows → checks → policy → actions → report → alerts.
+
+A cycle reads the log lines appended since the saved cursor (see :mod:`mlci.monitor.logtail`), keeps
+the records of the monitored model (its digest; traffic of another version, e.g. after a rollback, is
+counted and skipped), cuts them into windows of at most ``window`` rows, and runs drift and outlier
+checks on each. With too few rows for a verdict the cursor is *not* advanced, so the rows are judged
+together with the next cycle's instead of being dropped. Labels (when given) are joined to the logged
+predictions by request id for the performance check. Every window's signals go through the policy;
+its decisions become alerts in the outbox, a retrain-request document, or a call to an injected action
+(``rollback``). The state (cursor, policy, labels bookkeeping) is saved before the outbox is delivered.
+
+State directory::
+
+    state.json          cursor, labels offset, policy state, counters
+    predictions.jsonl   request id → predicted outputs (only with labels; the most recent ``index_limit``)
+    outbox/             one JSON file per alert (see mlci.monitor.alerts)
+    retrain/            retrain-request documents
+    report.json         the last cycle's report (and reports/<cycle>.json)
+    metrics.prom        Prometheus text format, for node_exporter's textfile collector
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from mlci.monitor.alerts import Outbox, atomic_write_json
+from mlci.monitor.drift import detect_drift
+from mlci.monitor.errors import MonitorError
+from mlci.monitor.logtail import read_new, start_cursor
+from mlci.monitor.metrics import prometheus_text
+from mlci.monitor.outliers import OutlierDetector, outlier_test
+from mlci.monitor.performance import evaluate_performance, join_labels, read_labels
+from mlci.monitor.policy import Decision, decide, new_state
+from mlci.monitor.settings import Settings
+from mlci.monitor.window import Window, WindowBuilder
+
+__all__ = ["Action", "Monitor"]
+
+Action = Callable[[dict[str, Any]], Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class _Traffic:
+    window: Window
+    record_rows: list[int]
+
+    @property
+    def rows(self) -> int:
+        return int(self.window.rows)
+
+
+@dataclass
+class _Artifact:
+    digest: str
+    name: str
+    task: str
+    features: list[dict[str, str]]
+    classes: list[str]
+    profile: dict[str, Any]
+
+
+def _load_artifact(path: Path) -> tuple[_Artifact, Path]:
+    from mlci.model.artifact import verify_artifact
+
+    manifest = verify_artifact(path)
+    profile = orjson.loads((path / "profile.json").read_bytes())
+    schema = manifest["schema"]
+    return (
+        _Artifact(
+            manifest["digest"], manifest["name"], manifest.get("task", schema.get("task", "classification")),
+            list(schema["features"]), [str(c) for c in schema.get("classes") or []], profile,
+        ),
+        path / "outlier.onnx",
+    )
+
+
+class _Parser:
+    """Parses log lines as they are read; keeps the monitored model's rows as columns, counts the rest."""
+
+    def __init__(self, artifact: _Artifact) -> None:
+        self.digest = artifact.digest
+        self._needle = artifact.digest.encode()
+        self.builder = WindowBuilder(artifact.features, artifact.task)
+        self.lines = self.skipped = self.bad = 0
+        self._gc = gc.isenabled()
+        gc.disable()  # millions of short-lived floats and lists: the cyclic GC would rescan them over and over
+
+    def add(self, line: bytes) -> None:
+        self.lines += 1
+        if self._needle not in line and line[:1] == b"{" and line.rstrip()[-1:] == b"}":  # cheap pre-filter
+            self.skipped += 1
+            return
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            self.bad += 1
+            return
+        if not isinstance(record, dict) or not isinstance(record.get("rows"), int):
+            self.bad += 1
+        elif record.get("digest") != self.digest:
+            self.skipped += 1
+        else:
+            try:
+                self.builder.add(record)
+            except MonitorError:
+                self.bad += 1  # e.g. a record from a server with another schema; counted, never fatal
+
+    def finish(self) -> tuple[_Traffic, int, int]:
+        if self._gc:
+            gc.enable()
+        return _Traffic(self.builder.build(), self.builder.record_rows), self.skipped, self.bad
+
+
+class Monitor:
+    """Watches one served artifact through its prediction log; :meth:`cycle` runs one pass."""
+
+    def __init__(
+        self,
+        artifact: Path,
+        log_dir: Path,
+        state_dir: Path,
+        *,
+        settings: Settings | None = None,
+        labels: Path | None = None,
+        actions: Mapping[str, Action] | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        http_client: Any = None,
+        index_limit: int = 500_000,
+    ) -> None:
+        self.artifact_, outlier_path = _load_artifact(artifact)
+        self.detector_ = OutlierDetector(outlier_path, self.artifact_.features)
+        self.log_dir = log_dir
+        self.state_dir = state_dir
+        self.settings = settings = settings if settings is not None else Settings()
+        self.labels = labels
+        self.actions = dict(actions or {})
+        self.clock = clock
+        self.sleep = sleep
+        self.http_client = http_client
+        self.index_limit = index_limit
+        if not log_dir.is_dir():
+            raise MonitorError(f"Log directory '{log_dir}' does not exist; pass the --log-dir the server writes to.")
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(
+            state_dir / "outbox", max_failures=settings.max_failures, attempts_per_cycle=settings.attempts_per_cycle,
+            backoff_s=settings.backoff_s, clock=clock, sleep=sleep,
+        )
+
+    # -- state -------------------------------------------------------------------------------------
+    @property
+    def _state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    def _load_state(self) -> dict[str, Any]:
+        if not self._state_file.is_file():
+            return {"cursor": start_cursor(), "labels_offset": 0, "policy": new_state(), "cycle": 0, "rows_total": 0,
+                    "pending_labels": {}, "labelled": {"true": [], "pred": []}, "artifact": self.artifact_.digest}  # fmt: skip
+        try:
+            state: dict[str, Any] = orjson.loads(self._state_file.read_bytes())
+        except orjson.JSONDecodeError as exc:
+            raise MonitorError(f"State file '{self._state_file}' is not valid JSON ({exc}); delete it to start over.") from exc
+        if state.get("artifact") != self.artifact_.digest:
+            raise MonitorError(
+                f"State directory '{self.state_dir}' belongs to {str(state.get('artifact'))[:19]}, not "
+                f"{self.artifact_.digest[:19]}; use a fresh --state directory per monitored artifact."
+            )
+        return state
+
+    # -- the cycle ---------------------------------------------------------------------------------
+    def cycle(self) -> dict[str, Any]:
+        """Run one monitoring pass; returns the report (also written to report.json)."""
+        started = time.perf_counter()
+        state = self._load_state()
+        cycle_no = int(state["cycle"]) + 1
+        now = self.clock()
+        parser = _Parser(self.artifact_)
+        try:
+            _, cursor = read_new(self.log_dir, state["cursor"], parser.add)  # streamed: never all lines at once
+        finally:
+            traffic, skipped, bad = parser.finish()  # re-enables the garbage collector whatever happened
+        rows = traffic.rows
+        lines = parser.lines
+        windows: list[dict[str, Any]] = []
+        decisions: list[tuple[str, Decision]] = []
+        policy_state = state["policy"]
+        s = self.settings
+        if rows >= s.min_rows:
+            state["cursor"] = cursor
+            state["rows_total"] += rows
+            for number, (lo, hi) in enumerate(self._chunks(traffic.record_rows)):
+                window_report = self._judge(traffic.window.slice(lo, hi))
+                window_report["window"] = number
+                windows.append(window_report)
+                signals = {
+                    "drift": window_report["drift"]["status"] == "drift" if window_report["drift"]["status"] != "insufficient" else None,
+                    "outliers": window_report["outliers"]["status"] == "outliers" if window_report["outliers"]["status"] != "insufficient" else None,
+                }
+                policy_state, made = decide(policy_state, signals, now, s.policy())
+                decisions.extend((f"w{number}", d) for d in made)
+            if self.labels is not None:
+                self._index(traffic.window)
+        elif lines and not rows:
+            state["cursor"] = cursor  # nothing of ours in them: never re-read
+        performance = self._performance(state) if self.labels is not None else None
+        if performance is not None and performance["status"] != "insufficient":
+            policy_state, made = decide(policy_state, {"decay": performance["status"] == "decay"}, now, s.policy())
+            decisions.extend(("perf", d) for d in made)
+        state["policy"] = policy_state
+        status = self._status(windows, performance, rows)
+        report: dict[str, Any] = {
+            "cycle": cycle_no,
+            "time": now,
+            "model": self.artifact_.name,
+            "digest": self.artifact_.digest,
+            "status": status,
+            "message": self._message(status, windows, performance, rows),
+            "rows": rows,
+            "new_lines": lines,
+            "skipped_other_model": skipped,
+            "bad_lines": bad,
+            "windows": windows,
+            "drifted_features": sorted({f for w in windows for f in w["drift"]["drifted_features"]}),
+            "performance": performance,
+            "policy": {c: {k: v for k, v in st.items() if k != "done"} for c, st in policy_state["conditions"].items()},
+        }
+        report["actions"] = self._act(cycle_no, decisions, report)
+        state["cycle"] = cycle_no
+        atomic_write_json(self._state_file, state)
+        delivery = self.outbox.deliver(s.webhook, client=self.http_client)
+        report["alerts"] = {"delivered": delivery.delivered, "pending": delivery.pending, "dead": delivery.dead, "attempts": delivery.attempts}
+        report["duration_s"] = round(time.perf_counter() - started, 4)
+        atomic_write_json(self.state_dir / "reports" / f"{cycle_no:06d}.json", report)
+        atomic_write_json(self.state_dir / "report.json", report)
+        self._write_metrics(report, state)
+        return report
+
+    def run(self, interval_s: float, cycles: int | None) -> list[dict[str, Any]]:
+        """Run ``cycles`` cycles (forever when None), ``interval_s`` apart; returns the reports."""
+        reports: list[dict[str, Any]] = []
+        count = 0
+        while cycles is None or count < cycles:
+            if count:
+                self.sleep(interval_s)
+            report = self.cycle()
+            count += 1
+            if cycles is not None:
+                reports.append(report)
+        return reports
+
+    # -- pieces ------------------------------------------------------------------------------------
+    def _chunks(self, record_rows: list[int]) -> list[tuple[int, int]]:
+        """Row ranges of at most ``window`` rows on request boundaries; a short tail joins the window before it."""
+        bounds: list[list[int]] = [[0, 0]]
+        for rows in record_rows:
+            lo, hi = bounds[-1]
+            if hi > lo and hi - lo + rows > self.settings.window:
+                bounds.append([hi, hi])
+            bounds[-1][1] += rows
+        if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < self.settings.min_rows:
+            tail = bounds.pop()
+            bounds[-1][1] = tail[1]
+        return [(lo, hi) for lo, hi in bounds]
+
+    def _judge(self, window: Window) -> dict[str, Any]:
+        a = self.artifact_
+        drift = detect_drift(
+            a.profile, window.columns, labels=window.labels, probabilities=window.probabilities, values=window.values,
+            settings=self.settings.drift(),
+        )
+        flags, scores = self.detector_.score(window.columns)
+        outlier = a.profile.get("outlier", {})
+        outliers = outlier_test(
+            flags, float(outlier.get("holdout_outlier_rate", outlier.get("train_outlier_rate", 0.0))), alpha=self.settings.alpha,
+            min_increase=self.settings.outlier_min_increase, min_rows=self.settings.min_rows, scores=scores,
+        )
+        return {
+            "rows": window.rows, "first_ts": window.first_ts, "last_ts": window.last_ts,
+            "drift": drift.to_json(), "outliers": outliers.to_json(),
+        }  # fmt: skip
+
+    def _index_file(self) -> Path:
+        return self.state_dir / "predictions.jsonl"
+
+    def _index(self, window: Window) -> None:
+        """Remember each request's predicted outputs so that labels arriving later can be joined."""
+        predicted = window.labels if self.artifact_.task == "classification" else window.values
+        if predicted is None or not window.rows:
+            return
+        values = predicted.tolist()
+        lines = []
+        lo = 0
+        for hi in range(1, window.rows + 1):  # a request's rows are contiguous
+            if hi == window.rows or window.ids[hi] != window.ids[lo]:
+                lines.append(orjson.dumps({"id": window.ids[lo], "p": values[lo:hi]}))
+                lo = hi
+        path = self._index_file()
+        with path.open("ab") as f:
+            f.write(b"\n".join(lines) + b"\n")
+        existing = path.read_bytes().splitlines()
+        if len(existing) > self.index_limit:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(b"\n".join(existing[-self.index_limit :]) + b"\n")
+            tmp.replace(path)
+
+    def _performance(self, state: dict[str, Any]) -> dict[str, Any]:
+        assert self.labels is not None
+        if self.labels.is_file():
+            fresh, state["labels_offset"] = read_labels(self.labels, int(state["labels_offset"]))
+        else:
+            fresh = {}  # labels arrive later than predictions: a file not written yet is not an error
+        pending: dict[str, list[Any]] = {**state["pending_labels"], **fresh}
+        index: dict[str, list[Any]] = {}
+        if self._index_file().is_file():
+            for line in self._index_file().read_bytes().splitlines():
+                if line:
+                    doc = orjson.loads(line)
+                    index[doc["id"]] = doc["p"]
+        y_true, y_pred, unmatched = join_labels(pending, index)
+        # Labels can arrive before their prediction is logged (or read); keep a bounded number waiting.
+        state["pending_labels"] = {k: pending[k] for k in unmatched[-self.index_limit :]}
+        labelled = state["labelled"]
+        labelled["true"].extend(y_true)
+        labelled["pred"].extend(y_pred)
+        a = self.artifact_
+        result = evaluate_performance(
+            a.task, a.profile.get("baseline_metrics", {}), labelled["true"], labelled["pred"], classes=a.classes,
+            alpha=self.settings.alpha, margin=self.settings.decay_margin, min_rows=self.settings.min_labelled,
+        ).to_json()
+        if result["status"] != "insufficient":
+            state["labelled"] = {"true": [], "pred": []}
+        result["waiting_labels"] = len(state["pending_labels"])
+        return dict(result)
+
+    @staticmethod
+    def _status(windows: list[dict[str, Any]], performance: dict[str, Any] | None, rows: int) -> str:
+        found = [k for k, hit in (
+            ("decay", performance is not None and performance["status"] == "decay"),
+            ("drift", any(w["drift"]["status"] == "drift" for w in windows)),
+            ("outliers", any(w["outliers"]["status"] == "outliers" for w in windows)),
+        ) if hit]  # fmt: skip
+        if found:
+            return found[0]
+        return "ok" if windows or (performance is not None and performance["status"] == "ok") else "insufficient"
+
+    def _message(self, status: str, windows: list[dict[str, Any]], performance: dict[str, Any] | None, rows: int) -> str:
+        if not windows:
+            text = f"need ≥ {self.settings.min_rows} rows for a verdict, have {rows}; they are kept for the next cycle"
+        else:
+            text = "; ".join(f"window {w['window']} ({w['rows']} rows): {w['drift']['message']}; {w['outliers']['message']}" for w in windows)
+        if performance is not None:
+            text += f"; performance: {performance['message']}"
+        return text
+
+    def _act(self, cycle_no: int, decisions: list[tuple[str, Decision]], report: dict[str, Any]) -> list[dict[str, Any]]:
+        done: list[dict[str, Any]] = []
+        a = self.artifact_
+        summary = {k: report[k] for k in ("cycle", "time", "model", "digest", "status", "message", "drifted_features")}
+        for where, d in decisions:
+            entry: dict[str, Any] = {"condition": d.condition, "action": d.action, "reason": d.reason, "suppressed": d.suppressed}
+            if not d.suppressed:
+                alert_id = f"{a.digest[7:19]}-{cycle_no:06d}-{where}-{d.condition}-{d.action}"
+                event: dict[str, Any] = {"event": d.action if d.action != "alert" else "alert", "condition": d.condition, "reason": d.reason, **summary}
+                if d.action == "retrain":
+                    path = self.state_dir / "retrain" / f"{alert_id}.json"
+                    atomic_write_json(path, {"request": "retrain", "condition": d.condition, "reason": d.reason, **summary})
+                    entry["request"] = str(path)
+                    event["event"] = "retrain_requested"
+                if d.action in self.actions and d.action in ("rollback", "retrain"):
+                    try:
+                        entry["result"] = dict(self.actions[d.action]({**summary, "condition": d.condition, "reason": d.reason}))
+                        entry["ok"] = True
+                    except Exception as exc:  # the monitor reports a failed action; it must not stop watching
+                        entry.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+                elif d.action == "rollback":
+                    entry.update(ok=False, error="no rollback action configured (mlci monitor --rollback-config mlci.toml)")
+                event["result"] = {k: entry[k] for k in ("ok", "result", "error", "request") if k in entry}
+                entry["alert_id"] = self.outbox.put(event, alert_id)
+            done.append(entry)
+        return done
+
+    def _write_metrics(self, report: dict[str, Any], state: dict[str, Any]) -> None:
+        text = prometheus_text(report, state["rows_total"], self.outbox.alerts())
+        tmp = self.state_dir / ".metrics.prom.tmp"
+        tmp.write_text(text)
+        tmp.replace(self.state_dir / "metrics.prom")

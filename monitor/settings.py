@@ -1,0 +1,126 @@
+"""Monitor settings: a frozen dataclass built from an environment mapping (``MLCI_MONITOR_*``).
+
+The CLI builds one with :meth:`Settings.from_env` (``os.environ``) and overrides it with its options;
+tests pass a dict. Casts fail with the variable, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from mlci.monitor.drift import DriftSettings
+from mlci.monitor.errors import MonitorError
+from mlci.monitor.policy import PolicySettings
+
+__all__ = ["PREFIX", "Settings"]
+
+PREFIX = "MLCI_MONITOR_"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise ValueError
+    return value
+
+
+def _correction(text: str) -> str:
+    if text not in ("bh", "by", "holm", "none"):
+        raise ValueError
+    return text
+
+
+def _optional_str(text: str) -> str | None:
+    return text or None
+
+
+_CASTS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "window": (_positive_int, "a positive int"),
+    "min_rows": (_positive_int, "a positive int"),
+    "alpha": (_probability, "a probability in (0, 1)"),
+    "psi_threshold": (_non_negative_float, "a float ≥ 0"),
+    "missing_threshold": (_non_negative_float, "a float ≥ 0"),
+    "correction": (_correction, "one of bh, by, holm, none"),
+    "outlier_min_increase": (_non_negative_float, "a float ≥ 0"),
+    "decay_margin": (_non_negative_float, "a float ≥ 0"),
+    "min_labelled": (_positive_int, "a positive int"),
+    "bad_windows": (_positive_int, "a positive int"),
+    "good_windows": (_positive_int, "a positive int"),
+    "cooldown_s": (_non_negative_float, "a float ≥ 0 (seconds)"),
+    "max_failures": (_positive_int, "a positive int"),
+    "attempts_per_cycle": (_positive_int, "a positive int"),
+    "backoff_s": (_non_negative_float, "a float ≥ 0 (seconds)"),
+    "webhook": (_optional_str, "a URL"),
+    "interval_s": (_non_negative_float, "a float ≥ 0 (seconds)"),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a monitoring cycle needs besides its inputs; defaults suit the bundled example."""
+
+    window: int = 5000
+    min_rows: int = 100
+    alpha: float = 0.05
+    psi_threshold: float = 0.1
+    missing_threshold: float = 0.05
+    correction: str = "bh"
+    outlier_min_increase: float = 0.10
+    decay_margin: float = 0.05
+    min_labelled: int = 50
+    bad_windows: int = 2
+    good_windows: int = 2
+    cooldown_s: float = 3600.0
+    max_failures: int = 5
+    attempts_per_cycle: int = 3
+    backoff_s: float = 0.5
+    webhook: str | None = None
+    interval_s: float = 60.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Settings from ``MLCI_MONITOR_<FIELD>`` variables (e.g. ``MLCI_MONITOR_WINDOW=2000``)."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = PREFIX + f.name.upper()
+            if key not in environ:
+                continue
+            cast, expected = _CASTS[f.name]
+            try:
+                values[f.name] = cast(environ[key])
+            except ValueError:
+                raise MonitorError(f"Config '{key}' has value {environ[key]!r}. Not {expected}.") from None
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.window < self.min_rows:
+            raise MonitorError(f"window is {self.window} rows but min_rows is {self.min_rows}; a window must hold at least min_rows rows.")
+        self.drift()  # validates alpha and correction
+        self.policy()
+
+    def drift(self) -> DriftSettings:
+        """The drift checks' part."""
+        return DriftSettings(
+            alpha=self.alpha, min_rows=self.min_rows, psi_threshold=self.psi_threshold,
+            missing_threshold=self.missing_threshold, correction=self.correction,
+        )
+
+    def policy(self) -> PolicySettings:
+        """The policy's part."""
+        return PolicySettings(bad_windows=self.bad_windows, good_windows=self.good_windows, cooldown_s=self.cooldown_s)

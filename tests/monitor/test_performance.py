@@ -1,0 +1,95 @@
+"""Delayed labels joined by request id; decay detected when labels flip, not on the truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from mlci.monitor.errors import MonitorError
+from mlci.monitor.performance import evaluate_performance, join_labels, read_labels
+
+from .conftest import Project, predict_records
+
+CLASSES = ["benign", "malignant"]
+
+
+def labelled(bc: Project, flip: float, seed: int = 0) -> tuple[list[str], list[str]]:
+    """(true labels, predicted labels) for the holdout; a fraction ``flip`` of the true labels inverted."""
+    records = predict_records(bc.artifact, bc.holdout, batch=4)
+    truth = bc.truth
+    rng = np.random.default_rng(seed)
+    flips = rng.random(len(truth)) < flip
+    truth = [CLASSES[1 - CLASSES.index(t)] if f else t for t, f in zip(truth, flips, strict=True)]
+    labels = {r["id"]: truth[i * 4 : i * 4 + r["rows"]] for i, r in enumerate(records)}
+    predictions = {r["id"]: r["outputs"]["label"] for r in records}
+    y_true, y_pred, unmatched = join_labels(labels, predictions)
+    assert unmatched == []
+    return y_true, y_pred
+
+
+def baseline(bc: Project) -> dict[str, float]:
+    return orjson.loads((bc.artifact / "profile.json").read_bytes())["baseline_metrics"]
+
+
+def test_true_labels_show_no_decay(bc: Project) -> None:
+    y_true, y_pred = labelled(bc, 0.0)
+    report = evaluate_performance("classification", baseline(bc), y_true, y_pred, classes=CLASSES)
+    assert report.status == "ok", report.message
+    assert report.metrics["accuracy"] == pytest.approx(baseline(bc)["accuracy"], abs=0.01)
+    assert report.metrics["f1"] == pytest.approx(baseline(bc)["f1"], abs=0.02)
+
+
+def test_flipped_labels_are_decay(bc: Project) -> None:
+    y_true, y_pred = labelled(bc, 0.3)
+    report = evaluate_performance("classification", baseline(bc), y_true, y_pred, classes=CLASSES)
+    assert report.status == "decay", report.message
+    assert report.p_value is not None and report.p_value < 1e-6
+    assert report.metrics["accuracy"] < 0.8 and report.interval is not None and report.interval[1] < 0.9
+
+
+def test_too_few_labels_get_no_verdict(bc: Project) -> None:
+    y_true, y_pred = labelled(bc, 0.5)
+    report = evaluate_performance("classification", baseline(bc), y_true[:20], y_pred[:20])
+    assert report.status == "insufficient" and report.message == "need ≥ 50 labelled rows, got 20"
+
+
+def test_regression_decay_uses_a_bootstrap_interval() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.normal(0, 5, 500)
+    good = y + rng.normal(0, 1.0, 500)
+    bad = y + rng.normal(0, 1.6, 500)
+    ok = evaluate_performance("regression", {"rmse": 1.0, "mae": 0.8}, y, good)
+    assert ok.status == "ok" and ok.interval is not None and ok.interval[0] < 1.0 < ok.interval[1] + 0.1
+    decayed = evaluate_performance("regression", {"rmse": 1.0, "mae": 0.8}, y, bad)
+    assert decayed.status == "decay" and decayed.interval is not None and decayed.interval[0] > 1.05
+
+
+def test_labels_are_read_incrementally_from_json_lines_and_csv(tmp_path: Path) -> None:
+    jsonl = tmp_path / "labels.jsonl"
+    jsonl.write_bytes(b'{"id": "a", "labels": ["x"]}\n{"id": "b", "labels": ["y", "z"]}\n{"id": "c", "lab')
+    first, offset = read_labels(jsonl)
+    assert first == {"a": ["x"], "b": ["y", "z"]}  # the incomplete last line waits
+    with jsonl.open("ab") as f:
+        f.write(b'els": ["w"]}\n')
+    second, offset2 = read_labels(jsonl, offset)
+    assert second == {"c": ["w"]} and offset2 == jsonl.stat().st_size
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("id,row,label\nr1,1,b\nr1,0,a\nr2,,c\n")
+    got, offset = read_labels(csv_path)
+    assert got == {"r1": ["a", "b"], "r2": ["c"]}
+    with csv_path.open("a") as f:
+        f.write("r3,0,d\n")
+    assert read_labels(csv_path, offset)[0] == {"r3": ["d"]}
+
+
+def test_bad_labels_are_refused_with_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"id": "a", "labels": ["x"]}\n{"id": "b"}\n')
+    with pytest.raises(MonitorError, match=r"line 2 .* must be"):
+        read_labels(path)
+    with pytest.raises(MonitorError, match="does not exist"):
+        read_labels(tmp_path / "nope.jsonl")
+    with pytest.raises(MonitorError, match="1 predicted row\\(s\\) but 2 label\\(s\\)"):
+        join_labels({"a": ["x", "y"]}, {"a": ["x"]})
