@@ -9,10 +9,10 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test venv bench lint typecheck clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,dev,parquet]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,dev,parquet]"
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -276,8 +276,10 @@ def serve(
 # Command groups that live beside their code; each module imports only click at the top level.
 from mlci.monitor.cli import register as _register_monitor  # noqa: E402
 from mlci.release.commands import register as _register_release  # noqa: E402
+from mlci.scaffold import register as _register_scaffold  # noqa: E402
 
 _register_release(cli, config_option=config_option, json_option=json_option, emit=_emit, load=_load)
+_register_scaffold(cli)
 _register_monitor(cli)
 
 

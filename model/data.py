@@ -13,7 +13,7 @@ import pandas as pd
 
 from mlci.errors import DataError
 
-__all__ = ["Dataset", "Feature", "Schema", "holdout_mask", "load_dataset", "read_table"]
+__all__ = ["Dataset", "Feature", "Schema", "holdout_mask", "infer_kind", "load_dataset", "read_table"]
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,8 @@ def _as_categorical(col: pd.Series) -> pd.Series:
     return text.astype(object)
 
 
-def _infer_kind(col: pd.Series) -> str:
+def infer_kind(col: pd.Series) -> str:
+    """numeric when every present value parses as a number, else categorical (what `mlci init` writes too)."""
     if pd.api.types.is_numeric_dtype(col):
         return "numeric"
     text = col.astype(str).str.strip()
@@ -180,7 +181,7 @@ def load_dataset(
     names = list(declared) if declared else [c for c in columns if c != target and c not in drop]
     if not names:
         raise DataError(f"'{path}' has no feature columns besides the target {target!r}.")
-    kinds = {n: declared.get(n) or _infer_kind(frame[n]) for n in names}
+    kinds = {n: declared.get(n) or infer_kind(frame[n]) for n in names}
     schema = Schema(tuple(Feature(str(n), kinds[n]) for n in names), target, task)
 
     X = pd.DataFrame(

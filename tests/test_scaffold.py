@@ -1,0 +1,131 @@
+"""`mlci init`: a loadable mlci.toml with the schema inferred from data, the CI configs, no silent overwrite."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mlci.cli import cli
+from mlci.config import load_config
+from mlci.scaffold import CI_FILES, template
+
+from .conftest import mixed_frame
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def init(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["init", *args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "Churn Model_2"
+    (root / "data").mkdir(parents=True)
+    mixed_frame(200).to_csv(root / "data" / "customers.csv", index=False)
+    return root
+
+
+def test_writes_a_config_that_loads_with_the_inferred_schema_and_both_ci_configs(repo: Path) -> None:
+    code, out = init(str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo))
+    assert code == 0, out
+    config = load_config(repo / "mlci.toml")
+    assert config.name == "churn-model-2" and config.task == "classification"
+    assert config.data.path == repo / "data" / "customers.csv" and config.data.target == "churn"
+    assert dict(config.data.features) == {"age": "numeric", "income": "numeric", "plan": "categorical", "region": "categorical", "spend": "numeric"}
+    for path, name in CI_FILES.values():
+        assert (repo / path).read_text() == template(name)
+    assert "wrote mlci.toml, .github/workflows/mlci.yml, .gitlab-ci.yml" in out and "MLCI_MODULE" in out
+
+
+def test_the_scaffolded_config_trains(repo: Path) -> None:
+    assert init(str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo), "--ci", "none")[0] == 0
+    result = CliRunner().invoke(cli, ["train", "--config", str(repo / "mlci.toml"), "--out", str(repo / "out")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert (repo / "out" / "estimator.skops").is_file()
+
+
+@pytest.mark.parametrize(("target", "task"), [("spend", "regression"), ("churn", "classification"), ("age", "regression")])
+def test_the_task_follows_the_target(repo: Path, target: str, task: str) -> None:
+    assert init(str(repo / "data" / "customers.csv"), "--target", target, "--dir", str(repo), "--ci", "none")[0] == 0
+    assert load_config(repo / "mlci.toml").task == task
+
+
+def test_integer_codes_with_few_values_are_classes(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text("x,label\n" + "".join(f"{i},{i % 3}\n" for i in range(30)))
+    assert init(str(tmp_path / "d.csv"), "--target", "label", "--dir", str(tmp_path), "--ci", "none")[0] == 0
+    assert load_config(tmp_path / "mlci.toml").task == "classification"
+
+
+def test_refuses_to_overwrite_without_force_and_writes_nothing(repo: Path) -> None:
+    (repo / ".gitlab-ci.yml").write_text("mine\n")
+    code, out = init(str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo))
+    assert code == 1 and "Not overwriting .gitlab-ci.yml" in out and "--force" in out
+    assert (repo / ".gitlab-ci.yml").read_text() == "mine\n"
+    assert not (repo / "mlci.toml").exists() and not (repo / ".github").exists()
+    code, out = init(str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo), "--force")
+    assert code == 0, out
+    assert (repo / ".gitlab-ci.yml").read_text() == template("gitlab-ci.yml")
+
+
+def test_only_the_chosen_vendors(repo: Path) -> None:
+    assert init(str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo), "--ci", "github")[0] == 0
+    assert (repo / ".github/workflows/mlci.yml").is_file() and not (repo / ".gitlab-ci.yml").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "chrun"], "has no column 'chrun'. Did you mean 'churn'?"),
+        ([], "Which column is the target? Pass --target"),
+        (["--target", "churn", "--dir", "/nonexistent/dir"], "'/nonexistent/dir' is not a directory"),
+    ],
+)
+def test_usage_errors_say_what_to_do(repo: Path, args: list[str], message: str) -> None:
+    if "--dir" not in args:
+        args = [*args, "--dir", str(repo)]
+    code, out = init(str(repo / "data" / "customers.csv"), *args)
+    assert code == 2 and message in out
+
+
+def test_data_must_exist_inside_the_repository(repo: Path, tmp_path: Path) -> None:
+    code, out = init(str(repo / "data" / "missing.csv"), "--dir", str(repo))
+    assert code == 2 and "does not exist" in out
+    outside = tmp_path / "elsewhere.csv"
+    outside.write_text("a,target\n1,0\n")
+    code, out = init(str(outside), "--dir", str(repo))
+    assert code == 2 and "is outside" in out
+
+
+def test_a_header_without_rows_or_only_a_target_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty.csv").write_text("a,target\n")
+    code, out = init(str(tmp_path / "empty.csv"), "--dir", str(tmp_path))
+    assert code == 1 and "no data rows" in out
+    (tmp_path / "only.csv").write_text("target\n1\n0\n")
+    code, out = init(str(tmp_path / "only.csv"), "--dir", str(tmp_path))
+    assert code == 1 and "only the target column" in out
+    assert not (tmp_path / "mlci.toml").exists()
+
+
+def test_odd_column_names_survive_the_toml(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text('"plan ""tier""",x y,target\nbasic,1,0\npro,2,1\nbasic,3,0\npro,4,1\n')
+    code, out = init(str(tmp_path / "d.csv"), "--dir", str(tmp_path), "--ci", "none")
+    assert code == 0, out
+    assert dict(load_config(tmp_path / "mlci.toml").data.features) == {'plan "tier"': "categorical", "x y": "numeric"}
+
+
+def test_the_repositorys_own_ci_configs_are_the_templates() -> None:
+    """One source of truth: what `mlci init` writes is what mlci itself runs."""
+    for path, name in CI_FILES.values():
+        assert (REPO / path).read_text() == template(name), f"{path} differs from mlci/templates/{name}"
+
+
+def test_importing_the_scaffold_loads_no_ml_library() -> None:
+    code = "import sys, mlci.scaffold; print([m for m in ('pandas', 'sklearn', 'onnxruntime') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
