@@ -90,7 +90,7 @@ def _fp32_doors(model: onnx.ModelProto) -> onnx.ModelProto:
 def _canonical_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
     """Sort the opset imports by domain: skl2onnx emits them in set order, which varies between processes
     (PYTHONHASHSEED) and would make identical trainings differ by a few bytes and a digest."""
-    opsets = sorted(((o.domain, o.version) for o in model.opset_import))
+    opsets = sorted((o.domain, o.version) for o in model.opset_import)
     del model.opset_import[:]
     for domain, version in opsets:
         model.opset_import.add(domain=domain, version=version)
