@@ -181,15 +181,21 @@ class Mlci:
         manifest = json.loads(await artifact.file("manifest.json").contents())
         revision = commit or (manifest.get("runtime") or {}).get("git_commit") or "unknown"
         return (
+            self._baked(artifact, manifest, "serving")
+            .with_label("org.opencontainers.image.revision", revision)
+            .with_exposed_port(cmd.PORT, description="Open Inference Protocol (KServe V2 REST)")
+            .with_entrypoint(cmd.serve())
+        )
+
+    def _baked(self, artifact: dagger.Directory, manifest: dict, role: str) -> dagger.Container:
+        """mlci installed (no build cache) with the artifact at /mlci/artifact and its digest as a label."""
+        return (
             self._runtime([])
             .without_mount(PIP_CACHE)
             .with_directory(cmd.ARTIFACT, artifact)
             .with_workdir("/mlci")
-            .with_label("org.opencontainers.image.title", f"{manifest['name']} (mlci serving)")
-            .with_label("org.opencontainers.image.revision", revision)
+            .with_label("org.opencontainers.image.title", f"{manifest['name']} (mlci {role})")
             .with_label("dev.mlci.artifact.digest", manifest["digest"])
-            .with_exposed_port(cmd.PORT, description="Open Inference Protocol (KServe V2 REST)")
-            .with_entrypoint(cmd.serve())
         )
 
     @function
@@ -205,15 +211,7 @@ class Mlci:
         """
         artifact = artifact or self.train()
         manifest = json.loads(await artifact.file("manifest.json").contents())
-        return (
-            self._runtime([])
-            .without_mount(PIP_CACHE)
-            .with_directory(cmd.ARTIFACT, artifact)
-            .with_workdir("/mlci")
-            .with_label("org.opencontainers.image.title", f"{manifest['name']} (mlci monitor)")
-            .with_label("dev.mlci.artifact.digest", manifest["digest"])
-            .with_entrypoint(cmd.monitor(interval))
-        )
+        return self._baked(artifact, manifest, "monitor").with_entrypoint(cmd.monitor(interval))
 
     # -- judging it ---------------------------------------------------------------------------------
 
