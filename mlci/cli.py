@@ -227,7 +227,9 @@ def runs(config_path: Path, workspace: Path | None, limit: int, as_json: bool) -
 
 
 @cli.command()
-@click.argument("artifact", type=_dir_in)
+@click.argument("artifact")
+@click.option("--registry", default=None, help="Registry URL: ARTIFACT is then a tag or digest in it (with --repository).")
+@click.option("--repository", default=None, help="Repository name in --registry.")
 @click.option("--host", default=None, help="Interface to bind (default 127.0.0.1, or MLCI_SERVE_HOST).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default 8080, or MLCI_SERVE_PORT).")
 @click.option(
@@ -241,7 +243,9 @@ def runs(config_path: Path, workspace: Path | None, limit: int, as_json: bool) -
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads (default 1).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default=None)
 def serve(
-    artifact: Path,
+    artifact: str,
+    registry: str | None,
+    repository: str | None,
     host: str | None,
     port: int | None,
     log_dir: Path | None,
@@ -252,6 +256,9 @@ def serve(
 ) -> None:
     """Serve ARTIFACT over the Open Inference Protocol (KServe V2 REST) until SIGTERM.
 
+    ARTIFACT is an artifact directory, or with --registry/--repository a tag or digest that is pulled
+    (every blob verified) into the local cache ($MLCI_CACHE_DIR, default ~/.cache/mlci/artifacts) first.
+
     The artifact's hashes and digest are verified first; a tampered artifact is refused (exit 2).
     Every other setting can also come from MLCI_SERVE_* environment variables.
     """
@@ -261,7 +268,7 @@ def serve(
     from mlci.serving.server import serve as run_server
     from mlci.serving.settings import Settings
 
-    overrides: dict[str, Any] = {"artifact": artifact}
+    overrides: dict[str, Any] = {"artifact": _serve_source(artifact, registry, repository)}
     for key, value in (
         ("host", host), ("port", port), ("log_dir", log_dir), ("max_body_bytes", max_body_bytes),
         ("threads", threads), ("log_level", log_level),
@@ -271,6 +278,28 @@ def serve(
     if no_log:
         overrides["log_dir"] = None
     run_server(dataclasses.replace(Settings.from_env(os.environ), **overrides))
+
+
+def _serve_source(artifact: str, registry: str | None, repository: str | None) -> Path:
+    """The directory to serve: ARTIFACT itself, or ARTIFACT pulled from --registry/--repository."""
+    if registry is None and repository is None:
+        path = Path(artifact)
+        if not path.is_dir():
+            raise click.BadParameter(
+                f"'{artifact}' is not a directory. Pass an artifact directory, or a tag/digest with "
+                "--registry URL --repository NAME.",
+                param_hint="ARTIFACT",
+            )
+        return path
+    if registry is None or repository is None:
+        raise click.UsageError("--registry and --repository go together; give both or neither.")
+    import os
+
+    from mlci.registry import default_cache_dir, fetch, open_store, registry_settings_from_env
+
+    username, password = registry_settings_from_env(os.environ)
+    store = open_store(registry, repository, username=username, password=password)
+    return fetch(store, artifact, default_cache_dir())
 
 
 # Command groups that live beside their code; each module imports only click at the top level.

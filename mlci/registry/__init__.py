@@ -27,6 +27,7 @@ from mlci.registry.artifacts import (
     tag_artifact,
     tag_digest,
 )
+from mlci.registry.cache import default_cache_dir, fetch
 from mlci.registry.http import HttpStore
 from mlci.registry.layout import LayoutStore
 from mlci.registry.settings import open_store, registry_settings_from_env
@@ -37,7 +38,9 @@ __all__ = [
     "LayoutStore",
     "PushResult",
     "Store",
+    "default_cache_dir",
     "digest_tag",
+    "fetch",
     "get_document",
     "open_store",
     "pull_artifact",
