@@ -203,14 +203,22 @@ def verify(artifact: Path, as_json: bool) -> None:
 @cli.command()
 @config_option
 @click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True, help="How many recent runs to list.")
+@click.option("--prometheus", is_flag=True, help="Print the per-stage figures in the Prometheus text format instead.")
 @json_option
-def runs(config_path: Path, workspace: Path | None, limit: int, as_json: bool) -> None:
+def runs(config_path: Path, workspace: Path | None, limit: int, prometheus: bool, as_json: bool) -> None:
     """List recent runs and per-stage duration percentiles, failure and cache-hit rates."""
-    from mlci.runs import read_runs, stage_stats
+    from mlci.runs import prometheus_text, read_runs, stage_stats
     from mlci.workspace import Workspace
 
-    root = workspace if workspace is not None else _load(config_path, None).workspace
+    if workspace is not None and not config_path.is_file():
+        config, root = None, workspace  # a workspace alone is enough to read its run records
+    else:
+        config = _load(config_path, workspace)
+        root = config.workspace
     records = read_runs(Workspace(root).runs_file)
+    if prometheus:
+        click.echo(prometheus_text(records, config.name if config else root.name), nl=False)
+        return
     stats = stage_stats(records)
     recent = records[-limit:]
     lines = [f"{len(records)} runs recorded in {root}"]

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["append_run", "read_runs", "stage_stats"]
+__all__ = ["append_run", "prometheus_text", "read_runs", "stage_stats"]
 
 
 def append_run(path: Path, record: Mapping[str, Any]) -> None:
@@ -64,3 +64,39 @@ def stage_stats(runs: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float]
             "p95_s": round(_percentile(durations, 0.95), 4),
         }
     return stats
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def prometheus_text(runs: Iterable[Mapping[str, Any]], model: str) -> str:
+    """The pipeline's own health in the Prometheus text format (for a textfile collector or a push gateway)."""
+    records = list(runs)
+    stats = stage_stats(records)
+    m = _label(model)
+    lines = [
+        "# HELP mlci_pipeline_runs_total Pipeline runs recorded, by final status.",
+        "# TYPE mlci_pipeline_runs_total counter",
+    ]
+    for status in ("ok", "failed"):
+        count = sum(r.get("status") == status for r in records)
+        lines.append(f'mlci_pipeline_runs_total{{model="{m}",status="{status}"}} {count}')
+    metrics = (
+        ("mlci_stage_executions_total", "counter", "Stage executions recorded (cache hits included).", "count"),
+        ("mlci_stage_failure_ratio", "gauge", "Share of a stage's executions that failed.", "failure_rate"),
+        ("mlci_stage_cache_hit_ratio", "gauge", "Share of a stage's executions served from the stage cache.", "cache_hit_rate"),
+        ("mlci_stage_duration_p50_seconds", "gauge", "Median duration of the stage when it ran (not cached).", "p50_s"),
+        ("mlci_stage_duration_p95_seconds", "gauge", "95th percentile duration of the stage when it ran.", "p95_s"),
+    )
+    for name, kind, help_text, key in metrics:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        lines += [f'{name}{{model="{m}",stage="{_label(stage)}"}} {values[key]:g}' for stage, values in stats.items()]
+    if records:
+        last = records[-1]
+        lines += [
+            "# HELP mlci_pipeline_last_run_duration_seconds Wall time of the most recent run.",
+            "# TYPE mlci_pipeline_last_run_duration_seconds gauge",
+            f'mlci_pipeline_last_run_duration_seconds{{model="{m}"}} {float(last.get("duration_s", 0.0)):g}',
+        ]
+    return "\n".join(lines) + "\n"

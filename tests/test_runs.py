@@ -24,3 +24,21 @@ def test_append_read_and_stats(tmp_path: Path) -> None:
 def test_no_file_means_no_runs(tmp_path: Path) -> None:
     assert read_runs(tmp_path / "absent.jsonl") == []
     assert stage_stats([]) == {}
+
+
+def test_prometheus_text_exposes_the_pipeline_health(tmp_path: Path) -> None:
+    from mlci.runs import prometheus_text
+
+    path = tmp_path / "runs.jsonl"
+    append_run(path, {"status": "ok", "duration_s": 4.5, "stages": [{"stage": "train", "status": "ok", "duration_s": 2.0, "cache_hit": False}]})
+    append_run(path, {"status": "failed", "duration_s": 0.5, "stages": [{"stage": "train", "status": "failed", "duration_s": 0.5, "cache_hit": False}]})
+    text = prometheus_text(read_runs(path), 'bc"1')
+    assert 'mlci_pipeline_runs_total{model="bc\\"1",status="ok"} 1' in text
+    assert 'mlci_pipeline_runs_total{model="bc\\"1",status="failed"} 1' in text
+    assert 'mlci_stage_failure_ratio{model="bc\\"1",stage="train"} 0.5' in text
+    assert 'mlci_stage_duration_p50_seconds{model="bc\\"1",stage="train"} 2' in text
+    assert 'mlci_pipeline_last_run_duration_seconds{model="bc\\"1"} 0.5' in text
+    from prometheus_client.parser import text_string_to_metric_families
+
+    names = {f.name for f in text_string_to_metric_families(text)}
+    assert {"mlci_pipeline_runs", "mlci_stage_failure_ratio", "mlci_stage_cache_hit_ratio"} <= names
