@@ -28,7 +28,8 @@ class _Failure(click.ClickException):
 
     def __init__(self, error: MlciError) -> None:
         super().__init__(str(error))
-        self.exit_code = error.exit_code
+        # click declares exit_code on the class; each MlciError carries its own, so set it per instance.
+        setattr(self, "exit_code", error.exit_code)  # noqa: B010
 
 
 class _Group(click.Group):

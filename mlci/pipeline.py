@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -191,8 +192,8 @@ def _release(runner: _Runner, keys: dict[str, str], artifact: Path, until: str) 
 
     release = Release.from_env()
     for env in ("staging", "production"):
-        runner.step(f"promote-{env}", lambda env=env: promote(store, env, verdict["candidate"], release=release, continuous=True))
-        released[env] = runner.step(f"deploy-{env}", lambda env=env: deploy_environment(config, store, env, release))
+        runner.step(f"promote-{env}", partial(promote, store, env, verdict["candidate"], release=release, continuous=True))
+        released[env] = runner.step(f"deploy-{env}", partial(deploy_environment, config, store, env, release))
     return verdict, released
 
 
@@ -219,7 +220,10 @@ def run_pipeline(
     data_digest = sha256_file(data_path) if data_path.is_file() else f"missing:{uuid.uuid4().hex}"
     keys = stage_keys(config, data_digest, code_digest(), factory_source(config))
     status, error = "ok", None
-    digest, artifact, verdict, released = None, None, None, {}
+    digest: str | None = None
+    artifact: Path | None = None
+    verdict: dict[str, Any] | None = None
+    released: dict[str, Any] = {}
     try:
         for stage in STAGES:
             runner.stage(stage, keys[stage.name])

@@ -109,8 +109,8 @@ def _infer(path: Path, data: Path, target: str | None, task: str | None) -> tupl
         y = frame[target]
         numeric = infer_kind(y) == "numeric"
         values = pd.to_numeric(y, errors="coerce").dropna() if numeric else None
-        integral = values is not None and bool((values % 1 == 0).all())
-        task = "regression" if numeric and not (integral and values.nunique() <= _MAX_CLASSES) else "classification"
+        few_integers = values is not None and bool((values % 1 == 0).all()) and values.nunique() <= _MAX_CLASSES
+        task = "regression" if numeric and not few_integers else "classification"
     return target, task, features
 
 
