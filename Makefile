@@ -35,7 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check mlci model serving monitor tests bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy mlci model
+	$(BIN)/mypy mlci model serving monitor
 
 clean:
 	rm -rf $(VENV) examples/*/.mlci .pytest_cache
