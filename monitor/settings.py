@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from mlci.envcast import non_negative_float, positive_int, probability
 from mlci.monitor.drift import DriftSettings
 from mlci.monitor.errors import MonitorError
 from mlci.monitor.policy import PolicySettings
@@ -17,27 +18,6 @@ from mlci.monitor.policy import PolicySettings
 __all__ = ["PREFIX", "Settings"]
 
 PREFIX = "MLCI_MONITOR_"
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise ValueError
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise ValueError
-    return value
-
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise ValueError
-    return value
 
 
 def _correction(text: str) -> str:
@@ -51,23 +31,23 @@ def _optional_str(text: str) -> str | None:
 
 
 _CASTS: dict[str, tuple[Callable[[str], Any], str]] = {
-    "window": (_positive_int, "a positive int"),
-    "min_rows": (_positive_int, "a positive int"),
-    "alpha": (_probability, "a probability in (0, 1)"),
-    "psi_threshold": (_non_negative_float, "a float ≥ 0"),
-    "missing_threshold": (_non_negative_float, "a float ≥ 0"),
+    "window": (positive_int, "a positive int"),
+    "min_rows": (positive_int, "a positive int"),
+    "alpha": (probability, "a probability in (0, 1)"),
+    "psi_threshold": (non_negative_float, "a float ≥ 0"),
+    "missing_threshold": (non_negative_float, "a float ≥ 0"),
     "correction": (_correction, "one of bh, by, holm, none"),
-    "outlier_min_increase": (_non_negative_float, "a float ≥ 0"),
-    "decay_margin": (_non_negative_float, "a float ≥ 0"),
-    "min_labelled": (_positive_int, "a positive int"),
-    "bad_windows": (_positive_int, "a positive int"),
-    "good_windows": (_positive_int, "a positive int"),
-    "cooldown_s": (_non_negative_float, "a float ≥ 0 (seconds)"),
-    "max_failures": (_positive_int, "a positive int"),
-    "attempts_per_cycle": (_positive_int, "a positive int"),
-    "backoff_s": (_non_negative_float, "a float ≥ 0 (seconds)"),
+    "outlier_min_increase": (non_negative_float, "a float ≥ 0"),
+    "decay_margin": (non_negative_float, "a float ≥ 0"),
+    "min_labelled": (positive_int, "a positive int"),
+    "bad_windows": (positive_int, "a positive int"),
+    "good_windows": (positive_int, "a positive int"),
+    "cooldown_s": (non_negative_float, "a float ≥ 0 (seconds)"),
+    "max_failures": (positive_int, "a positive int"),
+    "attempts_per_cycle": (positive_int, "a positive int"),
+    "backoff_s": (non_negative_float, "a float ≥ 0 (seconds)"),
     "webhook": (_optional_str, "a URL"),
-    "interval_s": (_non_negative_float, "a float ≥ 0 (seconds)"),
+    "interval_s": (non_negative_float, "a float ≥ 0 (seconds)"),
 }
 
 
@@ -110,17 +90,24 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.window < self.min_rows:
-            raise MonitorError(f"window is {self.window} rows but min_rows is {self.min_rows}; a window must hold at least min_rows rows.")
+            raise MonitorError(
+                f"window is {self.window} rows but min_rows is {self.min_rows}; a window must hold at least min_rows rows."
+            )
         self.drift()  # validates alpha and correction
         self.policy()
 
     def drift(self) -> DriftSettings:
         """The drift checks' part."""
         return DriftSettings(
-            alpha=self.alpha, min_rows=self.min_rows, psi_threshold=self.psi_threshold,
-            missing_threshold=self.missing_threshold, correction=self.correction,
+            alpha=self.alpha,
+            min_rows=self.min_rows,
+            psi_threshold=self.psi_threshold,
+            missing_threshold=self.missing_threshold,
+            correction=self.correction,
         )
 
     def policy(self) -> PolicySettings:
         """The policy's part."""
-        return PolicySettings(bad_windows=self.bad_windows, good_windows=self.good_windows, cooldown_s=self.cooldown_s)
+        return PolicySettings(
+            bad_windows=self.bad_windows, good_windows=self.good_windows, cooldown_s=self.cooldown_s
+        )

@@ -10,33 +10,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from mlci.envcast import non_negative_int, positive_float, positive_int
 from mlci.errors import ConfigError
 
 __all__ = ["PREFIX", "Settings"]
 
 PREFIX = "MLCI_SERVE_"
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise ValueError
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError
-    return value
 
 
 def _port(text: str) -> int:
@@ -61,13 +41,13 @@ _CASTS: dict[str, tuple[Callable[[str], Any], str]] = {
     "host": (str, "a host name"),
     "port": (_port, "a port number 0-65535"),
     "log_dir": (_optional_path, "a directory path (empty to disable the prediction log)"),
-    "log_max_bytes": (_positive_int, "a positive int (bytes)"),
-    "log_keep": (_non_negative_int, "an int >= 0 (0 keeps every rotated file)"),
-    "log_flush_interval_s": (_positive_float, "a positive number of seconds"),
-    "log_max_pending": (_positive_int, "a positive int (records)"),
-    "max_body_bytes": (_positive_int, "a positive int (bytes)"),
-    "threads": (_positive_int, "a positive int"),
-    "graceful_timeout_s": (_positive_float, "a positive number of seconds"),
+    "log_max_bytes": (positive_int, "a positive int (bytes)"),
+    "log_keep": (non_negative_int, "an int >= 0 (0 keeps every rotated file)"),
+    "log_flush_interval_s": (positive_float, "a positive number of seconds"),
+    "log_max_pending": (positive_int, "a positive int (records)"),
+    "max_body_bytes": (positive_int, "a positive int (bytes)"),
+    "threads": (positive_int, "a positive int"),
+    "graceful_timeout_s": (positive_float, "a positive number of seconds"),
     "log_level": (_log_level, f"one of {', '.join(_LOG_LEVELS)}"),
 }
 
