@@ -19,10 +19,10 @@ from sklearn import metrics as skm
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _util import write_section
-from mlci.model.gate import run_gate
-from mlci.model.stats import bootstrap_weights, paired_bootstrap, weighted_metric
 
 from mlci.config import load_config
+from mlci.model.gate import run_gate
+from mlci.model.stats import bootstrap_weights, paired_bootstrap, weighted_metric
 from mlci.pipeline import run_pipeline
 
 TOML = """

@@ -36,9 +36,9 @@ def make_log(work: Path, rows: int, batch: int) -> Path:
     import numpy as np
     import orjson
     import pandas as pd
-    from mlci.model.onnxio import open_session
 
     from mlci.config import load_config
+    from mlci.model.onnxio import open_session
     from mlci.pipeline import run_pipeline
 
     shutil.copy(EXAMPLE / "mlci.toml", work / "mlci.toml")

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mlci.model.data import Schema
 from sklearn.base import BaseEstimator, is_classifier, is_regressor
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
@@ -19,6 +18,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from mlci.config import EstimatorConfig
 from mlci.errors import ConfigError
+from mlci.model.data import Schema
 
 __all__ = ["build_estimator", "estimator_name", "float32_cast", "is_tree_model", "preprocessor"]
 

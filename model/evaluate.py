@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from mlci.model.data import Schema
-from mlci.model.onnxio import Prediction, feeds_from_frame, open_session, predict
 from sklearn import metrics as skm
 from sklearn.ensemble import IsolationForest
 from sklearn.pipeline import Pipeline
 
 from mlci.config import Config
+from mlci.model.data import Schema
+from mlci.model.onnxio import Prediction, feeds_from_frame, open_session, predict
 
 __all__ = ["EvaluateResult", "build_profile", "classification_metrics", "regression_metrics", "run_evaluate"]
 

@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mlci.model.data import Schema
-from mlci.model.onnxio import feeds_from_frame, open_session, predict
-from mlci.model.train import load_data, load_split, load_trained
 from sklearn.base import is_classifier
 
 from mlci.canonical import write_json
 from mlci.config import Config
 from mlci.errors import CheckFailed, ExportError
+from mlci.model.data import Schema
+from mlci.model.onnxio import feeds_from_frame, open_session, predict
+from mlci.model.train import load_data, load_split, load_trained
 
 __all__ = ["ExportResult", "ParityReport", "check_parity", "convert", "run_export"]
 

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mlci.config import Config
 from mlci.model.artifact import verify_artifact
 from mlci.model.data import Schema
 from mlci.model.evaluate import classification_metrics, regression_metrics
 from mlci.model.onnxio import Prediction, feeds_from_frame, open_session, predict
 from mlci.model.stats import bootstrap_weights, mcnemar, paired_bootstrap, weighted_metric
-
-from mlci.config import Config
 
 __all__ = ["Check", "Verdict", "run_gate", "verdict_markdown"]
 

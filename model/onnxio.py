@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
+
 from mlci.model.data import Schema
 
 __all__ = ["Prediction", "feeds_from_frame", "open_session", "predict"]

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import skops.io as sio
-from mlci.model.data import Dataset, Schema, holdout_mask, load_dataset
-from mlci.model.estimators import build_estimator, estimator_name
 
 from mlci.canonical import sha256_file, write_json
 from mlci.config import Config
 from mlci.errors import ConfigError, DataError
+from mlci.model.data import Dataset, Schema, holdout_mask, load_dataset
+from mlci.model.estimators import build_estimator, estimator_name
 
 __all__ = ["TrainResult", "load_data", "load_split", "load_trained", "load_trained_summary", "run_train", "split_dataset"]
 

@@ -26,9 +26,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from mlci.monitor.errors import MonitorError
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
+
+from mlci.monitor.errors import MonitorError
 
 __all__ = ["DriftReport", "DriftSettings", "TestResult", "adjust_p_values", "compare_counts", "detect_drift"]
 

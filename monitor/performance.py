@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-from mlci.monitor.errors import MonitorError
 from scipy import stats
+
+from mlci.monitor.errors import MonitorError
 
 __all__ = ["PerformanceReport", "evaluate_performance", "join_labels", "read_labels"]
 

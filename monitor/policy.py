@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
 from mlci.monitor.alerts import atomic_write_json
 from mlci.monitor.errors import MonitorError
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
 from mlci.monitor.alerts import Outbox, atomic_write_json
 from mlci.monitor.drift import detect_drift
 from mlci.monitor.errors import MonitorError

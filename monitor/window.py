@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from mlci.monitor.errors import MonitorError
 
 __all__ = ["Window", "WindowBuilder", "build_window"]

@@ -19,6 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mlci import __version__
+from mlci.errors import ConfigError
 from mlci.model.artifact import read_manifest
 from mlci.serving.errors import (
     BadRequest,
@@ -33,14 +41,6 @@ from mlci.serving.predlog import PredictionLog
 from mlci.serving.protocol import encode_response
 from mlci.serving.runtime import ModelInfo, ModelRuntime, model_info
 from mlci.serving.settings import Settings
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
-
-from mlci import __version__
-from mlci.errors import ConfigError
 
 __all__ = ["ServerState", "create_app"]
 

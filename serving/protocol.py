@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+
 from mlci.serving.errors import BadRequest, InvalidInput
 from mlci.serving.tensors import (
     BYTES,

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mlci.errors import DataError
 from mlci.model.artifact import read_manifest, verify_artifact
 from mlci.model.onnxio import open_session
 from mlci.serving.errors import InvalidInput
 from mlci.serving.packing import PACKED_INPUT, pack_numeric_inputs
 from mlci.serving.protocol import Decoder, InputSpec, OutputSpec
 from mlci.serving.tensors import BYTES
-
-from mlci.errors import DataError
 
 __all__ = ["ModelInfo", "ModelRuntime", "model_info"]
 

@@ -13,11 +13,11 @@ import socket
 from typing import Any
 
 import uvicorn
+
+from mlci.errors import CheckFailed, ConfigError
 from mlci.model.artifact import verify_artifact
 from mlci.serving.app import create_app
 from mlci.serving.settings import Settings
-
-from mlci.errors import CheckFailed, ConfigError
 
 __all__ = ["build_server", "serve"]
 

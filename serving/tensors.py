@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from mlci.serving.errors import BadRequest, InvalidInput
 
 __all__ = [

@@ -105,9 +105,8 @@ def reseal(artifact: Path) -> str:
     """
     import json
 
-    from mlci.model.artifact import manifest_digest
-
     from mlci.canonical import sha256_file, write_json
+    from mlci.model.artifact import manifest_digest
 
     manifest = json.loads((artifact / "manifest.json").read_text())
     for name, entry in manifest["files"].items():

@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from mlci.model.gate import run_gate, verdict_markdown
 
 from mlci.config import Config, load_config
+from mlci.model.gate import run_gate, verdict_markdown
 from mlci.pipeline import run_pipeline
 
 from .conftest import EXAMPLE

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import onnx
 import pytest
-from mlci.model.artifact import verify_artifact
 
 from mlci.config import load_config
+from mlci.model.artifact import verify_artifact
 from mlci.pipeline import run_pipeline
 from mlci.runs import read_runs
 from mlci.workspace import Workspace
@@ -133,6 +133,7 @@ def test_run_records_are_appended_for_success_and_failure(example_project: Path)
 
 def test_split_is_stable_when_rows_are_appended(make_project: ProjectFactory) -> None:
     import pandas as pd
+
     from mlci.model.data import holdout_mask
 
     frame = mixed_frame(300)

@@ -6,11 +6,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from mlci.model.data import holdout_mask
-from mlci.model.train import load_data
 
 from mlci.config import load_config
 from mlci.errors import CheckFailed
+from mlci.model.data import holdout_mask
+from mlci.model.train import load_data
 from mlci.pipeline import run_pipeline
 from mlci.release.smoke import run_smoke, serving
 

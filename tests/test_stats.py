@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from mlci.model.stats import bootstrap_weights, mcnemar, paired_bootstrap, weighted_metric
 from scipy import stats as sps
 from sklearn import metrics as skm
+
+from mlci.model.stats import bootstrap_weights, mcnemar, paired_bootstrap, weighted_metric
 
 rng = np.random.default_rng(0)
 N = 400

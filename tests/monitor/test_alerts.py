@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+
 from mlci.monitor.alerts import Outbox
 
 from .conftest import ReceiverServer

@@ -12,7 +12,6 @@ import orjson
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from mlci.serving.predlog import read_lines
 
 from mlci.cli import cli
 from mlci.config import load_config
@@ -20,6 +19,7 @@ from mlci.pipeline import open_registry, run_pipeline
 from mlci.registry import push_artifact, tag_digest
 from mlci.release.promote import Release, history, promote, store_verdict
 from mlci.release.smoke import free_port, start_server, wait_ready
+from mlci.serving.predlog import read_lines
 
 from .conftest import Project, ReceiverServer, predict_records, shifted, write_log
 

@@ -7,13 +7,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
+
 from mlci.model.data import Feature, Schema
 from mlci.model.evaluate import build_profile
 from mlci.model.onnxio import Prediction
 from mlci.monitor.drift import DriftSettings, adjust_p_values, compare_counts, detect_drift
 from mlci.monitor.errors import MonitorError
 from mlci.monitor.window import build_window
-from scipy import stats
 
 from .conftest import Project, predict_records, shifted
 

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import orjson
+
 from mlci.monitor.logtail import read_new, start_cursor
 from mlci.serving.predlog import PredictionLog
 

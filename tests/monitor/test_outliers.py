@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+
 from mlci.monitor.outliers import OutlierDetector, OutlierReport, outlier_test
 from mlci.monitor.window import build_window
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+
 from mlci.monitor.errors import MonitorError
 from mlci.monitor.performance import evaluate_performance, join_labels, read_labels
 

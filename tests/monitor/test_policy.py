@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from mlci.monitor.errors import MonitorError
 from mlci.monitor.policy import Decision, PolicySettings, decide, load_state, new_state, save_state
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from mlci.monitor.errors import MonitorError
 from mlci.monitor.service import Monitor
 from mlci.monitor.settings import Settings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from mlci.monitor.errors import MonitorError
 from mlci.monitor.settings import Settings
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from mlci.monitor.errors import MonitorError
 from mlci.monitor.window import build_window
 

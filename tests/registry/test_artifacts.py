@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mlci.model.artifact import ARTIFACT_FILES, MANIFEST_FILE, read_manifest, verify_artifact
 
 from mlci.errors import DataError, MlciError, RegistryError
+from mlci.model.artifact import ARTIFACT_FILES, MANIFEST_FILE, read_manifest, verify_artifact
 from mlci.registry import (
     Store,
     digest_tag,

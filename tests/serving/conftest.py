@@ -21,11 +21,11 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from mlci.serving.app import ServerState, create_app
-from mlci.serving.settings import Settings
 
 from mlci.config import load_config
 from mlci.pipeline import run_pipeline
+from mlci.serving.app import ServerState, create_app
+from mlci.serving.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "breast_cancer"

@@ -15,6 +15,7 @@ import pytest
 import tritonclient.http as triton
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from mlci.model.artifact import read_manifest
 from mlci.model.onnxio import open_session
 from mlci.serving.predlog import read_lines

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from mlci.model.onnxio import open_session
 from mlci.serving.packing import PACKED_INPUT, pack_numeric_inputs
 

@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+
 from mlci.serving.predlog import ACTIVE_FILE, PredictionLog, read_lines
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
+
 from mlci.model.data import _MISSING
 from mlci.serving.errors import BadRequest, InvalidInput
 from mlci.serving.protocol import Decoder, InferRequest, InputSpec, OutputSpec, encode_response

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from mlci.errors import DataError
 from mlci.model.artifact import read_manifest
 from mlci.model.onnxio import open_session
 from mlci.serving.errors import InvalidInput
 from mlci.serving.runtime import ModelRuntime
-
-from mlci.errors import DataError
 
 
 def test_load_metadata_and_warm_up(bc_artifact: Path) -> None:

@@ -16,9 +16,9 @@ import httpx
 import orjson
 import pytest
 from click.testing import CliRunner
-from mlci.serving.predlog import read_lines
 
 from mlci.cli import cli
+from mlci.serving.predlog import read_lines
 
 pytestmark = pytest.mark.slow
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from mlci.serving.settings import Settings
 
 from mlci.errors import ConfigError
+from mlci.serving.settings import Settings
 
 
 def test_defaults_and_overrides() -> None:
