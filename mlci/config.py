@@ -288,9 +288,9 @@ def parse_config(raw: Mapping[str, Any], path: Path, workspace: Path | str | Non
 
     exp = _section(raw, "export")
     export_cfg = ExportConfig(
-        target_opset=_get(exp, "export", "target_opset", int, 17),
-        abs_tolerance=float(_get(exp, "export", "abs_tolerance", (float, int), 1e-5)),
-        rel_tolerance=float(_get(exp, "export", "rel_tolerance", (float, int), 1e-5)),
+        target_opset=_get(exp, "export", "target_opset", int, ExportConfig.target_opset),
+        abs_tolerance=float(_get(exp, "export", "abs_tolerance", (float, int), ExportConfig.abs_tolerance)),
+        rel_tolerance=float(_get(exp, "export", "rel_tolerance", (float, int), ExportConfig.rel_tolerance)),
     )
     if not 9 <= export_cfg.target_opset <= 21:
         raise ConfigError(f"[export] target_opset must be between 9 and 21; got {export_cfg.target_opset}.")
@@ -300,9 +300,9 @@ def parse_config(raw: Mapping[str, Any], path: Path, workspace: Path | str | Non
 
     ev = _section(raw, "evaluate")
     eval_cfg = EvaluateConfig(
-        latency_runs=_get(ev, "evaluate", "latency_runs", int, 200),
-        profile_bins=_get(ev, "evaluate", "profile_bins", int, 10),
-        outlier_estimators=_get(ev, "evaluate", "outlier_estimators", int, 100),
+        latency_runs=_get(ev, "evaluate", "latency_runs", int, EvaluateConfig.latency_runs),
+        profile_bins=_get(ev, "evaluate", "profile_bins", int, EvaluateConfig.profile_bins),
+        outlier_estimators=_get(ev, "evaluate", "outlier_estimators", int, EvaluateConfig.outlier_estimators),
     )
     for key, low in (("latency_runs", 10), ("profile_bins", 2), ("outlier_estimators", 1)):
         if getattr(eval_cfg, key) < low:
@@ -314,9 +314,9 @@ def parse_config(raw: Mapping[str, Any], path: Path, workspace: Path | str | Non
     gate_cfg = _parse_gate(_section(raw, "gate"), task)
     sm = _section(raw, "smoke")
     smoke_cfg = SmokeConfig(
-        rows=_get(sm, "smoke", "rows", int, 32),
-        max_p99_ms=float(_get(sm, "smoke", "max_p99_ms", (float, int), 250.0)),
-        timeout_s=float(_get(sm, "smoke", "timeout_s", (float, int), 30.0)),
+        rows=_get(sm, "smoke", "rows", int, SmokeConfig.rows),
+        max_p99_ms=float(_get(sm, "smoke", "max_p99_ms", (float, int), SmokeConfig.max_p99_ms)),
+        timeout_s=float(_get(sm, "smoke", "timeout_s", (float, int), SmokeConfig.timeout_s)),
     )
     if smoke_cfg.rows < 1 or smoke_cfg.max_p99_ms <= 0 or smoke_cfg.timeout_s <= 0:
         raise ConfigError(f"[smoke] rows, max_p99_ms and timeout_s must be positive; got {smoke_cfg}.")
@@ -328,16 +328,16 @@ def parse_config(raw: Mapping[str, Any], path: Path, workspace: Path | str | Non
     )
     dep = _section(raw, "deploy")
     deploy_cfg = DeployConfig(
-        target=_get(dep, "deploy", "target", str, "local"),
-        continuous_deployment=_get(dep, "deploy", "continuous_deployment", bool, False),
-        host=_get(dep, "deploy", "host", str, "127.0.0.1"),
-        staging_port=_get(dep, "deploy", "staging_port", int, 8601),
-        production_port=_get(dep, "deploy", "production_port", int, 8600),
-        check_timeout_s=float(_get(dep, "deploy", "check_timeout_s", (float, int), 30.0)),
-        image=_get(dep, "deploy", "image", str, "ghcr.io/example/mlci-serving:latest"),
-        namespace=_get(dep, "deploy", "namespace", str, "default"),
-        replicas=_get(dep, "deploy", "replicas", int, 2),
-        kind=_get(dep, "deploy", "kind", str, "deployment"),
+        target=_get(dep, "deploy", "target", str, DeployConfig.target),
+        continuous_deployment=_get(dep, "deploy", "continuous_deployment", bool, DeployConfig.continuous_deployment),
+        host=_get(dep, "deploy", "host", str, DeployConfig.host),
+        staging_port=_get(dep, "deploy", "staging_port", int, DeployConfig.staging_port),
+        production_port=_get(dep, "deploy", "production_port", int, DeployConfig.production_port),
+        check_timeout_s=float(_get(dep, "deploy", "check_timeout_s", (float, int), DeployConfig.check_timeout_s)),
+        image=_get(dep, "deploy", "image", str, DeployConfig.image),
+        namespace=_get(dep, "deploy", "namespace", str, DeployConfig.namespace),
+        replicas=_get(dep, "deploy", "replicas", int, DeployConfig.replicas),
+        kind=_get(dep, "deploy", "kind", str, DeployConfig.kind),
     )
     if deploy_cfg.target not in DEPLOY_TARGETS:
         raise ConfigError(f"[deploy] target must be one of {', '.join(DEPLOY_TARGETS)}; got {deploy_cfg.target!r}.")
