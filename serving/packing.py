@@ -1,11 +1,19 @@
 """Serve a per-feature ONNX model through one numeric matrix input, without changing what it computes.
 
 An mlci model takes one ``[N, 1]`` input per feature. Feeding 30 separate tensors costs onnxruntime's
-Python binding about a microsecond each, per request. At load time the server prepends one ``Split``
-node that cuts a single ``[N, n_numeric]`` float32 input into the original per-feature tensors, under
-their original names: every downstream node sees exactly the tensors it saw before, so outputs are
-bit-identical (tests/serving/test_packing.py checks that). The artifact on disk is untouched; its hashes
-are verified before the rewrite.
+Python binding about a microsecond each, per request. At load time the server gives the model one
+``[N, n_numeric]`` float32 input instead, in one of two ways:
+
+- **Fused** (the usual mlci graph): when every numeric input goes through its own ``Cast`` (all with the
+  same attributes) straight into one ``Concat`` along axis 1, in the packed order and side by side, the
+  per-feature casts and their concatenation are replaced by one ``Cast`` of the packed matrix. A cast is
+  element-wise, so the concatenation's output holds the same values in the same places: 31 nodes fewer
+  (the breast-cancer model runs a single row in 7 µs instead of 17, 1024 rows in 157 µs instead of 200).
+- **Split** (any other graph): one ``Split`` node cuts the packed input back into the original
+  per-feature tensors, under their original names, so every downstream node sees exactly what it saw.
+
+Either way the outputs are bit-identical (tests/serving/test_packing.py checks both). The artifact on
+disk is untouched; its hashes are verified before the rewrite.
 """
 
 from __future__ import annotations
@@ -14,11 +22,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import GraphProto, NodeProto, TensorProto, helper, numpy_helper
 
-__all__ = ["PACKED_INPUT", "pack_numeric_inputs"]
+__all__ = ["PACKED_INPUT", "is_fused", "pack_numeric_inputs"]
 
 PACKED_INPUT = "mlci_numeric"
+_FUSED_CAST = "mlci_numeric_cast"
 
 
 def pack_numeric_inputs(model_bytes: bytes, numeric: Sequence[str]) -> bytes:
@@ -32,23 +41,95 @@ def pack_numeric_inputs(model_bytes: bytes, numeric: Sequence[str]) -> bytes:
     for name in numeric:
         if by_name[name].type.tensor_type.elem_type != TensorProto.FLOAT:
             raise ValueError(f"Input {name!r} of model.onnx is not float32; it cannot be packed.")
+    if not _fuse_casts(graph, numeric):
+        graph.node.insert(0, _split_node(model, numeric))
+    kept = [i for i in graph.input if i.name not in set(numeric)]
+    del graph.input[:]
+    graph.input.extend(
+        [helper.make_tensor_value_info(PACKED_INPUT, TensorProto.FLOAT, [None, len(numeric)]), *kept]
+    )
+    packed: bytes = model.SerializeToString()
+    return packed
+
+
+def is_fused(model_bytes: bytes) -> bool:
+    """Whether :func:`pack_numeric_inputs` took the fused form (a single ``Cast`` reads the packed input)."""
+    graph = onnx.load_from_string(model_bytes).graph
+    readers = [n for n in graph.node if PACKED_INPUT in n.input]
+    return len(readers) == 1 and readers[0].op_type == "Cast"
+
+
+def _fuse_casts(graph: GraphProto, numeric: Sequence[str]) -> bool:
+    """Replace ``input_i -> Cast -> Concat(axis=1)`` for every numeric input by one Cast; False if no match."""
+    consumers: dict[str, list[NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    casts: list[NodeProto] = []
+    for name in numeric:
+        users = consumers.get(name, [])
+        if (
+            name in outputs
+            or len(users) != 1
+            or users[0].op_type != "Cast"
+            or users[0].domain not in ("", "ai.onnx")
+        ):
+            return False
+        casts.append(users[0])
+    if len({c.SerializeToString() for c in _attributes_only(casts)}) != 1:
+        return False  # casts to different types (or with different attributes) cannot become one
+    links = [c.output[0] for c in casts]
+    joins = {id(n): n for link in links for n in consumers.get(link, [])}
+    if any(link in outputs or len(consumers.get(link, [])) != 1 for link in links) or len(joins) != 1:
+        return False
+    concat = next(iter(joins.values()))
+    axis = next((a.i for a in concat.attribute if a.name == "axis"), None)
+    if concat.op_type != "Concat" or concat.domain not in ("", "ai.onnx") or axis not in (1, -1):
+        return False
+    inputs = list(concat.input)
+    start = inputs.index(links[0])
+    if inputs[start : start + len(links)] != links:
+        return False  # not side by side in the packed order: the columns would move
+    whole = len(inputs) == len(links)
+    fused = helper.make_node(
+        "Cast",
+        [PACKED_INPUT],
+        [concat.output[0] if whole else _FUSED_CAST],
+        name="mlci_pack_cast",
+    )
+    fused.attribute.extend(casts[0].attribute)
+    drop = {id(c) for c in casts} | ({id(concat)} if whole else set())
+    nodes = [n for n in graph.node if id(n) not in drop]
+    if not whole:
+        del concat.input[:]
+        concat.input.extend([*inputs[:start], _FUSED_CAST, *inputs[start + len(links) :]])
+    del graph.node[:]
+    graph.node.extend([fused, *nodes])
+    return True
+
+
+def _attributes_only(casts: Sequence[NodeProto]) -> list[NodeProto]:
+    """Each cast reduced to its attributes, so two casts compare equal when they convert alike."""
+    reduced = []
+    for cast in casts:
+        node = NodeProto()
+        node.attribute.extend(sorted(cast.attribute, key=lambda a: a.name))
+        reduced.append(node)
+    return reduced
+
+
+def _split_node(model: onnx.ModelProto, numeric: Sequence[str]) -> NodeProto:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     count = len(numeric)
     if opset >= 18:
-        split = helper.make_node(
+        return helper.make_node(
             "Split", [PACKED_INPUT], list(numeric), axis=1, num_outputs=count, name="mlci_pack"
         )
-    elif opset >= 13:
+    if opset >= 13:
         sizes = numpy_helper.from_array(np.ones(count, dtype=np.int64), name="mlci_pack_sizes")
-        graph.initializer.append(sizes)
-        split = helper.make_node("Split", [PACKED_INPUT, sizes.name], list(numeric), axis=1, name="mlci_pack")
-    else:
-        split = helper.make_node(
-            "Split", [PACKED_INPUT], list(numeric), axis=1, split=[1] * count, name="mlci_pack"
-        )
-    kept = [i for i in graph.input if i.name not in set(numeric)]
-    del graph.input[:]
-    graph.input.extend([helper.make_tensor_value_info(PACKED_INPUT, TensorProto.FLOAT, [None, count]), *kept])
-    graph.node.insert(0, split)
-    packed: bytes = model.SerializeToString()
-    return packed
+        model.graph.initializer.append(sizes)
+        return helper.make_node("Split", [PACKED_INPUT, sizes.name], list(numeric), axis=1, name="mlci_pack")
+    return helper.make_node(
+        "Split", [PACKED_INPUT], list(numeric), axis=1, split=[1] * count, name="mlci_pack"
+    )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from mlci.model.onnxio import open_session
-from mlci.serving.packing import PACKED_INPUT, pack_numeric_inputs
+from mlci.serving.packing import PACKED_INPUT, is_fused, pack_numeric_inputs
 
 
 @pytest.mark.parametrize("which", ["bc", "mixed"])
@@ -48,3 +51,69 @@ def test_refuses_unknown_or_non_float_inputs(mixed_artifact: Path) -> None:
         pack_numeric_inputs(raw, ["nope"])
     with pytest.raises(ValueError, match=r"'color' of model\.onnx is not float32"):
         pack_numeric_inputs(raw, ["color"])
+
+
+@pytest.mark.parametrize("which", ["bc", "mixed"])
+def test_mlci_graphs_take_the_fused_form(which: str, bc_artifact: Path, mixed_artifact: Path) -> None:
+    """The exported graphs cast each numeric input into one Concat: packing fuses them into one Cast."""
+    artifact = bc_artifact if which == "bc" else mixed_artifact
+    raw = (artifact / "model.onnx").read_bytes()
+    numeric = [i.name for i in open_session(raw).get_inputs() if i.type == "tensor(float)"]
+    packed = pack_numeric_inputs(raw, numeric)
+    assert is_fused(packed)
+    before, after = (len(onnx.load_from_string(m).graph.node) for m in (raw, packed))
+    # k casts out, one in (and the Concat gone too when it held only them)
+    assert after <= before - len(numeric) + 1
+
+
+def _toy(concat_inputs: list[str], *, saturate_b: bool = False, extra_use: bool = False) -> bytes:
+    """a, b, c (float [N,1]) -> Cast each -> Concat(concat_inputs) -> MatMul by [[1],[10],(100)] -> y."""
+    b_cast = {"saturate": 1} if saturate_b else {}
+    nodes = [
+        helper.make_node("Cast", ["a"], ["a64"], to=TensorProto.DOUBLE),
+        helper.make_node("Cast", ["b"], ["b64"], to=TensorProto.DOUBLE, **b_cast),
+        helper.make_node("Cast", ["c"], ["c64"], to=TensorProto.DOUBLE),
+        helper.make_node("Concat", concat_inputs, ["m"], axis=1),
+        helper.make_node("Cast", ["m"], ["m64"], to=TensorProto.DOUBLE),
+        helper.make_node("MatMul", ["m64", "w"], ["y"]),
+    ]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [None, 1])]
+    if extra_use:
+        nodes.append(helper.make_node("Identity", ["a64"], ["a_again"]))
+        outputs.append(helper.make_tensor_value_info("a_again", TensorProto.DOUBLE, [None, 1]))
+    weights = numpy_helper.from_array(np.array([[1.0], [10.0], [100.0]][: len(concat_inputs)]), name="w")
+    graph = helper.make_graph(
+        nodes,
+        "toy",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 1]) for n in ("a", "b", "c")],
+        outputs,
+        [weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("concat_inputs", "kwargs", "fused"),
+    [
+        (["a64", "b64"], {}, True),  # c unused by the concat: c is not packed below either
+        (["c64", "a64", "b64"], {}, True),  # the packed run sits inside a longer concat
+        (["b64", "a64"], {}, False),  # swapped: fusing would swap the columns
+        (["a64", "c64", "b64"], {}, False),  # not side by side
+        (["a64", "b64"], {"saturate_b": True}, False),  # casts with different attributes
+        (["a64", "b64"], {"extra_use": True}, False),  # a cast output read elsewhere too
+    ],
+)
+def test_fusion_only_where_it_keeps_every_value(
+    concat_inputs: list[str], kwargs: dict[str, Any], fused: bool
+) -> None:
+    raw = _toy(concat_inputs, **kwargs)
+    packed = pack_numeric_inputs(raw, ["a", "b"])
+    assert is_fused(packed) is fused
+    rng = np.random.default_rng(3)
+    a, b, c = (rng.normal(size=(9, 1)).astype(np.float32) for _ in range(3))
+    a[2] = np.nan
+    original = open_session(raw).run(None, {"a": a, "b": b, "c": c})
+    got = open_session(packed).run(None, {PACKED_INPUT: np.hstack([a, b]), "c": c})
+    for want, have in zip(original, got, strict=True):
+        np.testing.assert_array_equal(want, have)
