@@ -142,3 +142,20 @@ def test_cli_refuses_unwritable_log_dir(bc_artifact: Path, tmp_path: Path) -> No
     )
     assert result.exit_code == 2
     assert "Cannot create the prediction log directory" in result.output
+
+
+def test_keep_freed_memory_sets_glibc_thresholds_or_says_it_cannot(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+
+    from mlci.serving import server
+
+    if sys.platform == "linux" and "glibc" in " ".join(__import__("platform").libc_ver()):
+        assert server.keep_freed_memory() is True
+    with pytest.raises(ValueError, match="mmap_threshold is 1099511627776; mallopt takes a positive C int"):
+        server.keep_freed_memory(mmap_threshold=1 << 40)  # would be truncated to 0 by ctypes
+
+    def no_libc(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("no C library here")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    assert server.keep_freed_memory() is False
