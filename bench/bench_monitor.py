@@ -1,8 +1,10 @@
 """Benchmark one `mlci monitor` cycle over 100k logged rows × 30 features, and its peak memory.
 
-The log is written in the server's format (serving/predlog.py) for the bundled breast-cancer artifact:
-rows resampled from the example data with a little noise, outputs from the real model.onnx. Each
-measurement runs in a fresh child process, which reports its own wall time (after imports) and peak RSS.
+The log is written in the server's format (serving/predlog.py: the numeric features as one packed
+float32 feature-major matrix per record, numeric outputs packed, labels as lists) for the bundled
+breast-cancer artifact: rows resampled from the example data with a little noise, outputs from the real
+model.onnx. Each measurement runs in a fresh child process, which reports its own wall time (after
+imports) and peak RSS.
 
 Baseline measured in the same run on the same lines: reading every log file and parsing each line with
 the standard ``json`` module, nothing else: the floor of any monitor that reads this log.
@@ -40,27 +42,36 @@ def make_log(work: Path, rows: int, batch: int) -> Path:
     from mlci.config import load_config
     from mlci.model.onnxio import open_session
     from mlci.pipeline import run_pipeline
+    from mlci.serving.predlog import pack_array
 
     shutil.copy(EXAMPLE / "mlci.toml", work / "mlci.toml")
     shutil.copy(EXAMPLE / "data.csv", work / "data.csv")
     artifact = Path(run_pipeline(load_config(work / "mlci.toml"), until="evaluate").artifact)
     manifest = json.loads((artifact / "manifest.json").read_text())
-    names = [f["name"] for f in manifest["schema"]["features"]]
+    features = manifest["schema"]["features"]
+    assert all(f["kind"] == "numeric" for f in features), (
+        "the example is all numeric; categories would need strings"
+    )
+    names = [f["name"] for f in features]
     data = pd.read_csv(work / "data.csv")[names].to_numpy(np.float64)
     rng = np.random.default_rng(0)
     X = data[rng.integers(0, len(data), rows)] * rng.normal(1.0, 0.02, (rows, len(names)))
     X = X.astype(np.float32)
     session = open_session(artifact / "model.onnx")
-    labels, probabilities = session.run(None, {n: X[:, [i]] for i, n in enumerate(names)})
+    outputs = [o.name for o in session.get_outputs()]
+    results = session.run(None, {n: X[:, [i]] for i, n in enumerate(names)})
+    XT = np.ascontiguousarray(X.T)  # the server holds (and logs) the numeric inputs feature-major
     log_dir = work / "log"
     log_dir.mkdir()
+    # As PredictionLog.append writes a record: the numeric matrix and numeric outputs packed, strings as lists.
     with (log_dir / "predictions.jsonl").open("wb") as f:
         for k, lo in enumerate(range(0, rows, batch)):
             hi = min(lo + batch, rows)
             f.write(orjson.dumps({
                 "id": f"bench-{k}", "ts": 1767225600.0 + k, "model": manifest["name"], "digest": manifest["digest"],
-                "rows": hi - lo, "inputs": {n: X[lo:hi, i].tolist() for i, n in enumerate(names)},
-                "outputs": {"label": labels[lo:hi].tolist(), "probabilities": probabilities[lo:hi].tolist()},
+                "rows": hi - lo, "numeric": pack_array(XT[:, lo:hi]), "inputs": {},
+                "outputs": {name: pack_array(r[lo:hi]) if r.dtype.kind in "fiub" else r[lo:hi].tolist()
+                            for name, r in zip(outputs, results, strict=True)},
             }) + b"\n")  # fmt: skip
     return artifact
 
@@ -100,7 +111,18 @@ def child(mode: str, artifact: Path, log_dir: Path, state: Path) -> None:
 def measure(mode: str, artifact: Path, log_dir: Path, state: Path) -> dict[str, float]:
     if state.exists():
         shutil.rmtree(state)
-    argv = [sys.executable, __file__, "--child", mode, "--artifact", str(artifact), "--log-dir", str(log_dir), "--state", str(state)]
+    argv = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        "--artifact",
+        str(artifact),
+        "--log-dir",
+        str(log_dir),
+        "--state",
+        str(state),
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{mode} failed:\n{done.stdout}\n{done.stderr}")
@@ -139,9 +161,10 @@ def main() -> None:
     body = f"""## Monitor (`bench/bench_monitor.py`)
 
 One `Monitor.cycle()` over a prediction log of {args.rows:,} rows × 30 features ({args.batch} row(s) per logged
-request, {size / 2**20:.0f} MiB, one file), default settings (windows of 5,000 rows → {last['windows']} windows, each with
+request, {size / 2**20:.0f} MiB, one file), default settings (windows of 5,000 rows → {last["windows"]} windows, each with
 {2 * 30 + 2} drift tests, the outlier model on every row, the policy, report and metrics files). Median of {args.repeat} runs,
-each in a fresh process; peak is that process's max RSS (VmHWM).
+each in a fresh process; peak is that process's max RSS (VmHWM). Records in the packed format: the numeric
+inputs and probabilities as base64 arrays, which the baseline's `json.loads` leaves as strings.
 
 | measurement | seconds | peak RSS |
 |---|---|---|

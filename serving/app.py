@@ -181,7 +181,7 @@ def _routes(state: ServerState) -> list[Route]:
         content_length, header_length = _infer_headers(request)
         body = await _read_body(request, content_length, settings.max_body_bytes)
         decoded = runtime.decoder.decode(body, header_length)
-        results = runtime.predict(decoded.numeric, decoded.categorical)
+        results, index = runtime.predict_indexed(decoded.numeric, decoded.categorical)
         request_id = decoded.id or state.next_id()
         by_name = dict(zip(runtime.output_names, results, strict=True))
         if decoded.outputs is None:
@@ -189,16 +189,28 @@ def _routes(state: ServerState) -> list[Route]:
         else:
             specs = {spec.name: spec for spec in runtime.outputs}
             chosen = [(specs[name], by_name[name], binary) for name, binary in decoded.outputs]
+        labels = runtime.labels if index is not None else None
+        encoded = None
+        if labels is not None:
+            for spec, _, binary in chosen:
+                if binary and spec.name == runtime.label_output:
+                    encoded = {spec.name: labels.binary(index)}  # from the indices: no per-row strings
         content, json_length = encode_response(
-            model_name=info.name, model_version=info.digest, request_id=request_id, outputs=chosen
+            model_name=info.name,
+            model_version=info.digest,
+            request_id=request_id,
+            outputs=chosen,
+            encoded=encoded,
         )
         if state.log is not None:
-            logged = {
-                name: array.tolist() if array.dtype == object else array for name, array in by_name.items()
-            }
-            state.log.append(request_id, time.time(), decoded.rows, decoded.columns, logged)
+            state.log.append(
+                request_id, time.time(), decoded.rows, decoded.numeric, decoded.categories, by_name
+            )
         metrics = state.metrics
-        metrics.inference(decoded.rows, results[0] if info.task == "classification" else None)
+        if labels is not None:
+            metrics.inference(decoded.rows, None, labels.counts(index))
+        else:
+            metrics.inference(decoded.rows, results[0] if info.task == "classification" else None)
         metrics.request("infer", 200, time.perf_counter() - start)
         if json_length is None:
             return Response(content, media_type=_JSON)

@@ -75,11 +75,17 @@ class ServingMetrics(Collector):
                 histogram = self.latency[endpoint] = _Histogram(LATENCY_BUCKETS)
             histogram.observe(seconds)
 
-    def inference(self, rows: int, labels: np.ndarray | None) -> None:
-        """Batch size, and rows per predicted class (``labels`` None for regression)."""
+    def inference(
+        self, rows: int, labels: np.ndarray | None, per_class: list[tuple[str, int]] | None = None
+    ) -> None:
+        """Batch size, and rows per predicted class: from ``per_class`` (name, rows) when the caller counted
+        them already, else from ``labels`` (None for regression: counted under "all")."""
         self.batch.observe(rows)
         counts = self.predictions
-        if labels is None:
+        if per_class is not None:
+            for label, count in per_class:
+                counts[label] = counts.get(label, 0) + count
+        elif labels is None:
             counts["all"] = counts.get("all", 0) + rows
         elif rows == 1:
             label = str(labels.flat[0])

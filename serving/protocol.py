@@ -21,12 +21,13 @@ Missing and non-finite values, the policy:
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import itemgetter
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 import numpy as np
 import orjson
 
@@ -78,18 +79,64 @@ class OutputSpec:
 class InferRequest:
     """A decoded, validated request.
 
-    ``numeric`` holds every numeric feature as one C-contiguous float32 ``(rows, n_numeric)`` matrix in
-    schema order (None when the model has no numeric feature); ``categorical`` holds one ``(rows, 1)``
-    object array per categorical feature; ``columns`` is what the prediction log writes.
+    ``numeric`` holds every numeric feature as one C-contiguous float32 ``(n_numeric, rows)`` matrix,
+    feature-major in schema order (None when the model has no numeric feature); ``categorical`` holds one ``(rows, 1)``
+    object array per categorical feature and ``categories`` the same values as lists (what the prediction
+    log writes; it writes ``numeric`` as it is).
     """
 
     id: str | None
     rows: int
     numeric: np.ndarray | None
     categorical: dict[str, np.ndarray]
-    columns: dict[str, Any]
+    categories: dict[str, list[str]]
     outputs: tuple[tuple[str, bool], ...] | None
     binary_output: bool
+
+
+# The fast paths: the request shapes well-behaved clients send, decoded and type-checked in C by msgspec.
+# Anything else (a null, nested data, an extra field, a wrong type...) fails to decode here and takes the
+# general path, which accepts every valid variant and names the field of every error.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# JSON integers are accepted (as floats); booleans, strings, nulls and numbers beyond float32 are not.
+_Float32 = Annotated[float, msgspec.Meta(ge=-_FLOAT32_MAX, le=_FLOAT32_MAX)]
+
+
+class _PlainTensor(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    name: str
+    datatype: Literal["FP32"]
+    shape: list[int]
+    data: list[_Float32]
+
+
+class _PlainRequest(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    inputs: list[_PlainTensor]
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[Any] | None = None
+
+
+class _BinarySize(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    binary_data_size: int
+
+
+class _BinaryTensor(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    name: str
+    datatype: Literal["FP32"]
+    shape: list[int]
+    parameters: _BinarySize
+
+
+class _BinaryRequest(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    inputs: list[_BinaryTensor]
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[Any] | None = None
+
+
+_PLAIN = msgspec.json.Decoder(_PlainRequest)
+_BINARY = msgspec.json.Decoder(_BinaryRequest)
+_FP32 = np.dtype("<f4")
 
 
 def _names(names: Sequence[str], limit: int = 8) -> str:
@@ -111,6 +158,8 @@ class Decoder:
         self._name_set = frozenset(self._specs)
         self._names = [s.name for s in self.inputs]
         self._all_numeric = len(self._numeric) == len(self.inputs)
+        # The fast paths serve models whose inputs are all FP32 features (the packed matrix as sent).
+        self._fast = self._all_numeric and bool(self.inputs) and set(self._datatypes) == {"FP32"}
 
     # -- request level -------------------------------------------------------------------------------
 
@@ -125,6 +174,11 @@ class Decoder:
                 )
             binary = memoryview(body)[header_length:]
             body = body[:header_length]
+            fast = self._fast_binary(body, binary) if self._fast else None
+        else:
+            fast = self._fast_plain(body) if self._fast else None
+        if fast is not None:
+            return fast
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -140,7 +194,6 @@ class Decoder:
         outputs = self._requested_outputs(doc.get("outputs"))
         inputs = doc.get("inputs")
         items = self._items(inputs)
-        columns: dict[str, Any] = {}
         # Clients usually send the inputs in schema order: then the dict is already in order.
         ordered = (
             list(items.values()) if list(items) == self._names else [items[name] for name in self._names]
@@ -150,16 +203,17 @@ class Decoder:
         if plain is not None:
             rows, datas = plain
             if self._all_numeric:
-                numeric = self._fast_numeric(datas, rows, columns)
+                numeric = self._fast_numeric(datas, rows)
                 sources = {} if numeric is not None else dict(zip(self._names, datas, strict=True))
             else:
                 sources = dict(zip(self._names, datas, strict=True))
-                numeric = self._fast_numeric([sources[n] for n in self._numeric], rows, columns)
+                numeric = self._fast_numeric([sources[n] for n in self._numeric], rows)
         else:
             rows, sources = self._shapes(items, binary)
         if numeric is None and self._numeric:
-            numeric = self._numeric_matrix(items, sources, rows, columns)
+            numeric = self._numeric_matrix(items, sources, rows)
         categorical: dict[str, np.ndarray] = {}
+        categories: dict[str, list[str]] = {}
         for name in self._categorical:
             spec_item = items[name]
             source = sources[name]
@@ -169,10 +223,67 @@ class Decoder:
                 else categories_from_json(name, spec_item["shape"], source, rows)
             )
             categorical[name] = np.array(values, dtype=object).reshape(rows, 1)
-            columns[name] = values
-        if self._categorical and self._numeric:
-            columns = {name: columns[name] for name in self._names}  # schema order in the log
-        return InferRequest(request_id, rows, numeric, categorical, columns, outputs, binary_output)
+            categories[name] = values
+        return InferRequest(request_id, rows, numeric, categorical, categories, outputs, binary_output)
+
+    def _fast_plain(self, body: bytes) -> InferRequest | None:
+        """Every input plain JSON numbers, in schema order, one common shape: or None (general path)."""
+        try:
+            request = _PLAIN.decode(body)
+        except (msgspec.DecodeError, ValueError, RecursionError):  # ValueError: invalid UTF-8 in a string
+            return None
+        tensors = request.inputs
+        count = len(self._names)
+        if [t.name for t in tensors] != self._names:
+            return None
+        shape = tensors[0].shape
+        rows = self._fast_rows(shape)
+        if not rows or [t.shape for t in tensors].count(shape) != count:
+            return None
+        datas = [t.data for t in tensors]
+        if list(map(len, datas)).count(rows) != count:
+            return None
+        # Python float (double) -> float32, as everywhere; in range, so finite (msgspec checked every value)
+        numeric = np.fromiter(chain.from_iterable(datas), np.float32, count * rows).reshape(count, rows)
+        return self._fast_request(request, rows, numeric)
+
+    def _fast_binary(self, header: bytes, binary: memoryview | bytes) -> InferRequest | None:
+        """Every input FP32 binary data of one common shape, back to back in schema order: or None."""
+        try:
+            request = _BINARY.decode(header)
+        except (msgspec.DecodeError, ValueError, RecursionError):  # ValueError: invalid UTF-8 in a string
+            return None
+        tensors = request.inputs
+        count = len(self._names)
+        if [t.name for t in tensors] != self._names:
+            return None
+        shape = tensors[0].shape
+        rows = self._fast_rows(shape)
+        if (
+            not rows
+            or [t.shape for t in tensors].count(shape) != count
+            or [t.parameters.binary_data_size for t in tensors].count(rows * 4) != count
+            or len(binary) != rows * 4 * count
+        ):
+            return None
+        numeric = np.frombuffer(binary, dtype=_FP32).reshape(count, rows)  # the body itself, no copy
+        if np.isinf(numeric).any():
+            return None  # NaN is a missing value; infinity is refused, by name, on the general path
+        return self._fast_request(request, rows, numeric)
+
+    @staticmethod
+    def _fast_rows(shape: list[int]) -> int:
+        """The batch size of a fast-path shape ([N] or [N, 1], N > 0); 0 if the shape needs the general path."""
+        if len(shape) == 1 or (len(shape) == 2 and shape[1] == 1):
+            return shape[0] if shape[0] > 0 else 0
+        return 0
+
+    def _fast_request(
+        self, request: _PlainRequest | _BinaryRequest, rows: int, numeric: np.ndarray
+    ) -> InferRequest:
+        binary_output = self._request_parameters(request.parameters)
+        outputs = self._requested_outputs(request.outputs)
+        return InferRequest(request.id, rows, numeric, {}, {}, outputs, binary_output)
 
     @staticmethod
     def _request_parameters(parameters: Any) -> bool:
@@ -378,7 +489,7 @@ class Decoder:
             return None
         return shape[0], datas
 
-    def _fast_numeric(self, datas: list[Any], rows: int, columns: dict[str, Any]) -> np.ndarray | None:
+    def _fast_numeric(self, datas: list[Any], rows: int) -> np.ndarray | None:
         """Every numeric input a flat list of ``rows`` plain numbers, all finite in float32: one numpy call."""
         names = self._numeric
         if not names:
@@ -389,14 +500,13 @@ class Decoder:
         ):
             return None
         with np.errstate(over="ignore"):
-            matrix = np.array(datas, dtype=np.float64).T.astype(np.float32, order="C")
+            matrix = np.array(datas, dtype=np.float64).astype(np.float32)  # ints too big for float32 directly
         if not np.isfinite(matrix).all():
             return None
-        columns.update(zip(names, datas, strict=True))
         return matrix
 
     def _numeric_matrix(
-        self, items: dict[str, dict[str, Any]], sources: dict[str, Any], rows: int, columns: dict[str, Any]
+        self, items: dict[str, dict[str, Any]], sources: dict[str, Any], rows: int
     ) -> np.ndarray:
         """Exact path: nested lists, nulls, other datatypes, binary data, or an error to name precisely."""
         # Allocate only after every input proved it holds ``rows`` values: ``rows`` comes from the client.
@@ -408,19 +518,16 @@ class Decoder:
                 source = sources[name]
                 if isinstance(source, memoryview):
                     values = numbers_from_binary(name, item["datatype"], source, rows)
-                    columns[name] = values
                     binary.append(j)
                 else:
-                    values, columns[name] = numbers_from_json(
-                        name, item["datatype"], item["shape"], source, rows
-                    )
-                    reject_infinite(name, values, columns[name])
+                    values, flat = numbers_from_json(name, item["datatype"], item["shape"], source, rows)
+                    reject_infinite(name, values, flat)
                 arrays.append(values)
-        matrix = np.stack(arrays, axis=1)
+        matrix = np.stack(arrays)
         # Binary data is checked once for the whole matrix (one pass instead of one per input).
-        if binary and np.isinf(matrix[:, binary]).any():
+        if binary and np.isinf(matrix[binary]).any():
             for j in binary:
-                reject_infinite(self._numeric[j], matrix[:, j], None)
+                reject_infinite(self._numeric[j], matrix[j], None)
         return matrix
 
 
@@ -430,14 +537,19 @@ def encode_response(
     model_version: str,
     request_id: str,
     outputs: Sequence[tuple[OutputSpec, np.ndarray, bool]],
+    encoded: Mapping[str, bytes] | None = None,
 ) -> tuple[bytes, int | None]:
-    """The response body and, when any output is binary, the length of its JSON header."""
+    """The response body and, when any output is binary, the length of its JSON header.
+
+    ``encoded`` may hold an output's binary form already made (e.g. class labels from their indices).
+    """
     tensors: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for spec, array, binary in outputs:
         tensor: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(array.shape)}
         if binary:
-            raw = binary_tensor(spec.datatype, array)
+            made = encoded.get(spec.name) if encoded else None
+            raw = made if made is not None else binary_tensor(spec.datatype, array)
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif spec.datatype == BYTES or array.dtype == object:

@@ -16,9 +16,9 @@ from mlci.errors import DataError
 from mlci.model.artifact import read_manifest, verify_artifact
 from mlci.model.onnxio import open_session
 from mlci.serving.errors import InvalidInput
-from mlci.serving.packing import PACKED_INPUT, pack_numeric_inputs
+from mlci.serving.packing import PACKED_INPUT, index_labels, pack_numeric_inputs
 from mlci.serving.protocol import Decoder, InputSpec, OutputSpec
-from mlci.serving.tensors import BYTES
+from mlci.serving.tensors import BYTES, ClassLabels
 
 __all__ = ["ModelInfo", "ModelRuntime", "model_info"]
 
@@ -69,31 +69,45 @@ def model_info(manifest: Mapping[str, Any]) -> ModelInfo:
 class ModelRuntime:
     """An onnxruntime session over a verified artifact, with its decoder and output specs.
 
-    The session takes the numeric features packed into one matrix (see :mod:`mlci.serving.packing`);
-    :meth:`run` accepts the per-feature feeds ``model.onnx`` itself takes, :meth:`predict` the packed form.
+    The session takes the numeric features packed into one feature-major ``(n_numeric, rows)`` matrix (see
+    :mod:`mlci.serving.packing`); :meth:`run` accepts the per-feature feeds ``model.onnx`` itself takes,
+    :meth:`predict` the packed form.
     """
 
     def __init__(self, info: ModelInfo, model_bytes: bytes, *, threads: int = 1) -> None:
         self.info = info
         self.numeric = [s.name for s in info.inputs if s.kind == "numeric"]
-        original = {i.name for i in open_session(model_bytes, threads=threads).get_inputs()}
+        original = open_session(model_bytes, threads=threads)
+        taken = {i.name for i in original.get_inputs()}
         expected = {s.name for s in info.inputs}
-        if original != expected:
+        if taken != expected:
             raise DataError(
-                f"model.onnx takes inputs {sorted(original)}, but the manifest's schema lists {sorted(expected)}; "
+                f"model.onnx takes inputs {sorted(taken)}, but the manifest's schema lists {sorted(expected)}; "
                 "the artifact is inconsistent. Rebuild it with `mlci run`."
             )
         packed = pack_numeric_inputs(model_bytes, self.numeric) if self.numeric else model_bytes
+        # A classifier's string label output answers class indices instead (see packing.index_labels).
+        label = next((o.name for o in original.get_outputs() if o.type == "tensor(string)"), None)
+        indexed = index_labels(packed, label) if label is not None and info.task == "classification" else None
+        self.labels: ClassLabels | None = None
+        self._label_position = -1
+        if indexed is not None:
+            packed, names = indexed
+            self.labels = ClassLabels(names)
         self.session = open_session(packed, threads=threads)
         self.outputs = tuple(
             OutputSpec(
                 o.name,
-                _ONNX_TO_V2.get(o.type, BYTES),
+                BYTES if self.labels is not None and o.name == label else _ONNX_TO_V2.get(o.type, BYTES),
                 tuple(d if isinstance(d, int) else -1 for d in o.shape),
             )
             for o in self.session.get_outputs()
         )
         self.output_names = [o.name for o in self.outputs]
+        # the output whose class indices predict_indexed returns (None: labels are plain strings)
+        self.label_output = label if self.labels is not None else None
+        if self.labels is not None:
+            self._label_position = self.output_names.index(label)
         self._checked = [(i, o.name) for i, o in enumerate(self.outputs) if o.datatype in ("FP32", "FP64")]
         self.decoder = Decoder(info.inputs, self.outputs)
 
@@ -105,21 +119,35 @@ class ModelRuntime:
 
     def predict(self, numeric: np.ndarray | None, categorical: dict[str, np.ndarray]) -> list[np.ndarray]:
         """All outputs for a validated batch; refuses non-finite outputs (e.g. NaN the model cannot impute)."""
+        return self.predict_indexed(numeric, categorical)[0]
+
+    def predict_indexed(
+        self, numeric: np.ndarray | None, categorical: dict[str, np.ndarray]
+    ) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """:meth:`predict`, plus the class index of every label when :attr:`labels` knows them (else None)."""
         feeds = categorical if numeric is None else {PACKED_INPUT: numeric, **categorical}
         results: list[np.ndarray] = self.session.run(self.output_names, feeds)
-        for index, name in self._checked:
-            array = results[index]
+        index = None
+        if self.labels is not None:
+            index = results[self._label_position]
+            results[self._label_position] = self.labels.strings(index)
+        for position, name in self._checked:
+            array = results[position]
             if not np.isfinite(array).all():
                 bad = np.flatnonzero(~np.isfinite(array).reshape(array.shape[0], -1).all(axis=1))
                 raise InvalidInput(
                     f"The model returned non-finite {name!r} for row(s) {bad[:10].tolist()}. Those rows hold "
                     "missing values (null/NaN) that this model does not impute; send complete rows."
                 )
-        return results
+        return results, index
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Outputs for per-feature ``[N, 1]`` feeds, the form ``model.onnx`` takes."""
-        numeric = np.hstack([feeds[n] for n in self.numeric]).astype(np.float32) if self.numeric else None
+        numeric = (
+            np.vstack([feeds[n].reshape(1, -1) for n in self.numeric]).astype(np.float32)
+            if self.numeric
+            else None
+        )
         categorical = {s.name: feeds[s.name] for s in self.info.inputs if s.kind != "numeric"}
         return self.predict(numeric, categorical)
 

@@ -14,6 +14,7 @@ from mlci.serving.errors import BadRequest, InvalidInput
 
 __all__ = [
     "BYTES",
+    "ClassLabels",
     "INTEGER_DATATYPES",
     "KNOWN_DATATYPES",
     "MISSING_TOKENS",
@@ -176,3 +177,26 @@ def binary_tensor(datatype: str, array: np.ndarray) -> bytes:
         encoded = {value: _length_prefixed(value) for value in set(values)}
         return b"".join(map(encoded.__getitem__, values))
     return np.ascontiguousarray(array, dtype=NUMERIC_DATATYPES[datatype]).tobytes()
+
+
+class ClassLabels:
+    """A classifier's class names by index: names for JSON and the log, V2 binary bytes, counts per class."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = np.array(names, dtype=object)
+        self._binary = np.array([_length_prefixed(name) for name in names], dtype=object)
+
+    def strings(self, index: np.ndarray) -> np.ndarray:
+        """The class name of every index, same shape (an object array of the same few str objects)."""
+        return self.names.take(index)
+
+    def binary(self, index: np.ndarray) -> bytes:
+        """The BYTES tensor of those names in the binary extension's form (4-byte length + UTF-8 each)."""
+        return b"".join(self._binary.take(index.ravel()).tolist())
+
+    def counts(self, index: np.ndarray) -> list[tuple[str, int]]:
+        """(name, rows) for every class predicted at least once."""
+        if index.size == 1:
+            return [(self.names[int(index.flat[0])], 1)]
+        per_class = np.bincount(index.ravel(), minlength=len(self.names)).tolist()
+        return [(name, count) for name, count in zip(self.names.tolist(), per_class, strict=False) if count]

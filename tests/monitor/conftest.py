@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from mlci.config import load_config
 from mlci.pipeline import run_pipeline
+from mlci.serving.predlog import pack_array
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "breast_cancer"
@@ -62,35 +63,44 @@ def bc(tmp_path_factory: pytest.TempPathFactory) -> Project:
 def predict_records(
     artifact: Path, frame: pd.DataFrame, *, batch: int = 1, start: int = 0, prefix: str = "req"
 ) -> list[dict[str, Any]]:
-    """Prediction-log records for ``frame`` as the server writes them, outputs from the real model.onnx."""
+    """Prediction-log records for ``frame`` exactly as the server writes them (serving/predlog.py), outputs
+    from the real model.onnx: the numeric features packed as one float32 feature-major ``(n_numeric, rows)``
+    matrix (NaN missing), categorical features as string lists (``""`` missing), numeric outputs packed,
+    string ones as lists."""
     from mlci.model.onnxio import open_session
 
     manifest = orjson.loads((artifact / "manifest.json").read_bytes())
     features = manifest["schema"]["features"]
+    numeric = [f["name"] for f in features if f["kind"] == "numeric"]
     session = open_session(artifact / "model.onnx")
+    names = [o.name for o in session.get_outputs()]
     records = []
     for i, lo in enumerate(range(0, len(frame), batch)):
         part = frame.iloc[lo : lo + batch]
-        feeds, inputs = {}, {}
+        feeds, categories = {}, {}
+        # feature-major (n_numeric, rows), as the server holds and logs it; NaN stays NaN
+        matrix = part[numeric].to_numpy(np.float32).T if numeric else None
         for f in features:
-            column = part[f["name"]].to_numpy()
             if f["kind"] == "numeric":
-                values = column.astype(np.float32)
-                feeds[f["name"]] = values.reshape(-1, 1)
-                inputs[f["name"]] = [None if v != v else float(v) for v in values]
+                assert matrix is not None
+                feeds[f["name"]] = np.ascontiguousarray(matrix[[numeric.index(f["name"])]].T)
             else:
-                text = ["" if v is None or v != v else str(v) for v in column]
+                text = ["" if v is None or v != v else str(v) for v in part[f["name"]].to_numpy()]
                 feeds[f["name"]] = np.array(text, dtype=object).reshape(-1, 1)
-                inputs[f["name"]] = text
-        outs = session.run(None, feeds)
-        if manifest["task"] == "classification":
-            outputs = {"label": [str(v) for v in np.asarray(outs[0]).ravel()], "probabilities": np.asarray(outs[1]).tolist()}
-        else:
-            outputs = {"variable": np.asarray(outs[0]).tolist()}
-        records.append({
+                categories[f["name"]] = text
+        outs = [np.asarray(o) for o in session.run(None, feeds)]
+        record: dict[str, Any] = {
             "id": f"{prefix}-{start + i}", "ts": 1767225600.0 + start + i, "model": manifest["name"],
-            "digest": manifest["digest"], "rows": len(part), "inputs": inputs, "outputs": outputs,
-        })  # fmt: skip
+            "digest": manifest["digest"], "rows": len(part),
+        }  # fmt: skip
+        if matrix is not None:
+            record["numeric"] = pack_array(matrix)
+        record["inputs"] = categories
+        record["outputs"] = {
+            name: pack_array(out) if out.dtype.kind in "fiub" else out.tolist()
+            for name, out in zip(names, outs, strict=True)
+        }
+        records.append(record)
     return records
 
 
@@ -103,7 +113,9 @@ def write_log(directory: Path, records: list[dict[str, Any]], name: str = "predi
     return path
 
 
-def shifted(frame: pd.DataFrame, columns: list[str], scale: float = 1.0, shift_sd: float = 0.0) -> pd.DataFrame:
+def shifted(
+    frame: pd.DataFrame, columns: list[str], scale: float = 1.0, shift_sd: float = 0.0
+) -> pd.DataFrame:
     """A copy with ``columns`` scaled and shifted by ``shift_sd`` standard deviations."""
     out = frame.copy()
     for c in columns:
@@ -142,7 +154,9 @@ class ReceiverServer:
         async def hook(request: Request) -> JSONResponse:
             body = await request.body()
             status = receiver.script.pop(0) if receiver.script else receiver.status
-            receiver.requests.append({"headers": dict(request.headers), "body": orjson.loads(body), "status": status})
+            receiver.requests.append(
+                {"headers": dict(request.headers), "body": orjson.loads(body), "status": status}
+            )
             return JSONResponse({"ok": status < 300}, status_code=status)
 
         return Starlette(routes=[Route("/hook", hook, methods=["POST"])])

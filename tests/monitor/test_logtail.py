@@ -6,6 +6,7 @@ import os
 import threading
 from pathlib import Path
 
+import numpy as np
 import orjson
 
 from mlci.monitor.logtail import read_new, start_cursor
@@ -34,11 +35,12 @@ def test_rotation_between_reads_loses_and_repeats_nothing(tmp_path: Path) -> Non
     lines, cursor = read_new(tmp_path, start_cursor())
     with active.open("ab") as f:
         f.write(b'{"id": "3"}\n')
-    active.rename(tmp_path / "predictions-20260101T000000000000Z-000001.jsonl")  # what PredictionLog._rotate does
+    rotated = tmp_path / "predictions-20260101T000000000000Z-000001.jsonl"
+    active.rename(rotated)  # what PredictionLog._rotate does
     active.write_bytes(b'{"id": "4"}\n')
     lines, cursor = read_new(tmp_path, cursor)
     assert ids(lines) == ["3", "4"]
-    os.unlink(tmp_path / "predictions-20260101T000000000000Z-000001.jsonl")  # deleted by `keep`
+    os.unlink(rotated)  # deleted by `keep`
     assert read_new(tmp_path, cursor)[1]["done"] == []  # the cursor forgets files that are gone
 
 
@@ -51,20 +53,21 @@ def test_concurrent_writer_with_rotation(tmp_path: Path) -> None:
     log = PredictionLog(tmp_path, model="m", digest="sha256:x", max_bytes=4096, flush_interval_s=0.001)
     total = 3000
     seen: list[str] = []
-    done = threading.Event()
+    label = np.array(["a"], dtype=object)
 
     def write() -> None:
-        for i in range(total):
-            log.append(f"r{i}", 0.0, 1, {"f": [float(i)]}, {"label": ["a"]})
-            if i % 50 == 0:
-                log.flush()
-        log.close()
-        done.set()
+        try:
+            for i in range(total):
+                log.append(f"r{i}", 0.0, 1, np.array([[i]], dtype=np.float32), {}, {"label": label})
+                if i % 50 == 0:
+                    log.flush()
+        finally:
+            log.close()
 
     writer = threading.Thread(target=write)
     writer.start()
     cursor = start_cursor()
-    while not done.is_set():
+    while writer.is_alive():  # not an event the writer sets at the end: if it raised, this would spin forever
         lines, cursor = read_new(tmp_path, cursor)
         seen.extend(ids(lines))
     writer.join()

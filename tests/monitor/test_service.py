@@ -6,12 +6,14 @@ import gc
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
 from mlci.monitor.errors import MonitorError
 from mlci.monitor.service import Monitor
 from mlci.monitor.settings import Settings
+from mlci.serving.predlog import pack_array
 
 from .conftest import Project, ReceiverServer, predict_records, shifted, write_log
 
@@ -20,7 +22,9 @@ MOVED = ["mean_radius", "mean_texture", "worst_area"]
 
 def monitor(bc: Project, tmp_path: Path, **kwargs: Any) -> Monitor:
     settings = kwargs.pop("settings", Settings(bad_windows=1, good_windows=1, backoff_s=0.0))
-    return Monitor(bc.artifact, tmp_path / "log", tmp_path / "state", settings=settings, sleep=lambda _s: None, **kwargs)
+    return Monitor(
+        bc.artifact, tmp_path / "log", tmp_path / "state", settings=settings, sleep=lambda _s: None, **kwargs
+    )
 
 
 def test_normal_then_drifted_traffic(bc: Project, tmp_path: Path, webhook: ReceiverServer) -> None:
@@ -29,7 +33,10 @@ def test_normal_then_drifted_traffic(bc: Project, tmp_path: Path, webhook: Recei
     first = m.cycle()
     assert first["status"] == "ok" and first["rows"] == len(bc.holdout) and first["actions"] == []
     assert (tmp_path / "state" / "report.json").is_file()
-    write_log(tmp_path / "log", predict_records(bc.artifact, shifted(bc.holdout, MOVED, shift_sd=1.5), batch=3, prefix="b"))
+    write_log(
+        tmp_path / "log",
+        predict_records(bc.artifact, shifted(bc.holdout, MOVED, shift_sd=1.5), batch=3, prefix="b"),
+    )
     second = m.cycle()
     assert second["status"] == "drift" and second["drifted_features"] == sorted(MOVED)
     assert second["rows"] == len(bc.holdout)  # only the new lines
@@ -64,8 +71,11 @@ def test_windows_split_and_restart_reads_nothing_twice(bc: Project, tmp_path: Pa
     settings = Settings(window=100, min_rows=30, bad_windows=1)
     report = monitor(bc, tmp_path, settings=settings).cycle()
     assert [w["rows"] for w in report["windows"]] == [100, len(frame) - 100]
-    other = Monitor(bc.artifact, tmp_path / "log", tmp_path / "other-state", settings=Settings(window=100, min_rows=50))
-    assert [w["rows"] for w in other.cycle()["windows"]] == [len(frame)]  # a tail below min_rows joins the window before
+    other = Monitor(
+        bc.artifact, tmp_path / "log", tmp_path / "other-state", settings=Settings(window=100, min_rows=50)
+    )
+    # a tail below min_rows joins the window before
+    assert [w["rows"] for w in other.cycle()["windows"]] == [len(frame)]
     write_log(tmp_path / "log", predict_records(bc.artifact, frame.head(60), batch=2, prefix="b"))
     restarted = monitor(bc, tmp_path, settings=settings).cycle()  # a new process on the same state
     assert restarted["rows"] == 60 and restarted["cycle"] == 2
@@ -74,12 +84,14 @@ def test_windows_split_and_restart_reads_nothing_twice(bc: Project, tmp_path: Pa
 def test_other_models_and_broken_lines_are_counted_and_skipped(bc: Project, tmp_path: Path) -> None:
     records = predict_records(bc.artifact, bc.holdout, prefix="a")
     other = [{**r, "digest": "sha256:" + "0" * 64} for r in records[:30]]
-    wrong_schema = {**records[0], "id": "odd", "inputs": {**records[0]["inputs"], "mean_radius": [1.0, 2.0]}}
+    wrong_schema = {**records[0], "id": "odd", "numeric": pack_array(np.zeros((29, 1), np.float32))}  # not 30
     write_log(tmp_path / "log", [*other, *records[:50], wrong_schema, *records[50:]])
     with (tmp_path / "log" / "predictions.jsonl").open("ab") as f:
         f.write(b"not json\n")
     report = monitor(bc, tmp_path).cycle()
-    assert report["rows"] == len(bc.holdout) and report["skipped_other_model"] == 30 and report["bad_lines"] == 2
+    assert (
+        report["rows"] == len(bc.holdout) and report["skipped_other_model"] == 30 and report["bad_lines"] == 2
+    )
     assert gc.isenabled()  # parsing switches the cyclic GC off; the cycle must switch it back on
 
 
@@ -91,7 +103,10 @@ def test_flipped_labels_trigger_rollback_and_retrain(bc: Project, tmp_path: Path
     with labels.open("wb") as f:
         for i, r in enumerate(records):
             truth = bc.truth[i * 4 : i * 4 + r["rows"]]
-            f.write(orjson.dumps({"id": r["id"], "labels": [flip[t] if (i % 3 == 0) else t for t in truth]}) + b"\n")
+            f.write(
+                orjson.dumps({"id": r["id"], "labels": [flip[t] if (i % 3 == 0) else t for t in truth]})
+                + b"\n"
+            )
     calls: list[dict[str, Any]] = []
 
     def rollback(context: dict[str, Any]) -> dict[str, Any]:
@@ -112,9 +127,15 @@ def test_labels_before_predictions_wait_and_truth_is_no_decay(bc: Project, tmp_p
     m = monitor(bc, tmp_path, labels=labels)
     report = m.cycle()  # no labels file yet: not an error
     assert report["performance"]["status"] == "insufficient" and report["performance"]["rows"] == 0
-    labels.write_bytes(b"".join(orjson.dumps({"id": r["id"], "labels": bc.truth[i * 4 : i * 4 + r["rows"]]}) + b"\n" for i, r in enumerate(records)))
+    labels.write_bytes(
+        b"".join(
+            orjson.dumps({"id": r["id"], "labels": bc.truth[i * 4 : i * 4 + r["rows"]]}) + b"\n"
+            for i, r in enumerate(records)
+        )
+    )
     report = m.cycle()
-    assert report["performance"]["status"] == "insufficient" and report["performance"]["waiting_labels"] == len(records)
+    performance = report["performance"]
+    assert performance["status"] == "insufficient" and performance["waiting_labels"] == len(records)
     write_log(tmp_path / "log", records)
     report = m.cycle()
     assert report["performance"]["status"] == "ok" and report["performance"]["rows"] == len(bc.holdout)

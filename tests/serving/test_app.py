@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from mlci.model.artifact import read_manifest
 from mlci.model.onnxio import open_session
-from mlci.serving.predlog import read_lines
+from mlci.serving.predlog import read_lines, unpack_array
 from mlci.serving.runtime import ModelRuntime
 from mlci.serving.settings import Settings
 
@@ -296,8 +296,15 @@ def test_prediction_log_records_each_request(
     [line] = [r for r in read_lines(bc_server.log_dir) if r["id"] == "logged-42"]
     assert line["digest"] == response["model_version"]
     assert line["rows"] == 2
-    assert line["inputs"]["mean_radius"] == [bc_rows[0]["mean_radius"], bc_rows[1]["mean_radius"]]
+    matrix = unpack_array(line["numeric"])  # the float32 matrix the model saw: one row per feature
+    assert matrix.dtype == np.float32 and matrix.shape == (30, 2)
+    names = list(bc_rows[0])
+    want = np.array([[row[n] for row in bc_rows[:2]] for n in names], dtype=np.float32)
+    np.testing.assert_array_equal(matrix, want)
+    assert line["inputs"] == {}
     assert line["outputs"]["label"] == response["outputs"][0]["data"]
+    probabilities = unpack_array(line["outputs"]["probabilities"])
+    np.testing.assert_allclose(probabilities.ravel(), response["outputs"][1]["data"])
 
 
 def test_tritonclient_single_batch_and_metadata(

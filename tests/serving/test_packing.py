@@ -11,7 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from mlci.model.onnxio import open_session
-from mlci.serving.packing import PACKED_INPUT, is_fused, pack_numeric_inputs
+from mlci.serving.packing import PACKED_INPUT, index_labels, is_fused, pack_numeric_inputs
+from mlci.serving.tensors import BYTES, ClassLabels, binary_tensor
 
 
 @pytest.mark.parametrize("which", ["bc", "mixed"])
@@ -37,7 +38,7 @@ def test_packed_model_is_bit_identical(which: str, bc_artifact: Path, mixed_arti
     assert [i.name for i in packed.get_inputs()] == [PACKED_INPUT] + [
         i.name for i in inputs if i.name not in numeric
     ]
-    packed_feeds = {PACKED_INPUT: np.hstack([feeds[n] for n in numeric])} | {
+    packed_feeds = {PACKED_INPUT: np.vstack([feeds[n].T for n in numeric])} | {
         k: v for k, v in feeds.items() if k not in numeric
     }
     for want, got in zip(original.run(None, feeds), packed.run(None, packed_feeds), strict=True):
@@ -114,6 +115,63 @@ def test_fusion_only_where_it_keeps_every_value(
     a, b, c = (rng.normal(size=(9, 1)).astype(np.float32) for _ in range(3))
     a[2] = np.nan
     original = open_session(raw).run(None, {"a": a, "b": b, "c": c})
-    got = open_session(packed).run(None, {PACKED_INPUT: np.hstack([a, b]), "c": c})
+    got = open_session(packed).run(None, {PACKED_INPUT: np.vstack([a.T, b.T]), "c": c})
     for want, have in zip(original, got, strict=True):
         np.testing.assert_array_equal(want, have)
+
+
+def _string_label_graph(from_initializer: bool) -> bytes:
+    """x (float [N,2]) -> ArgMax -> label: ArrayFeatureExtractor over a class initializer, or over an input."""
+    nodes = [
+        helper.make_node("ArgMax", ["x"], ["idx"], axis=1),
+        helper.make_node("ArrayFeatureExtractor", ["classes", "idx"], ["picked"], domain="ai.onnx.ml"),
+        helper.make_node("Reshape", ["picked", "flat"], ["label"]),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])]
+    initializers = [numpy_helper.from_array(np.array([-1], dtype=np.int64), name="flat")]
+    if from_initializer:
+        initializers.append(
+            helper.make_tensor("classes", TensorProto.STRING, [2], [b"no", "s\u00ed".encode()])
+        )
+    else:
+        inputs.append(helper.make_tensor_value_info("classes", TensorProto.STRING, [2]))
+    graph = helper.make_graph(
+        nodes,
+        "labels",
+        inputs,
+        [helper.make_tensor_value_info("label", TensorProto.STRING, [None])],
+        initializers,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    )
+    return model.SerializeToString()
+
+
+def test_index_labels_answers_indices_of_the_same_classes() -> None:
+    raw = _string_label_graph(from_initializer=True)
+    indexed = index_labels(raw, "label")
+    assert indexed is not None
+    model_bytes, names = indexed
+    assert names == ("no", "s\u00ed")
+    x = np.array([[0.0, 1.0], [2.0, 1.0], [5.0, 5.0]], dtype=np.float32)
+    want = open_session(raw).run(None, {"x": x})[0]
+    got = open_session(model_bytes).run(None, {"x": x})[0]
+    assert got.dtype == np.int64
+    assert [names[i] for i in got] == want.tolist() == ["s\u00ed", "no", "no"]
+    assert "classes" not in {i.name for i in onnx.load_from_string(model_bytes).graph.initializer}
+
+
+def test_index_labels_declines_other_graphs() -> None:
+    assert index_labels(_string_label_graph(from_initializer=False), "label") is None  # classes not constant
+    assert index_labels(_toy(["a64", "b64"]), "y") is None  # not a label at all
+
+
+def test_class_labels_encode_and_count_like_the_strings() -> None:
+    labels = ClassLabels(("benign", "malignant", "\u00fcber"))
+    index = np.array([2, 0, 0, 1, 2, 2], dtype=np.int64)
+    strings = labels.strings(index)
+    assert strings.tolist() == ["\u00fcber", "benign", "benign", "malignant", "\u00fcber", "\u00fcber"]
+    assert labels.binary(index) == binary_tensor(BYTES, strings)
+    assert labels.counts(index) == [("benign", 2), ("malignant", 1), ("\u00fcber", 3)]
+    assert labels.counts(np.array([1])) == [("malignant", 1)]  # classes never predicted are left out

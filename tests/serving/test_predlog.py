@@ -1,13 +1,18 @@
-"""The prediction log: every appended record is written by close(), size rotation, retention, drops."""
+"""The prediction log: packed arrays, every appended record written by close(), rotation, retention, drops."""
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
-from mlci.serving.predlog import ACTIVE_FILE, PredictionLog, read_lines
+from mlci.serving.predlog import ACTIVE_FILE, PredictionLog, pack_array, read_lines, unpack_array
+
+ONE = np.zeros((1, 1), dtype=np.float32)
 
 
 def test_every_record_written_on_close(tmp_path: Path) -> None:
@@ -19,8 +24,9 @@ def test_every_record_written_on_close(tmp_path: Path) -> None:
                 f"{k}-{i}",
                 1.5,
                 1,
-                {"x": [float(i)], "c": ["a"]},
-                {"label": ["yes"], "p": np.array([[0.25, 0.75]])},
+                np.array([[float(i)]], dtype=np.float32),
+                {"c": ["a"]},
+                {"label": np.array(["yes"], dtype=object), "p": np.array([[0.25, 0.75]])},
             )
 
     threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
@@ -34,20 +40,67 @@ def test_every_record_written_on_close(tmp_path: Path) -> None:
     assert {r["id"] for r in records} == {f"{k}-{i}" for k in range(4) for i in range(500)}
     first = records[0]
     assert first["digest"] == "sha256:ab" and first["model"] == "m" and first["rows"] == 1
-    assert first["outputs"]["p"] == [[0.25, 0.75]] and first["inputs"]["c"] == ["a"]
+    assert first["inputs"] == {"c": ["a"]} and first["outputs"]["label"] == ["yes"]
+    np.testing.assert_array_equal(unpack_array(first["outputs"]["p"]), [[0.25, 0.75]])
+    assert sorted(unpack_array(r["numeric"])[0, 0] for r in records) == sorted(
+        [float(i) for i in range(500)] * 4
+    )
 
 
-def test_nan_is_written_as_null(tmp_path: Path) -> None:
+def test_numeric_matrix_round_trips_exactly_nan_included(tmp_path: Path) -> None:
+    matrix = np.array([[np.nan, 1.5], [3.4e38, -0.0]], dtype=np.float32)
     log = PredictionLog(tmp_path, model="m", digest="d")
-    log.append("1", 0.0, 2, {"x": np.array([np.nan, 1.0], dtype=np.float32)}, {})
+    log.append("1", 0.0, 2, matrix, {}, {"value": np.array([[2.5], [np.nan]])})
     log.close()
-    assert read_lines(tmp_path)[0]["inputs"]["x"] == [None, 1.0]
+    [record] = read_lines(tmp_path)
+    assert record["numeric"]["dtype"] == "<f4" and record["numeric"]["shape"] == [2, 2]
+    got = unpack_array(record["numeric"])
+    assert got.dtype == np.float32 and got.tobytes() == matrix.tobytes()  # bit for bit, -0.0 and NaN too
+    np.testing.assert_array_equal(unpack_array(record["outputs"]["value"]), [[2.5], [np.nan]])
+
+
+def test_a_model_without_numeric_features_writes_no_matrix(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, model="m", digest="d")
+    log.append("1", 0.0, 1, None, {"color": ["red"]}, {"label": np.array([["no"]], dtype=object)})
+    log.close()
+    [record] = read_lines(tmp_path)
+    assert "numeric" not in record and record["inputs"] == {"color": ["red"]}
+    assert record["outputs"]["label"] == [["no"]]  # strings keep the tensor shape
+
+
+@pytest.mark.parametrize(
+    ("packed", "message"),
+    [
+        ([1, 2], "expected a packed array"),
+        ({"dtype": "<f4", "shape": [1]}, "expected a packed array"),
+        ({"dtype": "|O", "shape": [1], "b64": "AAAAAA=="}, "not a numeric dtype"),
+        ({"dtype": "nonsense", "shape": [1], "b64": "AAAAAA=="}, "not a numeric dtype"),
+        ({"dtype": 4, "shape": [1], "b64": "AAAAAA=="}, "not a numeric dtype"),
+        ({"dtype": "<f4", "shape": [-1], "b64": "AAAAAA=="}, "not a list of non-negative integers"),
+        ({"dtype": "<f4", "shape": "1", "b64": "AAAAAA=="}, "not a list of non-negative integers"),
+        ({"dtype": "<f4", "shape": [1], "b64": "AA*AAA=="}, "not base64"),
+        (
+            {"dtype": "<f4", "shape": [2], "b64": "AAAAAA=="},
+            "holds 4 bytes, but dtype <f4 and shape [2] need 8",
+        ),
+        ({"dtype": "<f4", "shape": [2**62, 4], "b64": ""}, "holds 0 bytes"),  # no int64 overflow
+    ],
+)
+def test_malformed_packed_arrays_are_refused_with_the_reason(packed: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        unpack_array(packed)
+
+
+def test_pack_array_takes_any_layout() -> None:
+    fortran = np.asfortranarray(np.arange(6, dtype=np.float64).reshape(2, 3))
+    np.testing.assert_array_equal(unpack_array(pack_array(fortran)), fortran)
+    np.testing.assert_array_equal(unpack_array(pack_array(fortran[:, 1])), [1.0, 4.0])
 
 
 def test_rotation_by_size_keeps_every_line(tmp_path: Path) -> None:
     log = PredictionLog(tmp_path, model="m", digest="d", max_bytes=2_000, flush_interval_s=0.01)
     for i in range(300):
-        log.append(str(i), 0.0, 1, {"x": [i]}, {})
+        log.append(str(i), 0.0, 1, ONE, {}, {})
         if i % 50 == 0:
             log.flush()
     log.close()
@@ -60,7 +113,7 @@ def test_rotation_by_size_keeps_every_line(tmp_path: Path) -> None:
 def test_keep_limits_rotated_files(tmp_path: Path) -> None:
     log = PredictionLog(tmp_path, model="m", digest="d", max_bytes=500, keep=2)
     for i in range(200):
-        log.append(str(i), 0.0, 1, {"x": [i]}, {})
+        log.append(str(i), 0.0, 1, ONE, {}, {})
         log.flush()
     log.close()
     assert len(list(tmp_path.glob("predictions-*.jsonl"))) == 2
@@ -71,9 +124,44 @@ def test_full_queue_and_closed_log_drop_and_count(tmp_path: Path) -> None:
     log = PredictionLog(
         tmp_path, model="m", digest="d", max_pending=3, flush_interval_s=60, on_drop=dropped.append
     )
-    results = [log.append(str(i), 0.0, 1, {}, {}) for i in range(5)]
+    results = [log.append(str(i), 0.0, 1, ONE, {}, {}) for i in range(5)]
     assert results == [True, True, True, False, False]
     log.close()
-    assert log.append("late", 0.0, 1, {}, {}) is False
+    assert log.append("late", 0.0, 1, ONE, {}, {}) is False
     assert log.dropped == 3 and sum(dropped) == 3
     assert len(read_lines(tmp_path)) == 3
+
+
+def test_large_and_small_lines_keep_their_order_across_rotations(tmp_path: Path) -> None:
+    """Batches (queued as they are) and single rows (buffered together) interleave; rotation cuts between lines."""
+    log = PredictionLog(tmp_path, model="m", digest="d", max_bytes=200_000, flush_interval_s=60)
+    big = np.zeros((30, 1024), dtype=np.float32)  # a ~164 KB line
+    for i in range(40):
+        log.append(str(i), 0.0, 1024 if i % 3 == 0 else 1, big if i % 3 == 0 else ONE, {}, {})
+        if i % 7 == 0:
+            log.flush()
+    log.close()
+    records = read_lines(tmp_path)
+    assert [r["id"] for r in records] == [str(i) for i in range(40)]
+    assert [r["rows"] for r in records] == [1024 if i % 3 == 0 else 1 for i in range(40)]
+    files = [*sorted(tmp_path.glob("predictions-*.jsonl")), tmp_path / ACTIVE_FILE]
+    assert len(files) >= 10
+    for path in files:
+        lines = path.read_bytes().splitlines()
+        # a file holds at most max_bytes, unless a single line alone is larger
+        assert path.stat().st_size <= 200_000 or len(lines) == 1
+
+
+def test_a_heavy_stream_is_written_before_the_tick(tmp_path: Path) -> None:
+    written: list[int] = []
+    log = PredictionLog(tmp_path, model="m", digest="d", flush_interval_s=60, on_write=written.append)
+    big = np.zeros((30, 1024), dtype=np.float32)
+    for i in range(40):  # ~6.5 MB queued: past the wake threshold long before the 60 s tick
+        log.append(str(i), 0.0, 1024, big, {}, {})
+    for _ in range(200):
+        if sum(written):
+            break
+        threading.Event().wait(0.01)
+    assert sum(written) > 0
+    log.close()
+    assert len(read_lines(tmp_path)) == 40

@@ -75,3 +75,37 @@ class _NanSession:
         probabilities = probabilities.copy()
         probabilities[1] = np.nan
         return [labels, probabilities]
+
+
+@pytest.mark.parametrize("which", ["bc", "mixed"])
+def test_labels_come_from_class_indices_and_match_the_model(
+    which: str, bc_artifact: Path, mixed_artifact: Path
+) -> None:
+    """The runtime asks onnxruntime for class indices; the names it maps them to are the model's labels."""
+    artifact = bc_artifact if which == "bc" else mixed_artifact
+    runtime = ModelRuntime.load(artifact)
+    assert runtime.labels is not None and runtime.label_output == "label"
+    assert runtime.metadata()["outputs"][0] == {"name": "label", "datatype": "BYTES", "shape": [-1]}
+    session = open_session(artifact / "model.onnx")
+    rng = np.random.default_rng(5)
+    rows = 300
+    feeds = {
+        i.name: (
+            (rng.normal(size=(rows, 1)) * 40 + 50).astype(np.float32)
+            if i.type == "tensor(float)"
+            else rng.choice(np.array(["red", "green", "blue", ""], dtype=object), size=(rows, 1))
+        )
+        for i in session.get_inputs()
+    }
+    want = session.run(None, feeds)
+    numeric = runtime.numeric
+    packed = np.vstack([feeds[n].T for n in numeric]) if numeric else None
+    results, index = runtime.predict_indexed(packed, {k: v for k, v in feeds.items() if k not in numeric})
+    assert index is not None and index.dtype == np.int64
+    assert len(set(want[0].tolist())) == 2  # both classes occur: the mapping is really exercised
+    assert results[0].tolist() == want[0].tolist()
+    np.testing.assert_array_equal(results[1], want[1])
+    assert (
+        runtime.predict(packed, {k: v for k, v in feeds.items() if k not in numeric})[0].tolist()
+        == want[0].tolist()
+    )
