@@ -8,13 +8,14 @@ hold both (a server upgraded in place keeps appending to the same file):
   feature-major, of shape ``(n_numeric, rows)``: one row per numeric feature in schema order, one
   column per request row, NaN for a missing value (absent when the model has no numeric feature); the
   categorical features as lists of strings under ``inputs`` (``""`` missing); numeric outputs
-  (probabilities, regression values, integer labels) packed with one entry per row first, string
-  outputs (``label``) as lists::
+  (probabilities, regression values, integer labels) packed with one entry per row first; class labels
+  packed as indices with their ``classes`` (unpacked to the names), or as string lists::
 
       {"id": "...", "ts": 1767225600.1, "model": "name", "digest": "sha256:...", "rows": 2,
-       "numeric": {"dtype": "<f4", "shape": [30, 2], "b64": "..."},
        "inputs": {"<categorical feature>": ["a", ""]},
-       "outputs": {"label": ["benign", "malignant"], "probabilities": {"dtype": "<f8", "shape": [2, 2], "b64": "..."}}}
+       "outputs": {"label": {"classes": ["benign", "malignant"], "dtype": "|u1", "shape": [2], "b64": "..."},
+                   "probabilities": {"dtype": "<f8", "shape": [2, 2], "b64": "..."}},
+       "numeric": {"dtype": "<f4", "shape": [30, 2], "b64": "..."}}
 
 - older: no ``numeric``; every feature as a list under ``inputs`` (``null`` for a missing numeric
   value) and every output as a plain (nested) list.

@@ -204,7 +204,13 @@ def _routes(state: ServerState) -> list[Route]:
         )
         if state.log is not None:
             state.log.append(
-                request_id, time.time(), decoded.rows, decoded.numeric, decoded.categories, by_name
+                request_id,
+                time.time(),
+                decoded.rows,
+                decoded.numeric,
+                decoded.categories,
+                by_name,
+                None if labels is None else {runtime.label_output: (labels.classes, index)},
             )
         metrics = state.metrics
         if labels is not None:

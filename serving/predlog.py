@@ -11,19 +11,22 @@ File layout in ``directory``: ``predictions.jsonl`` is the file being written; w
 ``max_bytes`` it is renamed ``predictions-<UTC time>-<seq>.jsonl`` (never written again) and a new one
 starts; rotation falls between lines (a single line longer than ``max_bytes`` gets a file of its own). ``keep`` > 0 deletes the oldest rotated files beyond that many.
 
-One line (``ts`` is Unix time in seconds)::
+One line (``ts`` is Unix time in seconds; keys in this order, ``numeric`` last)::
 
     {"id": "...", "ts": 1767225600.123456, "model": "name", "digest": "sha256:...", "rows": 2,
-     "numeric": {"dtype": "<f4", "shape": [30, 2], "b64": "..."},
      "inputs": {"<categorical feature>": ["a", ""], ...},
-     "outputs": {"label": ["benign", "malignant"], "probabilities": {"dtype": "<f8", "shape": [2, 2], "b64": "..."}}}
+     "outputs": {"label": {"classes": ["benign", "malignant"], "dtype": "|u1", "shape": [2], "b64": "AAE="},
+                 "probabilities": {"dtype": "<f8", "shape": [2, 2], "b64": "..."}},
+     "numeric": {"dtype": "<f4", "shape": [30, 2], "b64": "..."}}
 
 ``numeric`` is the float32 matrix the model saw, feature-major: one row per numeric feature (in the
 schema order of the manifest that ``digest`` names), one column per request row, a missing value NaN. Numeric arrays are written as *packed
 arrays* (:func:`pack_array`: dtype, shape and the little-endian bytes in base64) because formatting
 floats as JSON text is what a log line cost: 640 µs for a 1024-row, 30-feature batch with orjson,
 against 2 µs for base64 with pybase64 (SIMD), and reading it back is a ``frombuffer`` instead of a
-float parse. Strings (categorical inputs, class labels) stay JSON lists, a missing category ``""``.
+float parse. Class labels the server knows by index are written as packed indices plus the class names
+(``{"classes": [...], "dtype": "|u1", ...}``; :func:`unpack_array` returns the names); other strings
+(categorical inputs, labels of other models) stay JSON lists, a missing category ``""``.
 :func:`unpack_array` reads a packed array back, checking it. Records written before packing existed
 carry every feature as a JSON list under ``inputs`` (``null`` for missing); the monitor reads both.
 """
@@ -31,10 +34,11 @@ carry every feature as a JSON list under ``inputs`` (``null`` for missing); the 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,7 +47,7 @@ import numpy as np
 import orjson
 import pybase64
 
-__all__ = ["ACTIVE_FILE", "PredictionLog", "pack_array", "read_lines", "unpack_array"]
+__all__ = ["ACTIVE_FILE", "PredictionLog", "pack_array", "pack_labels", "read_lines", "unpack_array"]
 
 ACTIVE_FILE = "predictions.jsonl"
 
@@ -51,6 +55,7 @@ ACTIVE_FILE = "predictions.jsonl"
 _OPTIONS = orjson.OPT_APPEND_NEWLINE
 _LARGE_LINE = 16 * 1024  # lines at least this long are queued as they are, not copied into the buffer
 _WAKE_BYTES = 4 * 1024 * 1024  # queued bytes that wake the writer before its next tick
+_PACK_OUTPUTS_FROM = 64  # outputs with fewer values are written as plain JSON lists
 _PACKABLE_KINDS = frozenset("fiub")  # float, signed and unsigned int, bool: fixed-size, no objects
 
 
@@ -62,6 +67,26 @@ def pack_array(array: np.ndarray) -> dict[str, Any]:
         "shape": list(contiguous.shape),
         "b64": pybase64.b64encode_as_string(contiguous.data),
     }
+
+
+def pack_labels(classes: Sequence[str], index: np.ndarray) -> dict[str, Any]:
+    """Class labels as their indices (a packed array of the smallest unsigned type) plus the class names."""
+    small = index.astype(
+        np.uint8 if len(classes) <= 256 else np.uint16 if len(classes) <= 65536 else np.int64
+    )
+    packed = pack_array(small)
+    packed["classes"] = list(classes)
+    return packed
+
+
+def _output(array: np.ndarray, indexed: tuple[Sequence[str], np.ndarray] | None) -> Any:
+    """One output as the log writes it: plain JSON when small (cheaper than packing), else packed labels
+    (when their class indices are known), a packed numeric array, or a list of strings."""
+    if array.size < _PACK_OUTPUTS_FROM:
+        return array.tolist()
+    if indexed is not None:
+        return pack_labels(*indexed)
+    return pack_array(array) if array.dtype.kind in _PACKABLE_KINDS else array.tolist()
 
 
 def unpack_array(packed: Any) -> np.ndarray:
@@ -89,7 +114,20 @@ def unpack_array(packed: Any) -> np.ndarray:
         raise ValueError(
             f"packed array holds {len(raw)} bytes, but dtype {dtype.str} and shape {shape} need {expected}"
         )
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    classes = packed.get("classes")
+    if classes is None:
+        return array
+    if not isinstance(classes, list) or not all(type(c) is str for c in classes):
+        raise ValueError(f"packed labels' classes must be a list of strings, got {classes!r:.80}")
+    if dtype.kind not in "iu":
+        raise ValueError(f"packed labels must be integer indices, got dtype {dtype.str}")
+    if array.size and (int(array.min()) < 0 or int(array.max()) >= len(classes)):
+        raise ValueError(
+            f"packed labels index {int(array.min())}..{int(array.max())} is outside the {len(classes)} classes"
+        )
+    names: np.ndarray = np.array(classes, dtype=object).take(array)
+    return names
 
 
 class PredictionLog:
@@ -121,7 +159,7 @@ class PredictionLog:
         # measurable page-fault time); a large line (a batch) is queued as it is, never copied again. None
         # in the queue marks a rotation, decided here from line sizes so that flush never re-splits lines.
         # The lock is uncontended except at the swap.
-        self._queue: list[bytes | bytearray | None] = []
+        self._queue: list[bytes | bytearray | tuple[bytes, bytes, bytes] | None] = []
         self._tail = bytearray()
         self._pending = 0
         self._pending_bytes = 0
@@ -134,7 +172,7 @@ class PredictionLog:
         self.dropped = 0
         directory.mkdir(parents=True, exist_ok=True)
         self._path = directory / ACTIVE_FILE
-        self._file = self._path.open("ab")
+        self._file = self._path.open("ab", buffering=0)  # unbuffered: flush() writes with os.writev
         self._planned = self._file.tell()  # bytes the active file will hold once the queue is written
         self._thread = threading.Thread(target=self._loop, name="mlci-predlog", daemon=True)
         self._thread.start()
@@ -147,12 +185,15 @@ class PredictionLog:
         numeric: np.ndarray | None,
         categories: dict[str, list[str]],
         outputs: dict[str, np.ndarray],
+        labels: dict[str, tuple[Sequence[str], np.ndarray]] | None = None,
     ) -> bool:
         """Serialize one record and queue it; False if the queue is full or the log closed (record dropped).
 
         ``numeric`` is the ``(n_numeric, rows)`` matrix the model saw (None without numeric features),
         ``categories`` the categorical columns as strings, ``outputs`` the model's outputs: numeric ones are
-        packed, string ones written as (nested) lists in their tensor shape.
+        packed, string ones written as (nested) lists in their tensor shape, unless ``labels`` gives their
+        class names and indices (then :func:`pack_labels`: 1 byte a row instead of the name in JSON).
+        Outputs of fewer than 64 values (a single row's) stay plain JSON lists: cheaper to write than to pack.
         """
         record: dict[str, Any] = {
             "id": request_id,
@@ -160,27 +201,40 @@ class PredictionLog:
             "model": self.model,
             "digest": self.digest,
             "rows": rows,
+            "inputs": categories,
+            "outputs": {
+                name: _output(array, labels.get(name) if labels else None) for name, array in outputs.items()
+            },
         }
-        if numeric is not None:
+        entry: bytes | tuple[bytes, bytes, bytes]
+        if numeric is None:
+            entry = orjson.dumps(record, option=_OPTIONS)
+            size = len(entry)
+        elif numeric.nbytes < _LARGE_LINE:
             record["numeric"] = pack_array(numeric)
-        record["inputs"] = categories
-        record["outputs"] = {
-            name: array.tolist() if array.dtype.kind not in _PACKABLE_KINDS else pack_array(array)
-            for name, array in outputs.items()
-        }
-        line = orjson.dumps(record, option=_OPTIONS)
-        size = len(line)
+            entry = orjson.dumps(record, option=_OPTIONS)
+            size = len(entry)
+        else:
+            # A batch: its base64 is queued as pybase64 made it and written between the line's two JSON
+            # halves (one writev), never copied into a line. "numeric" is the last key: the line ends in
+            # its (empty) "b64" string, which the data goes into.
+            contiguous = np.ascontiguousarray(numeric)
+            record["numeric"] = {"dtype": contiguous.dtype.str, "shape": list(contiguous.shape), "b64": ""}
+            head = orjson.dumps(record)
+            data = pybase64.b64encode(contiguous.data)
+            entry = (head[:-3], data, head[-3:] + b"\n")  # head ends with '"b64":""}}'
+            size = len(head) + len(data) + 1
         with self._lock:
             if not self._closed and self._pending < self.max_pending:
                 if self._planned and self._planned + size > self.max_bytes:
                     self._end_tail()
                     self._queue.append(None)
                     self._planned = 0
-                if size >= _LARGE_LINE:
-                    self._end_tail()
-                    self._queue.append(line)
+                if type(entry) is bytes and size < _LARGE_LINE:
+                    self._tail += entry
                 else:
-                    self._tail += line
+                    self._end_tail()
+                    self._queue.append(entry)
                 self._planned += size
                 self._pending += 1
                 self._pending_bytes += size
@@ -201,12 +255,17 @@ class PredictionLog:
                 count, self._pending, self._pending_bytes = self._pending, 0, 0
             if not count:
                 return
+            pieces: list[bytes | bytearray] = []
             for chunk in queue:
                 if chunk is None:
+                    _write_all(self._file.fileno(), pieces)
+                    pieces = []
                     self._rotate()
+                elif isinstance(chunk, tuple):
+                    pieces.extend(chunk)
                 else:
-                    self._file.write(chunk)
-            self._file.flush()
+                    pieces.append(chunk)
+            _write_all(self._file.fileno(), pieces)
             self.written += count
             if self._on_write is not None:
                 self._on_write(count)
@@ -234,7 +293,7 @@ class PredictionLog:
         self._seq += 1
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         self._path.rename(self.directory / f"predictions-{stamp}-{self._seq:06d}.jsonl")
-        self._file = self._path.open("ab")
+        self._file = self._path.open("ab", buffering=0)
         if self.keep:
             rotated = sorted(self.directory.glob("predictions-*.jsonl"))
             for old in rotated[: -self.keep]:
@@ -249,6 +308,24 @@ class PredictionLog:
             except Exception as exc:  # a full disk must not kill the writer; the records stay counted as lost
                 print(f"mlci serve: prediction log write failed: {exc!r}", file=sys.stderr)
                 time.sleep(self.flush_interval_s)
+
+
+_IOV_MAX = 1024  # buffers per writev call (Linux's limit)
+
+
+def _write_all(fd: int, pieces: list[bytes | bytearray]) -> None:
+    """Write ``pieces`` in order with as few ``writev`` calls as possible, resuming after a short write."""
+    views = [memoryview(p) for p in pieces if p]
+    while views:
+        batch = views[:_IOV_MAX]
+        written = os.writev(fd, batch)
+        done = 0
+        while done < len(batch) and written >= len(batch[done]):
+            written -= len(batch[done])
+            done += 1
+        views = views[done:]
+        if written:
+            views[0] = views[0][written:]
 
 
 def read_lines(directory: Path) -> list[dict[str, Any]]:

@@ -183,6 +183,7 @@ class ClassLabels:
     """A classifier's class names by index: names for JSON and the log, V2 binary bytes, counts per class."""
 
     def __init__(self, names: tuple[str, ...]) -> None:
+        self.classes = tuple(names)
         self.names = np.array(names, dtype=object)
         self._binary = np.array([_length_prefixed(name) for name in names], dtype=object)
 

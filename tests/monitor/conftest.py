@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from mlci.config import load_config
 from mlci.pipeline import run_pipeline
-from mlci.serving.predlog import pack_array
+from mlci.serving.predlog import pack_array, pack_labels
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "breast_cancer"
@@ -66,7 +66,7 @@ def predict_records(
     """Prediction-log records for ``frame`` exactly as the server writes them (serving/predlog.py), outputs
     from the real model.onnx: the numeric features packed as one float32 feature-major ``(n_numeric, rows)``
     matrix (NaN missing), categorical features as string lists (``""`` missing), numeric outputs packed,
-    string ones as lists."""
+    class labels as packed indices plus the class names."""
     from mlci.model.onnxio import open_session
 
     manifest = orjson.loads((artifact / "manifest.json").read_bytes())
@@ -96,8 +96,16 @@ def predict_records(
         if matrix is not None:
             record["numeric"] = pack_array(matrix)
         record["inputs"] = categories
+        classes = [str(c) for c in manifest["schema"].get("classes") or []]
         record["outputs"] = {
-            name: pack_array(out) if out.dtype.kind in "fiub" else out.tolist()
+            name: (
+                pack_array(out)
+                if out.dtype.kind in "fiub"
+                # class labels as the server logs them: indices into the classes, plus the names
+                else pack_labels(classes, np.array([classes.index(str(v)) for v in out.ravel()]))
+                if classes
+                else out.tolist()
+            )
             for name, out in zip(names, outs, strict=True)
         }
         records.append(record)

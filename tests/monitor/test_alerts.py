@@ -30,7 +30,9 @@ def outbox(tmp_path: Path, clock: Clock, **kwargs: int | float) -> Outbox:
     return Outbox(tmp_path / "outbox", clock=clock, sleep=clock.sleep, timeout_s=2.0, **kwargs)  # type: ignore[arg-type]
 
 
-def test_alert_is_delivered_with_its_payload_and_idempotency_key(tmp_path: Path, webhook: ReceiverServer) -> None:
+def test_alert_is_delivered_with_its_payload_and_idempotency_key(
+    tmp_path: Path, webhook: ReceiverServer
+) -> None:
     clock = Clock()
     box = outbox(tmp_path, clock)
     alert_id = box.put({"event": "alert", "condition": "drift", "drifted_features": ["mean_radius"]})
@@ -63,7 +65,9 @@ def test_receiver_down_keeps_the_alert_until_it_comes_back(tmp_path: Path, webho
     assert [r["body"] for r in webhook.receiver.requests] == [{"n": 0}, {"n": 1}, {"n": 2}]
 
 
-def test_server_errors_are_retried_with_backoff_then_dead_lettered(tmp_path: Path, webhook: ReceiverServer) -> None:
+def test_server_errors_are_retried_with_backoff_then_dead_lettered(
+    tmp_path: Path, webhook: ReceiverServer
+) -> None:
     clock = Clock()
     box = outbox(tmp_path, clock, max_failures=3, attempts_per_cycle=3, backoff_s=0.5)
     webhook.receiver.status = 500

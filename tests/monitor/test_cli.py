@@ -31,7 +31,8 @@ def infer_body(frame: pd.DataFrame, request_id: str) -> dict[str, Any]:
     return {
         "id": request_id,
         "inputs": [
-            {"name": c, "datatype": "FP32", "shape": [len(frame), 1], "data": [float(v) for v in frame[c]]} for c in frame.columns
+            {"name": c, "datatype": "FP32", "shape": [len(frame), 1], "data": [float(v) for v in frame[c]]}
+            for c in frame.columns
         ],
     }
 
@@ -39,7 +40,10 @@ def infer_body(frame: pd.DataFrame, request_id: str) -> dict[str, Any]:
 def send(url: str, model: str, frame: pd.DataFrame, prefix: str, batch: int = 4) -> int:
     with httpx.Client(timeout=10.0) as client:
         for i, lo in enumerate(range(0, len(frame), batch)):
-            response = client.post(f"{url}/v2/models/{model}/infer", json=infer_body(frame.iloc[lo : lo + batch], f"{prefix}-{i}"))
+            response = client.post(
+                f"{url}/v2/models/{model}/infer",
+                json=infer_body(frame.iloc[lo : lo + batch], f"{prefix}-{i}"),
+            )
             response.raise_for_status()
     return len(frame)
 
@@ -59,7 +63,9 @@ def monitor(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def test_real_server_traffic_normal_then_drifted(bc: Project, tmp_path: Path, webhook: ReceiverServer) -> None:
+def test_real_server_traffic_normal_then_drifted(
+    bc: Project, tmp_path: Path, webhook: ReceiverServer
+) -> None:
     log_dir = tmp_path / "log"
     server = start_server(bc.artifact, free_port(), tmp_path / "server.log", log_dir=log_dir)
     try:
@@ -67,7 +73,15 @@ def test_real_server_traffic_normal_then_drifted(bc: Project, tmp_path: Path, we
         model = bc.manifest["name"]
         sent = send(server.url, model, bc.holdout, "normal")
         wait_logged(log_dir, sent)
-        common = [str(bc.artifact), "--log-dir", str(log_dir), "--state", str(tmp_path / "state"), "--webhook", webhook.receiver.url]
+        common = [
+            str(bc.artifact),
+            "--log-dir",
+            str(log_dir),
+            "--state",
+            str(tmp_path / "state"),
+            "--webhook",
+            webhook.receiver.url,
+        ]
         code, out = monitor(*common, "--once", "--json", "--fail-on-drift")
         report = orjson.loads(out)
         assert code == 0 and report["status"] == "ok" and report["rows"] == sent, out
@@ -98,7 +112,9 @@ def test_decay_rolls_production_back_in_a_real_registry(bc: Project, tmp_path: P
     project = tmp_path / "project"
     project.mkdir()
     newer = _second_artifact(bc, project)
-    store = open_registry(load_config(project / "mlci.toml"))  # an OCI image layout under project/.mlci/registry
+    store = open_registry(
+        load_config(project / "mlci.toml")
+    )  # an OCI image layout under project/.mlci/registry
     release = Release("monitor-test")
     digests = []
     for artifact in (bc.artifact, newer):
@@ -129,7 +145,9 @@ def test_decay_rolls_production_back_in_a_real_registry(bc: Project, tmp_path: P
     assert last["action"] == "rollback" and last["from"] == digests[1] and last["to"] == digests[0]
     assert last["why"].startswith("mlci monitor: decay")
     outbox = sorted((tmp_path / "state" / "outbox").glob("*.json"))
-    assert any(orjson.loads(p.read_bytes())["payload"]["event"] == "rollback" for p in outbox)  # waits for a webhook
+    assert any(
+        orjson.loads(p.read_bytes())["payload"]["event"] == "rollback" for p in outbox
+    )  # waits for a webhook
 
     # A second monitor judging the same (no longer served) artifact must not roll production back again.
     code, out = monitor(
@@ -143,7 +161,9 @@ def test_decay_rolls_production_back_in_a_real_registry(bc: Project, tmp_path: P
 
 def test_bad_input_exits_2_with_a_clear_message(bc: Project, tmp_path: Path) -> None:
     (tmp_path / "log").mkdir()
-    code, out = monitor(str(bc.artifact), "--log-dir", str(tmp_path / "log"), env={"MLCI_MONITOR_WINDOW": "abc"})
+    code, out = monitor(
+        str(bc.artifact), "--log-dir", str(tmp_path / "log"), env={"MLCI_MONITOR_WINDOW": "abc"}
+    )
     assert code == 2 and "Config 'MLCI_MONITOR_WINDOW' has value 'abc'. Not a positive int." in out
     code, out = monitor(str(tmp_path), "--log-dir", str(tmp_path / "log"))
     assert code == 2 and "is not an mlci artifact" in out
@@ -159,4 +179,8 @@ def test_interval_and_cycles_run_several_cycles(bc: Project, tmp_path: Path, cyc
     code, out = monitor(str(bc.artifact), "--log-dir", str(tmp_path / "log"), "--state", str(tmp_path / "s"),
                         "--interval", "0", "--cycles", cycles, "--json")  # fmt: skip
     reports = orjson.loads(out)
-    assert code == 0 and [r["cycle"] for r in reports] == [1, 2] and [r["rows"] for r in reports] == [len(bc.holdout), 0]
+    assert (
+        code == 0
+        and [r["cycle"] for r in reports] == [1, 2]
+        and [r["rows"] for r in reports] == [len(bc.holdout), 0]
+    )

@@ -18,10 +18,16 @@ from mlci.monitor.window import build_window
 
 from .conftest import Project, predict_records, shifted
 
-SCHEMA = Schema((Feature("x", "numeric"), Feature("y", "numeric"), Feature("z", "numeric"), Feature("c", "categorical")), "t", "regression")
+SCHEMA = Schema(
+    (Feature("x", "numeric"), Feature("y", "numeric"), Feature("z", "numeric"), Feature("c", "categorical")),
+    "t",
+    "regression",
+)
 
 
-def synthetic(rows: int, rng: np.random.Generator, *, x_shift: float = 0.0, c_new: float = 0.0, y_missing: float = 0.0) -> pd.DataFrame:
+def synthetic(
+    rows: int, rng: np.random.Generator, *, x_shift: float = 0.0, c_new: float = 0.0, y_missing: float = 0.0
+) -> pd.DataFrame:
     """Three numeric features (normal, lognormal, uniform) and a category; optional shifts."""
     frame = pd.DataFrame({
         "x": rng.normal(x_shift, 1.0, rows),
@@ -44,7 +50,10 @@ def synthetic_profile(rows: int, seed: int = 0) -> dict[str, Any]:
 
 
 def judge(profile: dict[str, Any], frame: pd.DataFrame, settings: DriftSettings | None = None) -> Any:
-    columns = {c: (frame[c].to_numpy(dtype=np.float64) if c != "c" else frame[c].fillna("").to_numpy(dtype=object)) for c in "xyzc"}
+    columns = {
+        c: (frame[c].to_numpy(dtype=np.float64) if c != "c" else frame[c].fillna("").to_numpy(dtype=object))
+        for c in "xyzc"
+    }
     return detect_drift(profile, columns, values=(frame["x"] + frame["z"]).to_numpy(), settings=settings)
 
 
@@ -79,7 +88,9 @@ def test_seeded_holdout_windows_rarely_alarm(bc: Project) -> None:
     for _ in range(20):
         chosen = [records[i] for i in sorted(rng.choice(len(records), 100, replace=False))]
         w = build_window(chosen, features, "classification")
-        alarms += detect_drift(profile, w.columns, labels=w.labels, probabilities=w.probabilities).status == "drift"
+        alarms += (
+            detect_drift(profile, w.columns, labels=w.labels, probabilities=w.probabilities).status == "drift"
+        )
     assert alarms <= 1
 
 
@@ -107,7 +118,9 @@ def test_goodness_of_fit_against_a_small_profile_would_false_alarm() -> None:
         profile = synthetic_profile(400, seed=seed)
         exact = {**profile, "rows": None, "baseline_metrics": {}}  # no row count: goodness of fit
         gof += judge(exact, synthetic(20_000, rng), DriftSettings(psi_threshold=0.0)).status == "drift"
-        homogeneity += judge(profile, synthetic(20_000, rng), DriftSettings(psi_threshold=0.0)).status == "drift"
+        homogeneity += (
+            judge(profile, synthetic(20_000, rng), DriftSettings(psi_threshold=0.0)).status == "drift"
+        )
     assert gof / trials >= 0.8
     assert homogeneity / trials <= 0.17
 

@@ -20,7 +20,9 @@ def rate_of(bc: Project, frame: pd.DataFrame) -> tuple[float, OutlierReport]:
     detector = OutlierDetector(bc.artifact / "outlier.onnx", features)
     flags, scores = detector.score(window.columns, batch=64)  # several batches: joined in order
     assert len(flags) == len(scores) == len(frame)
-    profile_rate = float(json.loads((bc.artifact / "profile.json").read_text())["outlier"]["train_outlier_rate"])
+    profile_rate = float(
+        json.loads((bc.artifact / "profile.json").read_text())["outlier"]["train_outlier_rate"]
+    )
     return profile_rate, outlier_test(flags, profile_rate, scores=scores)
 
 
@@ -48,13 +50,17 @@ def test_binomial_test_needs_significance_and_a_real_rise() -> None:
     big = np.zeros(100_000, dtype=bool)
     big[:18_000] = True
     report = outlier_test(big, 0.1)
-    assert report.p_value is not None and report.p_value < 1e-9 and report.status == "ok"  # +8 points: below the 10-point floor
+    assert (
+        report.p_value is not None and report.p_value < 1e-9 and report.status == "ok"
+    )  # +8 points: below the 10-point floor
     assert outlier_test(big, 0.1, min_increase=0.05).status == "outliers"
 
 
 def test_small_window_gets_no_verdict() -> None:
     report = outlier_test(np.ones(20, dtype=bool), 0.1)
-    assert report.status == "insufficient" and report.message == "need ≥ 100 rows for an outlier verdict, got 20"
+    assert (
+        report.status == "insufficient" and report.message == "need ≥ 100 rows for an outlier verdict, got 20"
+    )
     assert report.p_value is None
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from mlci.monitor.errors import MonitorError
 from mlci.monitor.performance import evaluate_performance, join_labels, read_labels
+from mlci.serving.predlog import unpack_array
 
 from .conftest import Project, predict_records
 
@@ -24,7 +25,7 @@ def labelled(bc: Project, flip: float, seed: int = 0) -> tuple[list[str], list[s
     flips = rng.random(len(truth)) < flip
     truth = [CLASSES[1 - CLASSES.index(t)] if f else t for t, f in zip(truth, flips, strict=True)]
     labels = {r["id"]: truth[i * 4 : i * 4 + r["rows"]] for i, r in enumerate(records)}
-    predictions = {r["id"]: r["outputs"]["label"] for r in records}
+    predictions = {r["id"]: unpack_array(r["outputs"]["label"]).tolist() for r in records}  # as logged
     y_true, y_pred, unmatched = join_labels(labels, predictions)
     assert unmatched == []
     return y_true, y_pred

@@ -71,7 +71,9 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
 
 
 def test_bad_settings_are_refused() -> None:
-    with pytest.raises(MonitorError, match="conditions are drift, outliers, decay and actions are alert, rollback, retrain"):
+    with pytest.raises(
+        MonitorError, match="conditions are drift, outliers, decay and actions are alert, rollback, retrain"
+    ):
         PolicySettings(actions={"drift": ("page",)})
     with pytest.raises(MonitorError, match="must be ≥ 1"):
         PolicySettings(bad_windows=0)
@@ -85,7 +87,9 @@ windows = st.lists(
 
 @settings(max_examples=150, deadline=None)
 @given(windows, st.integers(1, 4), st.integers(1, 4), st.sampled_from([0.0, 50.0, 200.0]))
-def test_policy_properties(seq: list[tuple[bool | None, bool | None, float]], k: int, m: int, cooldown: float) -> None:
+def test_policy_properties(
+    seq: list[tuple[bool | None, bool | None, float]], k: int, m: int, cooldown: float
+) -> None:
     """Actions only after k bad in a row; same action ≥ cooldown apart; resolved only after m good in a row."""
     policy = PolicySettings(bad_windows=k, good_windows=m, cooldown_s=cooldown)
     state = new_state()

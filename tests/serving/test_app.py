@@ -302,9 +302,15 @@ def test_prediction_log_records_each_request(
     want = np.array([[row[n] for row in bc_rows[:2]] for n in names], dtype=np.float32)
     np.testing.assert_array_equal(matrix, want)
     assert line["inputs"] == {}
-    assert line["outputs"]["label"] == response["outputs"][0]["data"]
+    assert line["outputs"]["label"] == response["outputs"][0]["data"]  # two rows: plain JSON
+    np.testing.assert_allclose(np.ravel(line["outputs"]["probabilities"]), response["outputs"][1]["data"])
+    batch = client.post(INFER, json=make_body(bc_rows[:64], id="logged-batch")).json()
+    bc_server.state.log.flush()
+    [line] = [r for r in read_lines(bc_server.log_dir) if r["id"] == "logged-batch"]
+    assert line["outputs"]["label"]["classes"] == ["benign", "malignant"]  # packed: indices + class names
+    assert unpack_array(line["outputs"]["label"]).tolist() == batch["outputs"][0]["data"]
     probabilities = unpack_array(line["outputs"]["probabilities"])
-    np.testing.assert_allclose(probabilities.ravel(), response["outputs"][1]["data"])
+    np.testing.assert_allclose(probabilities.ravel(), batch["outputs"][1]["data"])
 
 
 def test_tritonclient_single_batch_and_metadata(

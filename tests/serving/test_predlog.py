@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mlci.serving.predlog import ACTIVE_FILE, PredictionLog, pack_array, read_lines, unpack_array
+from mlci.serving.predlog import ACTIVE_FILE, PredictionLog, pack_array, pack_labels, read_lines, unpack_array
 
 ONE = np.zeros((1, 1), dtype=np.float32)
 
@@ -41,7 +42,7 @@ def test_every_record_written_on_close(tmp_path: Path) -> None:
     first = records[0]
     assert first["digest"] == "sha256:ab" and first["model"] == "m" and first["rows"] == 1
     assert first["inputs"] == {"c": ["a"]} and first["outputs"]["label"] == ["yes"]
-    np.testing.assert_array_equal(unpack_array(first["outputs"]["p"]), [[0.25, 0.75]])
+    assert first["outputs"]["p"] == [[0.25, 0.75]]  # a single row's outputs stay plain JSON
     assert sorted(unpack_array(r["numeric"])[0, 0] for r in records) == sorted(
         [float(i) for i in range(500)] * 4
     )
@@ -50,13 +51,15 @@ def test_every_record_written_on_close(tmp_path: Path) -> None:
 def test_numeric_matrix_round_trips_exactly_nan_included(tmp_path: Path) -> None:
     matrix = np.array([[np.nan, 1.5], [3.4e38, -0.0]], dtype=np.float32)
     log = PredictionLog(tmp_path, model="m", digest="d")
-    log.append("1", 0.0, 2, matrix, {}, {"value": np.array([[2.5], [np.nan]])})
+    values = np.full((100, 1), 2.5)
+    values[1] = np.nan
+    log.append("1", 0.0, 2, matrix, {}, {"value": values})
     log.close()
     [record] = read_lines(tmp_path)
     assert record["numeric"]["dtype"] == "<f4" and record["numeric"]["shape"] == [2, 2]
     got = unpack_array(record["numeric"])
     assert got.dtype == np.float32 and got.tobytes() == matrix.tobytes()  # bit for bit, -0.0 and NaN too
-    np.testing.assert_array_equal(unpack_array(record["outputs"]["value"]), [[2.5], [np.nan]])
+    np.testing.assert_array_equal(unpack_array(record["outputs"]["value"]), values)  # 100 values: packed
 
 
 def test_a_model_without_numeric_features_writes_no_matrix(tmp_path: Path) -> None:
@@ -165,3 +168,68 @@ def test_a_heavy_stream_is_written_before_the_tick(tmp_path: Path) -> None:
     assert sum(written) > 0
     log.close()
     assert len(read_lines(tmp_path)) == 40
+
+
+def test_a_batch_line_is_one_valid_json_line_with_the_matrix(tmp_path: Path) -> None:
+    """A batch's base64 is written between the two halves of its line: the result must still be one JSON line."""
+    rng = np.random.default_rng(2)
+    batch = rng.normal(size=(30, 1024)).astype(np.float32)
+    batch[3, 7] = np.nan
+    log = PredictionLog(tmp_path, model="m", digest="d")
+    log.append('quote"and\\backslash', 2.5, 1024, batch, {"c": ["x"] * 1024}, {"p": np.ones((1024, 2))})
+    log.append("small", 3.0, 1, ONE, {}, {})
+    log.close()
+    raw = (tmp_path / ACTIVE_FILE).read_bytes()
+    assert raw.count(b"\n") == 2 and raw.endswith(b"\n")
+    first, second = read_lines(tmp_path)
+    assert first["id"] == 'quote"and\\backslash' and first["rows"] == 1024 and first["ts"] == 2.5
+    assert unpack_array(first["numeric"]).tobytes() == batch.tobytes()
+    assert first["inputs"]["c"] == ["x"] * 1024 and unpack_array(first["outputs"]["p"]).shape == (1024, 2)
+    assert second["id"] == "small" and unpack_array(second["numeric"]).shape == (1, 1)
+
+
+def test_write_all_resumes_after_short_writes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from mlci.serving import predlog
+
+    real = os.writev
+
+    def at_most_five_bytes(fd: int, buffers: list[memoryview]) -> int:
+        return real(fd, [bytes(b"".join(bytes(b) for b in buffers)[:5])])
+
+    monkeypatch.setattr(predlog.os, "writev", at_most_five_bytes)
+    path = tmp_path / "out"
+    with path.open("wb", buffering=0) as f:
+        predlog._write_all(f.fileno(), [b"abc", b"", bytearray(b"defghij"), b"k" * 12])
+    assert path.read_bytes() == b"abcdefghij" + b"k" * 12
+
+
+def test_labels_are_logged_as_indices_and_read_back_as_names(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, model="m", digest="d")
+    index = np.array([1, 0, 2, 2] * 25, dtype=np.int64)
+    strings = np.array(["b", "a", "c", "c"] * 25, dtype=object)
+    labels = {"label": (("a", "b", "c"), index)}
+    log.append("1", 0.0, 100, ONE, {}, {"label": strings}, labels)
+    log.append("2", 0.0, 4, ONE, {}, {"label": strings[:4]}, {"label": (("a", "b", "c"), index[:4])})
+    log.close()
+    batch, few = read_lines(tmp_path)
+    packed = batch["outputs"]["label"]
+    assert packed["classes"] == ["a", "b", "c"] and packed["dtype"] == "|u1"
+    assert unpack_array(packed).tolist() == ["b", "a", "c", "c"] * 25
+    assert few["outputs"]["label"] == ["b", "a", "c", "c"]  # a few rows: the names as plain JSON
+    wide = pack_labels([f"c{i}" for i in range(300)], np.array([299, 0]))
+    assert wide["dtype"] == "<u2" and unpack_array(wide).tolist() == ["c299", "c0"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"classes": ["a", 2]}, "classes must be a list of strings"),
+        ({"classes": "ab"}, "classes must be a list of strings"),
+        ({"classes": ["a"]}, "index 0..1 is outside the 1 classes"),
+        ({"dtype": "|b1"}, "must be integer indices"),
+    ],
+)
+def test_malformed_packed_labels_are_refused(change: dict[str, Any], message: str) -> None:
+    packed = {**pack_labels(["a", "b"], np.array([0, 1])), **change}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        unpack_array(packed)
