@@ -228,19 +228,12 @@ class Decoder:
 
     def _fast_plain(self, body: bytes) -> InferRequest | None:
         """Every input plain JSON numbers, in schema order, one common shape: or None (general path)."""
-        try:
-            request = _PLAIN.decode(body)
-        except (msgspec.DecodeError, ValueError, RecursionError):  # ValueError: invalid UTF-8 in a string
+        decoded = self._fast_decode(_PLAIN, body)
+        if decoded is None:
             return None
-        tensors = request.inputs
-        count = len(self._names)
-        if [t.name for t in tensors] != self._names:
-            return None
-        shape = tensors[0].shape
-        rows = self._fast_rows(shape)
-        if not rows or [t.shape for t in tensors].count(shape) != count:
-            return None
-        datas = [t.data for t in tensors]
+        request, rows = decoded
+        datas = [t.data for t in request.inputs]
+        count = len(datas)
         if list(map(len, datas)).count(rows) != count:
             return None
         # Python float (double) -> float32, as everywhere; in range, so finite (msgspec checked every value)
@@ -249,27 +242,34 @@ class Decoder:
 
     def _fast_binary(self, header: bytes, binary: memoryview | bytes) -> InferRequest | None:
         """Every input FP32 binary data of one common shape, back to back in schema order: or None."""
-        try:
-            request = _BINARY.decode(header)
-        except (msgspec.DecodeError, ValueError, RecursionError):  # ValueError: invalid UTF-8 in a string
+        decoded = self._fast_decode(_BINARY, header)
+        if decoded is None:
             return None
-        tensors = request.inputs
-        count = len(self._names)
-        if [t.name for t in tensors] != self._names:
-            return None
-        shape = tensors[0].shape
-        rows = self._fast_rows(shape)
-        if (
-            not rows
-            or [t.shape for t in tensors].count(shape) != count
-            or [t.parameters.binary_data_size for t in tensors].count(rows * 4) != count
-            or len(binary) != rows * 4 * count
-        ):
+        request, rows = decoded
+        count = len(request.inputs)
+        sizes = [t.parameters.binary_data_size for t in request.inputs]
+        if sizes.count(rows * 4) != count or len(binary) != rows * 4 * count:
             return None
         numeric = np.frombuffer(binary, dtype=_FP32).reshape(count, rows)  # the body itself, no copy
         if np.isinf(numeric).any():
             return None  # NaN is a missing value; infinity is refused, by name, on the general path
         return self._fast_request(request, rows, numeric)
+
+    def _fast_decode(self, decoder: msgspec.json.Decoder[Any], body: bytes) -> tuple[Any, int] | None:
+        """The request and its batch size if it decodes with ``decoder``, names the inputs in schema order
+        and gives them one shape ([N] or [N, 1], N > 0); else None."""
+        try:
+            request = decoder.decode(body)
+        except (msgspec.DecodeError, ValueError, RecursionError):  # ValueError: invalid UTF-8 in a string
+            return None
+        tensors = request.inputs
+        if [t.name for t in tensors] != self._names:
+            return None
+        shape = tensors[0].shape
+        rows = self._fast_rows(shape)
+        if not rows or [t.shape for t in tensors].count(shape) != len(tensors):
+            return None
+        return request, rows
 
     @staticmethod
     def _fast_rows(shape: list[int]) -> int:
