@@ -99,6 +99,7 @@ class ServerState:
                 keep=self.settings.log_keep,
                 flush_interval_s=self.settings.log_flush_interval_s,
                 max_pending=self.settings.log_max_pending,
+                max_pending_bytes=self.settings.log_max_pending_bytes,
                 on_write=self.metrics.log_written,
                 on_drop=self.metrics.log_dropped_records,
             )

@@ -143,6 +143,7 @@ class PredictionLog:
         keep: int = 0,
         flush_interval_s: float = 0.2,
         max_pending: int = 200_000,
+        max_pending_bytes: int = 256 * 1024 * 1024,
         on_write: Callable[[int], None] | None = None,
         on_drop: Callable[[int], None] | None = None,
     ) -> None:
@@ -153,6 +154,7 @@ class PredictionLog:
         self.keep = keep
         self.flush_interval_s = flush_interval_s
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes  # batches are large: bound the queue's memory too
         self._on_write = on_write
         self._on_drop = on_drop
         # Small lines go into one growing buffer (thousands of ~1 KiB objects alive between flushes cost
@@ -187,7 +189,8 @@ class PredictionLog:
         outputs: dict[str, np.ndarray],
         labels: dict[str, tuple[Sequence[str], np.ndarray]] | None = None,
     ) -> bool:
-        """Serialize one record and queue it; False if the queue is full or the log closed (record dropped).
+        """Serialize one record and queue it; False if the queue is full (``max_pending`` records or
+        ``max_pending_bytes``: the disk cannot keep up) or the log closed: the record is dropped and counted.
 
         ``numeric`` is the ``(n_numeric, rows)`` matrix the model saw (None without numeric features),
         ``categories`` the categorical columns as strings, ``outputs`` the model's outputs: numeric ones are
@@ -225,7 +228,11 @@ class PredictionLog:
             entry = (head[:-3], data, head[-3:] + b"\n")  # head ends with '"b64":""}}'
             size = len(head) + len(data) + 1
         with self._lock:
-            if not self._closed and self._pending < self.max_pending:
+            if (
+                not self._closed
+                and self._pending < self.max_pending
+                and self._pending_bytes + size <= self.max_pending_bytes
+            ):
                 if self._planned and self._planned + size > self.max_bytes:
                     self._end_tail()
                     self._queue.append(None)

@@ -45,6 +45,7 @@ _CASTS: dict[str, tuple[Callable[[str], Any], str]] = {
     "log_keep": (non_negative_int, "an int >= 0 (0 keeps every rotated file)"),
     "log_flush_interval_s": (positive_float, "a positive number of seconds"),
     "log_max_pending": (positive_int, "a positive int (records)"),
+    "log_max_pending_bytes": (positive_int, "a positive int (bytes)"),
     "max_body_bytes": (positive_int, "a positive int (bytes)"),
     "threads": (positive_int, "a positive int"),
     "graceful_timeout_s": (positive_float, "a positive number of seconds"),
@@ -64,6 +65,7 @@ class Settings:
     log_keep: int = 0
     log_flush_interval_s: float = 0.2
     log_max_pending: int = 200_000
+    log_max_pending_bytes: int = 256 * 1024 * 1024
     max_body_bytes: int = 8 * 1024 * 1024
     threads: int = 1
     graceful_timeout_s: float = 30.0

@@ -233,3 +233,24 @@ def test_malformed_packed_labels_are_refused(change: dict[str, Any], message: st
     packed = {**pack_labels(["a", "b"], np.array([0, 1])), **change}
     with pytest.raises(ValueError, match=re.escape(message)):
         unpack_array(packed)
+
+
+def test_queued_bytes_are_bounded_when_the_disk_cannot_keep_up(tmp_path: Path) -> None:
+    """Batches are ~164 KB a line: a record count alone would let a slow disk fill the memory."""
+    dropped: list[int] = []
+    log = PredictionLog(
+        tmp_path,
+        model="m",
+        digest="d",
+        max_pending_bytes=400_000,
+        flush_interval_s=60,
+        on_drop=dropped.append,
+    )
+    big = np.zeros((30, 1024), dtype=np.float32)
+    results = [log.append(str(i), 0.0, 1024, big, {}, {}) for i in range(4)]
+    assert results == [True, True, False, False]  # two lines fit in 400 KB, the next ones are dropped
+    assert sum(dropped) == 2 and log.dropped == 2
+    log.flush()  # the disk caught up: there is room again
+    assert log.append("later", 0.0, 1024, big, {}, {}) is True
+    log.close()
+    assert [r["id"] for r in read_lines(tmp_path)] == ["0", "1", "later"]
