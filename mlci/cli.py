@@ -248,6 +248,18 @@ def runs(config_path: Path, workspace: Path | None, limit: int, prometheus: bool
     help="Prediction log directory (default ./predictions, or MLCI_SERVE_LOG_DIR).",
 )
 @click.option("--no-log", is_flag=True, help="Do not write the prediction log.")
+@click.option(
+    "--log-max-bytes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Rotate the prediction log file at this size (default 64 MiB, or MLCI_SERVE_LOG_MAX_BYTES).",
+)
+@click.option(
+    "--log-keep",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Rotated log files to keep, oldest deleted first; 0 keeps all (default, or MLCI_SERVE_LOG_KEEP).",
+)
 @click.option("--max-body-bytes", type=click.IntRange(min=1), default=None, help="Larger bodies get 413 (default 8 MiB).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads (default 1).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default=None)
@@ -259,6 +271,8 @@ def serve(
     port: int | None,
     log_dir: Path | None,
     no_log: bool,
+    log_max_bytes: int | None,
+    log_keep: int | None,
     max_body_bytes: int | None,
     threads: int | None,
     log_level: str | None,
@@ -280,7 +294,7 @@ def serve(
     overrides: dict[str, Any] = {"artifact": _serve_source(artifact, registry, repository)}
     for key, value in (
         ("host", host), ("port", port), ("log_dir", log_dir), ("max_body_bytes", max_body_bytes),
-        ("threads", threads), ("log_level", log_level),
+        ("threads", threads), ("log_level", log_level), ("log_max_bytes", log_max_bytes), ("log_keep", log_keep),
     ):  # fmt: skip
         if value is not None:
             overrides[key] = value

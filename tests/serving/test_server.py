@@ -159,3 +159,21 @@ def test_keep_freed_memory_sets_glibc_thresholds_or_says_it_cannot(monkeypatch: 
 
     monkeypatch.setattr(ctypes, "CDLL", no_libc)
     assert server.keep_freed_memory() is False
+
+
+def test_cli_log_rotation_options_reach_the_settings(
+    bc_artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlci.serving import server
+
+    seen: list[Any] = []
+    monkeypatch.setattr(server, "serve", seen.append)
+    monkeypatch.setenv("MLCI_SERVE_LOG_KEEP", "9")  # the option wins over the environment
+    result = CliRunner().invoke(
+        cli, ["serve", str(bc_artifact), "--log-max-bytes", "1000000", "--log-keep", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    [settings] = seen
+    assert settings.log_max_bytes == 1_000_000 and settings.log_keep == 3
+    bad = CliRunner().invoke(cli, ["serve", str(bc_artifact), "--log-keep", "-1"])
+    assert bad.exit_code == 2 and "--log-keep" in bad.output and "-1" in bad.output
