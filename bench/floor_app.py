@@ -34,6 +34,15 @@ app = Starlette(
 )
 
 if __name__ == "__main__":
+    # The same process tuning `mlci serve` applies (serving/server.py), so that the floor differs from it
+    # only by what a request does.
+    import gc
+
+    from mlci.serving.server import keep_freed_memory
+
+    keep_freed_memory()
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
         app,
         host="127.0.0.1",

@@ -262,6 +262,12 @@ def runs(config_path: Path, workspace: Path | None, limit: int, prometheus: bool
 )
 @click.option("--max-body-bytes", type=click.IntRange(min=1), default=None, help="Larger bodies get 413 (default 8 MiB).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads (default 1).")
+@click.option(
+    "--batch-max-rows",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Rows concurrent requests may share in one onnxruntime call (default 256; 0 turns batching off).",
+)
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default=None)
 def serve(
     artifact: str,
@@ -275,6 +281,7 @@ def serve(
     log_keep: int | None,
     max_body_bytes: int | None,
     threads: int | None,
+    batch_max_rows: int | None,
     log_level: str | None,
 ) -> None:
     """Serve ARTIFACT over the Open Inference Protocol (KServe V2 REST) until SIGTERM.
@@ -295,6 +302,7 @@ def serve(
     for key, value in (
         ("host", host), ("port", port), ("log_dir", log_dir), ("max_body_bytes", max_body_bytes),
         ("threads", threads), ("log_level", log_level), ("log_max_bytes", log_max_bytes), ("log_keep", log_keep),
+        ("batch_max_rows", batch_max_rows),
     ):  # fmt: skip
         if value is not None:
             overrides[key] = value

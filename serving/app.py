@@ -28,6 +28,7 @@ from starlette.routing import Route
 from mlci import __version__
 from mlci.errors import ConfigError
 from mlci.model.artifact import read_manifest
+from mlci.serving.batching import MicroBatcher
 from mlci.serving.errors import (
     BadRequest,
     ClientClosed,
@@ -60,11 +61,13 @@ class ServerState:
         self.info = info
         self.loader = loader
         self.runtime: ModelRuntime | None = None
+        self.batcher: MicroBatcher | None = None
         self.load_error: str | None = None
         self.loaded = threading.Event()
         self.metrics = ServingMetrics(model=info.name, digest=info.digest)
         self.log: PredictionLog | None = None
         self.on_load_error: Callable[[str], None] | None = None
+        self.on_loaded: Callable[[], None] | None = None  # called once the model serves (the server tunes GC)
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
 
@@ -83,6 +86,11 @@ class ServerState:
             if self.on_load_error is not None:
                 self.on_load_error(self.load_error)
         else:
+            self.batcher = MicroBatcher(
+                runtime.predict_indexed, self.settings.batch_max_rows, self.metrics.onnxruntime_call
+            )
+            if self.on_loaded is not None:
+                self.on_loaded()
             self.runtime = runtime
             self.metrics.set_ready(True)
         finally:
@@ -182,7 +190,11 @@ def _routes(state: ServerState) -> list[Route]:
         content_length, header_length = _infer_headers(request)
         body = await _read_body(request, content_length, settings.max_body_bytes)
         decoded = runtime.decoder.decode(body, header_length)
-        results, index = runtime.predict_indexed(decoded.numeric, decoded.categorical)
+        batcher = state.batcher
+        if batcher is not None:
+            results, index = await batcher.predict(decoded)  # shares a call with concurrent requests
+        else:
+            results, index = runtime.predict_indexed(decoded.numeric, decoded.categorical)
         request_id = decoded.id or state.next_id()
         by_name = dict(zip(runtime.output_names, results, strict=True))
         if decoded.outputs is None:

@@ -58,6 +58,7 @@ class ServingMetrics(Collector):
         self.requests: dict[tuple[str, int], int] = {}
         self.latency: dict[str, _Histogram] = {}
         self.batch = _Histogram(BATCH_BUCKETS)
+        self.onnxruntime_rows = _Histogram(BATCH_BUCKETS)
         self.predictions: dict[str, int] = {}
         self.log_lines = 0
         self.log_dropped = 0
@@ -96,6 +97,10 @@ class ServingMetrics(Collector):
                 label = str(value)
                 counts[label] = counts.get(label, 0) + count
 
+    def onnxruntime_call(self, rows: int) -> None:
+        """One onnxruntime call of ``rows`` rows (several requests' rows when they were batched together)."""
+        self.onnxruntime_rows.observe(rows)
+
     def set_ready(self, ready: bool) -> None:
         """Flip the readiness gauge."""
         self.ready = 1 if ready else 0
@@ -132,6 +137,14 @@ class ServingMetrics(Collector):
         buckets, total = self.batch.export()
         batch.add_metric([d], buckets, total)
         yield batch
+        calls = HistogramMetricFamily(
+            "mlci_onnxruntime_batch_rows",
+            "Rows per onnxruntime call; concurrent requests share calls (dynamic batching).",
+            labels=["digest"],
+        )
+        buckets, total = self.onnxruntime_rows.export()
+        calls.add_metric([d], buckets, total)
+        yield calls
         predictions = CounterMetricFamily(
             "mlci_predictions",
             "Predicted rows by class (classification) or in all (regression).",

@@ -48,6 +48,7 @@ _CASTS: dict[str, tuple[Callable[[str], Any], str]] = {
     "log_max_pending_bytes": (positive_int, "a positive int (bytes)"),
     "max_body_bytes": (positive_int, "a positive int (bytes)"),
     "threads": (positive_int, "a positive int"),
+    "batch_max_rows": (non_negative_int, "an int >= 0 (0 or 1: no batching across requests)"),
     "graceful_timeout_s": (positive_float, "a positive number of seconds"),
     "log_level": (_log_level, f"one of {', '.join(_LOG_LEVELS)}"),
 }
@@ -68,6 +69,7 @@ class Settings:
     log_max_pending_bytes: int = 256 * 1024 * 1024
     max_body_bytes: int = 8 * 1024 * 1024
     threads: int = 1
+    batch_max_rows: int = 256
     graceful_timeout_s: float = 30.0
     log_level: str = "warning"
 

@@ -170,10 +170,11 @@ def test_cli_log_rotation_options_reach_the_settings(
     monkeypatch.setattr(server, "serve", seen.append)
     monkeypatch.setenv("MLCI_SERVE_LOG_KEEP", "9")  # the option wins over the environment
     result = CliRunner().invoke(
-        cli, ["serve", str(bc_artifact), "--log-max-bytes", "1000000", "--log-keep", "3"]
+        cli,
+        ["serve", str(bc_artifact), "--log-max-bytes", "1000000", "--log-keep", "3", "--batch-max-rows", "0"],
     )
     assert result.exit_code == 0, result.output
     [settings] = seen
-    assert settings.log_max_bytes == 1_000_000 and settings.log_keep == 3
+    assert settings.log_max_bytes == 1_000_000 and settings.log_keep == 3 and settings.batch_max_rows == 0
     bad = CliRunner().invoke(cli, ["serve", str(bc_artifact), "--log-keep", "-1"])
     assert bad.exit_code == 2 and "--log-keep" in bad.output and "-1" in bad.output

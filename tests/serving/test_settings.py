@@ -22,6 +22,7 @@ def test_defaults_and_overrides() -> None:
     )
     assert (s.port, s.log_dir, s.max_body_bytes, s.host) == (9000, Path("/tmp/x"), 10, "127.0.0.1")
     assert Settings.from_env({"MLCI_SERVE_LOG_DIR": ""}).log_dir is None
+    assert Settings.from_env({"MLCI_SERVE_BATCH_MAX_ROWS": "0"}).batch_max_rows == 0
 
 
 @pytest.mark.parametrize(
@@ -35,6 +36,8 @@ def test_defaults_and_overrides() -> None:
         ({"MLCI_SERVE_MAX_BODY_BYTES": "0"}, "a positive int"),
         ({"MLCI_SERVE_LOG_LEVEL": "loud"}, "one of critical"),
         ({"MLCI_SERVE_PROT": "1"}, "Unknown setting 'MLCI_SERVE_PROT'"),
+        ({"MLCI_SERVE_BATCH_MAX_ROWS": "-1"}, "an int >= 0"),
+        ({"MLCI_SERVE_LOG_MAX_PENDING_BYTES": "0"}, "expected a positive int"),
     ],
 )
 def test_bad_values_name_key_and_value(env: dict[str, str], needle: str) -> None:
