@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -204,10 +205,13 @@ def _routes(state: ServerState) -> list[Route]:
             chosen = [(specs[name], by_name[name], binary) for name, binary in decoded.outputs]
         labels = runtime.labels if index is not None else None
         encoded = None
-        if labels is not None:
-            for spec, _, binary in chosen:
-                if binary and spec.name == runtime.label_output:
-                    encoded = {spec.name: labels.binary(index)}  # from the indices: no per-row strings
+        if labels is not None:  # the label output holds class indices: names only where JSON needs them
+            for position, (spec, array, binary) in enumerate(chosen):
+                if spec.name == runtime.label_output:
+                    if binary:
+                        encoded = {spec.name: labels.binary(index)}
+                    else:
+                        chosen[position] = (spec, labels.strings(array), binary)
         content, json_length = encode_response(
             model_name=info.name,
             model_version=info.digest,
@@ -216,13 +220,19 @@ def _routes(state: ServerState) -> list[Route]:
             encoded=encoded,
         )
         if state.log is not None:
+            logged = by_name
+            if runtime.probability_outputs:
+                logged = {
+                    name: array.astype(np.float32) if name in runtime.probability_outputs else array
+                    for name, array in by_name.items()
+                }
             state.log.append(
                 request_id,
                 time.time(),
                 decoded.rows,
                 decoded.numeric,
                 decoded.categories,
-                by_name,
+                logged,
                 None if labels is None else {runtime.label_output: (labels.classes, index)},
             )
         metrics = state.metrics

@@ -82,10 +82,13 @@ def pack_labels(classes: Sequence[str], index: np.ndarray) -> dict[str, Any]:
 def _output(array: np.ndarray, indexed: tuple[Sequence[str], np.ndarray] | None) -> Any:
     """One output as the log writes it: plain JSON when small (cheaper than packing), else packed labels
     (when their class indices are known), a packed numeric array, or a list of strings."""
+    if indexed is not None:
+        classes, index = indexed
+        if index.size < _PACK_OUTPUTS_FROM:
+            return np.array(classes, dtype=object).take(index).tolist()
+        return pack_labels(classes, index)
     if array.size < _PACK_OUTPUTS_FROM:
         return array.tolist()
-    if indexed is not None:
-        return pack_labels(*indexed)
     return pack_array(array) if array.dtype.kind in _PACKABLE_KINDS else array.tolist()
 
 

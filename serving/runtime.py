@@ -109,6 +109,10 @@ class ModelRuntime:
         if self.labels is not None:
             self._label_position = self.output_names.index(label)
         self._checked = [(i, o.name) for i, o in enumerate(self.outputs) if o.datatype in ("FP32", "FP64")]
+        # a classifier's probabilities: in [0, 1], so the prediction log keeps them as float32 (error < 6e-8)
+        self.probability_outputs = frozenset(
+            name for _, name in self._checked if info.task == "classification" and name != label
+        )
         self.decoder = Decoder(info.inputs, self.outputs)
 
     @classmethod
@@ -119,18 +123,20 @@ class ModelRuntime:
 
     def predict(self, numeric: np.ndarray | None, categorical: dict[str, np.ndarray]) -> list[np.ndarray]:
         """All outputs for a validated batch; refuses non-finite outputs (e.g. NaN the model cannot impute)."""
-        return self.predict_indexed(numeric, categorical)[0]
+        results, index = self.predict_indexed(numeric, categorical)
+        if index is not None and self.labels is not None:
+            results[self._label_position] = self.labels.strings(index)
+        return results
 
     def predict_indexed(
         self, numeric: np.ndarray | None, categorical: dict[str, np.ndarray]
     ) -> tuple[list[np.ndarray], np.ndarray | None]:
-        """:meth:`predict`, plus the class index of every label when :attr:`labels` knows them (else None)."""
+        """:meth:`predict`, except that the label output holds class *indices* when :attr:`labels` knows them
+        (also returned second; None otherwise): the server turns them into names only where a response
+        needs names, and writes, counts and binary-encodes the indices."""
         feeds = categorical if numeric is None else {PACKED_INPUT: numeric, **categorical}
         results: list[np.ndarray] = self.session.run(self.output_names, feeds)
-        index = None
-        if self.labels is not None:
-            index = results[self._label_position]
-            results[self._label_position] = self.labels.strings(index)
+        index = results[self._label_position] if self.labels is not None else None
         for position, name in self._checked:
             array = results[position]
             if not np.isfinite(array).all():

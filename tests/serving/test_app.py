@@ -310,7 +310,8 @@ def test_prediction_log_records_each_request(
     assert line["outputs"]["label"]["classes"] == ["benign", "malignant"]  # packed: indices + class names
     assert unpack_array(line["outputs"]["label"]).tolist() == batch["outputs"][0]["data"]
     probabilities = unpack_array(line["outputs"]["probabilities"])
-    np.testing.assert_allclose(probabilities.ravel(), batch["outputs"][1]["data"])
+    assert probabilities.dtype == np.float32  # probabilities are logged as float32: error below 6e-8
+    np.testing.assert_allclose(probabilities.ravel(), batch["outputs"][1]["data"], rtol=0, atol=6e-8)
 
 
 def test_tritonclient_single_batch_and_metadata(
