@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
@@ -158,9 +159,11 @@ def wrk(
         "HEADER_LENGTH": "" if header_length is None else str(header_length),
     }
     group = _GROUPS.get(url.split("/", 3)[2])
+    calls_before = onnxruntime_calls(url)
     cpu_before = cpu_seconds(group) if group else 0.0
     done = subprocess.run(argv, capture_output=True, text=True, env=env, check=True)
     cpu_used = cpu_seconds(group) - cpu_before if group else float("nan")
+    calls_after = onnxruntime_calls(url)
     line = next(line for line in done.stdout.splitlines() if line.startswith("JSON "))
     raw = json.loads(line[5:])
     return {
@@ -171,10 +174,32 @@ def wrk(
         "socket_errors": raw["socket_errors"],
         "requests": raw["requests"],
         "cpu_us_per_request": cpu_used / max(raw["requests"], 1) * 1e6,
+        "rows_per_call": (
+            (calls_after[1] - calls_before[1]) / max(calls_after[0] - calls_before[0], 1)
+            if calls_before and calls_after
+            else None
+        ),
         "command": f"BODY={body.relative_to(REPO)}{f' HEADER_LENGTH={header_length}' if header_length else ''} "
         + " ".join(argv[:-1]).replace(str(REPO) + "/", "")
         + f" {url}",
     }
+
+
+def onnxruntime_calls(url: str) -> tuple[float, float] | None:
+    """(onnxruntime calls, rows) so far from an mlci server's /metrics; None for a server without them."""
+    base = url.split("/v2/", 1)[0]
+    try:
+        with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(("mlci_onnxruntime_batch_rows_count{", "mlci_onnxruntime_batch_rows_sum{")):
+            values[line.split("{", 1)[0]] = float(line.rsplit(" ", 1)[1])
+    if len(values) != 2:
+        return None
+    return values["mlci_onnxruntime_batch_rows_count"], values["mlci_onnxruntime_batch_rows_sum"]
 
 
 # -- inputs ---------------------------------------------------------------------------------------------
@@ -571,19 +596,22 @@ def render(report: dict[str, Any], duration: int, mlserver_note: str) -> str:
         f"{SERVER_CPU}); its venv has uvloop 0.21.0 because MLServer 1.7.1's worker crashes on uvloop 0.23 "
         "(`RuntimeError: There is no current event loop` in `mlserver/parallel/worker.py`).",
         "`mlci` runs with the prediction log on (the production setting; 64 MiB files, the newest 4 kept) unless "
-        "marked `no log`. The floor is `bench/floor_app.py`: a starlette route on the same uvicorn+httptools+uvloop "
-        "stack that reads the body and returns a constant V2 response.",
+        "marked `no log`, and with dynamic batching on (its default: concurrent requests share onnxruntime calls; "
+        "the rows-per-call column shows it). The floor is `bench/floor_app.py`: a starlette route on the same uvicorn+httptools+uvloop "
+        "stack that reads the body and returns a constant V2 response, with the same process tuning (mallopt, gc.freeze).",
         "",
         f"Each configuration ran {report['rounds']} times, interleaved with the others; the table shows the median run "
         "(all runs' req/s in the last column).",
         "",
-        "| server | request | c | req/s | rows/s | p50 ms | p99 ms | errors | server CPU µs/request | req/s of each run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| server | request | c | req/s | rows/s | p50 ms | p99 ms | errors | server CPU µs/request | rows per onnxruntime call | req/s of each run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
+        per_call = "" if r.get("rows_per_call") is None else f"{r['rows_per_call']:.1f}"
         lines.append(
             f"| {r['server']} | {r['body']} | {r['c']} | {r['rps']:,.0f} | {r['rows_per_s']:,.0f} | {r['p50_ms']:.2f} | "
-            f"{r['p99_ms']:.2f} | {r['non2xx'] + r['socket_errors']} | {r['cpu_us']:.0f} | {', '.join(f'{x:,}' for x in r['rps_all'])} |"
+            f"{r['p99_ms']:.2f} | {r['non2xx'] + r['socket_errors']} | {r['cpu_us']:.0f} | {per_call} | "
+            f"{', '.join(f'{x:,}' for x in r['rps_all'])} |"
         )
     in_process = report["in_process_rows_per_s"]
     lines += [
