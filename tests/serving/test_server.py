@@ -161,20 +161,40 @@ def test_keep_freed_memory_sets_glibc_thresholds_or_says_it_cannot(monkeypatch: 
     assert server.keep_freed_memory() is False
 
 
-def test_cli_log_rotation_options_reach_the_settings(
-    bc_artifact: Path, monkeypatch: pytest.MonkeyPatch
+def test_cli_log_and_batching_options_take_effect_in_a_real_server(
+    bc_artifact: Path,
+    bc_rows: list[dict[str, float]],
+    make_body: Any,
+    serve_subprocess: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from mlci.serving import server
-
-    seen: list[Any] = []
-    monkeypatch.setattr(server, "serve", seen.append)
+    """--log-max-bytes, --log-keep and --batch-max-rows, seen in what a real `mlci serve` does."""
     monkeypatch.setenv("MLCI_SERVE_LOG_KEEP", "9")  # the option wins over the environment
-    result = CliRunner().invoke(
-        cli,
-        ["serve", str(bc_artifact), "--log-max-bytes", "1000000", "--log-keep", "3", "--batch-max-rows", "0"],
+    log_dir = tmp_path / "log"
+    options = ("--log-max-bytes", "3000", "--log-keep", "1", "--batch-max-rows", "0")
+    with serve_subprocess(bc_artifact, log_dir, *options) as (proc, url):
+
+        async def burst() -> list[int]:
+            async with httpx.AsyncClient(base_url=url) as client:
+                bodies = [make_body([row]) for row in bc_rows[:32]]
+                responses = await asyncio.gather(
+                    *(client.post("/v2/models/breast-cancer/infer", json=b) for b in bodies)
+                )
+                return [r.status_code for r in responses]
+
+        for _ in range(3):
+            assert asyncio.run(burst()) == [200] * 32
+        metrics = httpx.get(f"{url}/metrics").text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == -signal.SIGTERM
+    count, rows = (
+        float(next(line for line in metrics.splitlines() if line.startswith(name)).rsplit(" ", 1)[1])
+        for name in ("mlci_onnxruntime_batch_rows_count", "mlci_onnxruntime_batch_rows_sum")
     )
-    assert result.exit_code == 0, result.output
-    [settings] = seen
-    assert settings.log_max_bytes == 1_000_000 and settings.log_keep == 3 and settings.batch_max_rows == 0
+    assert count == rows >= 96  # batching off: one onnxruntime call per request, even under concurrency
+    rotated = list(log_dir.glob("predictions-*.jsonl"))
+    assert len(rotated) == 1  # rotated at 3,000 bytes, only the newest kept
+    assert all(p.stat().st_size <= 3000 for p in [*rotated, log_dir / "predictions.jsonl"])
     bad = CliRunner().invoke(cli, ["serve", str(bc_artifact), "--log-keep", "-1"])
     assert bad.exit_code == 2 and "--log-keep" in bad.output and "-1" in bad.output
