@@ -192,10 +192,8 @@ def _routes(state: ServerState) -> list[Route]:
         body = await _read_body(request, content_length, settings.max_body_bytes)
         decoded = runtime.decoder.decode(body, header_length)
         batcher = state.batcher
-        if batcher is not None:
-            results, index = await batcher.predict(decoded)  # shares a call with concurrent requests
-        else:
-            results, index = runtime.predict_indexed(decoded.numeric, decoded.categorical)
+        assert batcher is not None  # load() sets it before it publishes the runtime check_model returned
+        results, index = await batcher.predict(decoded)  # may share a call with concurrent requests
         request_id = decoded.id or state.next_id()
         by_name = dict(zip(runtime.output_names, results, strict=True))
         if decoded.outputs is None:

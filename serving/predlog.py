@@ -59,13 +59,14 @@ _PACK_OUTPUTS_FROM = 64  # outputs with fewer values are written as plain JSON l
 _PACKABLE_KINDS = frozenset("fiub")  # float, signed and unsigned int, bool: fixed-size, no objects
 
 
-def pack_array(array: np.ndarray) -> dict[str, Any]:
-    """A numeric array as ``{"dtype": "<f4", "shape": [rows, cols], "b64": "<base64 of its C-order bytes>"}``."""
+def pack_array(array: np.ndarray, *, data: bool = True) -> dict[str, Any]:
+    """A numeric array as ``{"dtype": "<f4", "shape": [rows, cols], "b64": "<base64 of its C-order bytes>"}``
+    (``data=False``: ``"b64"`` left empty, for a writer that streams the bytes into it itself)."""
     contiguous = np.ascontiguousarray(array)
     return {
         "dtype": contiguous.dtype.str,
         "shape": list(contiguous.shape),
-        "b64": pybase64.b64encode_as_string(contiguous.data),
+        "b64": pybase64.b64encode_as_string(contiguous.data) if data else "",
     }
 
 
@@ -224,10 +225,9 @@ class PredictionLog:
             # A batch: its base64 is queued as pybase64 made it and written between the line's two JSON
             # halves (one writev), never copied into a line. "numeric" is the last key: the line ends in
             # its (empty) "b64" string, which the data goes into.
-            contiguous = np.ascontiguousarray(numeric)
-            record["numeric"] = {"dtype": contiguous.dtype.str, "shape": list(contiguous.shape), "b64": ""}
+            record["numeric"] = pack_array(numeric, data=False)
             head = orjson.dumps(record)
-            data = pybase64.b64encode(contiguous.data)
+            data = pybase64.b64encode(np.ascontiguousarray(numeric).data)
             entry = (head[:-3], data, head[-3:] + b"\n")  # head ends with '"b64":""}}'
             size = len(head) + len(data) + 1
         with self._lock:
