@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import platform
 import shutil
@@ -343,15 +344,33 @@ def server_graph_rows_per_s(artifact: Path, matrix: list[list[float]], repeat: i
 
 
 def settle_log(log_dir: Path) -> None:
-    """Before a logged batch run: drop the rotated log files and flush dirty pages, so every run starts from
-    the same disk state instead of inheriting the previous runs' writeback."""
+    """Before a logged batch run: drop the rotated segments (lines and blob files) and flush dirty pages, so
+    every run starts from the same disk state instead of inheriting the previous runs' writeback (and
+    their blob files to recycle: each run starts by writing new ones)."""
     for old in log_dir.glob("predictions-*.jsonl"):
         old.unlink(missing_ok=True)
+        old.with_suffix(".bin").unlink(missing_ok=True)
     os.sync()
 
 
-def last_line_bytes(log_dir: Path) -> int:
-    """Size of the newest complete line in the log (one batch record right after a batch run)."""
+def last_record_bytes(log_dir: Path) -> tuple[int, int]:
+    """(line bytes, blob-file bytes) of the newest complete record in the log (one batch record right after
+    a batch run): what the server writes per request."""
+    line = last_line(log_dir)
+    if not line:
+        return 0, 0
+    blob = 0
+    record = json.loads(line)
+    arrays = [*record.get("outputs", {}).values(), record.get("numeric")]
+    for packed in arrays:
+        if isinstance(packed, dict) and "blob" in packed:
+            nbytes = math.prod(packed["shape"]) * np.dtype(packed["dtype"]).itemsize
+            blob += nbytes + (-nbytes) % 64  # each array padded to a 64-byte boundary
+    return len(line), blob
+
+
+def last_line(log_dir: Path) -> bytes:
+    """The newest complete line in the log, newline included (b"" if none)."""
     files = [log_dir / "predictions.jsonl", *sorted(log_dir.glob("predictions-*.jsonl"), reverse=True)]
     for path in files:
         if not path.is_file():
@@ -361,8 +380,8 @@ def last_line_bytes(log_dir: Path) -> int:
             lines = f.read().split(b"\n")
         complete = [line for line in lines[1:-1] if line]  # the first may be cut, the last is unterminated
         if complete:
-            return len(complete[-1]) + 1
-    return 0
+            return complete[-1] + b"\n"
+    return b""
 
 
 # -- the run --------------------------------------------------------------------------------------------
@@ -457,7 +476,7 @@ def main() -> None:
                   f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  errors {r['non2xx'] + r['socket_errors']}", flush=True)  # fmt: skip
 
     samples: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
-    log_line_bytes = 0
+    log_bytes = (0, 0)
     artifact = build_artifact()
     ports = {name: free_port() for name in ("mlci", "nolog", "floor")}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
@@ -518,7 +537,7 @@ def main() -> None:
                 measure(label, f"{BATCH} rows, binary tensors", BATCH, 4,
                         lambda n=name: wrk(urls[n] + path, bodies / "batch.bin", 4, d, binary_header))  # fmt: skip
                 if name == "mlci":
-                    log_line_bytes = last_line_bytes(log_dir)
+                    log_bytes = last_record_bytes(log_dir)
             measure("floor", f"{BATCH} rows, binary tensors", BATCH, 4,
                     lambda: wrk(urls["floor"] + path, bodies / "batch.bin", 4, d, binary_header))  # fmt: skip
         # One long logged run: the log then writes for longer than the page cache absorbs, and the disk's
@@ -553,7 +572,8 @@ def main() -> None:
         "results": results,
         "in_process_rows_per_s": in_process,
         "server_graph_rows_per_s": server_graph,
-        "log_line_bytes": log_line_bytes,
+        "log_line_bytes": log_bytes[0],
+        "log_blob_bytes": log_bytes[1],
         "sustained": {**sustained, "seconds": SUSTAINED_S},
         "disk_write_mb_s": disk,
         "page_cache_write_mb_s": page_cache,
@@ -675,14 +695,15 @@ def render(report: dict[str, Any], duration: int, mlserver_note: str) -> str:
         )
     sustained = report["sustained"]
     if on_bin and report["log_line_bytes"]:
-        line_mb = report["log_line_bytes"] / 1e6
+        record = report["log_line_bytes"] + report.get("log_blob_bytes", 0)
+        line_mb = record / 1e6
         lines.append(
-            f"- The log is the batch's ceiling over time: each {BATCH}-row request logs a {report['log_line_bytes'] / 1024:,.0f} "
-            f"KiB line (30 float32 columns in base64, labels, probabilities), so {on_bin['rps']:,.0f} req/s write "
+            f"- The log over time: each {BATCH}-row request logs {record / 1024:,.0f} KiB (a "
+            f"{report['log_line_bytes'] / 1024:,.1f} KiB line and {report.get('log_blob_bytes', 0) / 1024:,.0f} KiB of raw "
+            f"float32 inputs and probabilities in the segment's blob file), so {on_bin['rps']:,.0f} req/s write "
             f"{on_bin['rps'] * line_mb:,.0f} MB/s; this machine writes {report['disk_write_mb_s']:,.0f} MB/s to its disk "
-            f"(dd, fdatasync) and {report['page_cache_write_mb_s']:,.0f} MB/s into the page cache (dd, a new file, no sync): "
-            f"a buffered write of that line costs the server about {report['log_line_bytes'] / report['page_cache_write_mb_s']:,.0f} µs "
-            f"before any disk is involved. Each interleaved run starts with the page cache flushed; one {sustained['seconds']} s run "
+            f"(dd, fdatasync) and {report['page_cache_write_mb_s']:,.0f} MB/s into the page cache (dd, a new file, no sync). "
+            f"Each interleaved run starts with the page cache flushed and no blob file to recycle; one {sustained['seconds']} s run "
             f"instead gave {sustained['rps'] * BATCH:,.0f} rows/s = {sustained['rps'] * BATCH / in_process:.0%} of "
             f"in-process ({sustained['rps'] * line_mb:,.0f} MB/s of log, {sustained['cpu_us_per_request']:.0f} µs CPU/request)."
         )

@@ -12,6 +12,8 @@ The active file is opened *before* the rotated files are listed. If it was rotat
 content is read through the open handle and everything rotated after it waits for the next call: a
 rotation at any moment can then neither skip, repeat nor reorder a line.
 Only complete lines are taken from the active file (the server may be half-way through one).
+A segment's blob file (``<stem>.bin``: a batch's arrays, which lines point to by name) is not read here:
+the line's consumer reads it through :class:`~mlci.serving.predlog.BlobReader`.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from mlci.monitor.performance import evaluate_performance, join_labels, read_lab
 from mlci.monitor.policy import Decision, decide, new_state
 from mlci.monitor.settings import Settings
 from mlci.monitor.window import Window, WindowBuilder
+from mlci.serving.predlog import BlobReader
 
 __all__ = ["Action", "Monitor"]
 
@@ -84,10 +85,10 @@ def _load_artifact(path: Path) -> tuple[_Artifact, Path]:
 class _Parser:
     """Parses log lines as they are read; keeps the monitored model's rows as columns, counts the rest."""
 
-    def __init__(self, artifact: _Artifact) -> None:
+    def __init__(self, artifact: _Artifact, blobs: BlobReader | None = None) -> None:
         self.digest = artifact.digest
         self._needle = artifact.digest.encode()
-        self.builder = WindowBuilder(artifact.features, artifact.task)
+        self.builder = WindowBuilder(artifact.features, artifact.task, blobs=blobs)
         self.lines = self.skipped = self.bad = 0
         self._gc = gc.isenabled()
         gc.disable()  # millions of short-lived floats and lists: the cyclic GC would rescan them over and over
@@ -181,11 +182,12 @@ class Monitor:
         state = self._load_state()
         cycle_no = int(state["cycle"]) + 1
         now = self.clock()
-        parser = _Parser(self.artifact_)
-        try:
-            _, cursor = read_new(self.log_dir, state["cursor"], parser.add)  # streamed: never all lines at once
-        finally:
-            traffic, skipped, bad = parser.finish()  # re-enables the garbage collector whatever happened
+        with BlobReader(self.log_dir) as blobs:  # a batch's arrays are in the log's blob files
+            parser = _Parser(self.artifact_, blobs)
+            try:
+                _, cursor = read_new(self.log_dir, state["cursor"], parser.add)  # streamed: never all lines at once
+            finally:
+                traffic, skipped, bad = parser.finish()  # re-enables the garbage collector whatever happened
         rows = traffic.rows
         lines = parser.lines
         windows: list[dict[str, Any]] = []

@@ -3,8 +3,9 @@
 Prediction-log records (written by :mod:`mlci.serving.predlog`) come in two formats, and one log may
 hold both (a server upgraded in place keeps appending to the same file):
 
-- current: the numeric features as one *packed array* under ``numeric`` (dtype, shape and base64
-  bytes, see :func:`~mlci.serving.predlog.unpack_array`): the float32 matrix the model saw,
+- current: the numeric features as one *packed array* under ``numeric`` (dtype, shape and the bytes:
+  in base64, or for a large array in the log's blob file, read through the builder's
+  :class:`~mlci.serving.predlog.BlobReader`; see :func:`~mlci.serving.predlog.unpack_array`): the float32 matrix the model saw,
   feature-major, of shape ``(n_numeric, rows)``: one row per numeric feature in schema order, one
   column per request row, NaN for a missing value (absent when the model has no numeric feature); the
   categorical features as lists of strings under ``inputs`` (``""`` missing); numeric outputs
@@ -16,6 +17,8 @@ hold both (a server upgraded in place keeps appending to the same file):
        "outputs": {"label": {"classes": ["benign", "malignant"], "dtype": "|u1", "shape": [2], "b64": "..."},
                    "probabilities": {"dtype": "<f8", "shape": [2, 2], "b64": "..."}},
        "numeric": {"dtype": "<f4", "shape": [30, 2], "b64": "..."}}
+
+  (a batch's large arrays: ``{"dtype": "<f4", "shape": [30, 1024], "blob": ["predictions-<...>.bin", 64]}``)
 
 - older: no ``numeric``; every feature as a list under ``inputs`` (``null`` for a missing numeric
   value) and every output as a plain (nested) list.
@@ -34,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from mlci.monitor.errors import MonitorError
-from mlci.serving.predlog import unpack_array
+from mlci.serving.predlog import BlobReader, unpack_array
 
 __all__ = ["Window", "WindowBuilder", "build_window"]
 
@@ -144,7 +147,14 @@ class WindowBuilder:
     first, so rows stay in log order.
     """
 
-    def __init__(self, features: Iterable[Mapping[str, str]], task: str, flush_rows: int = 8192) -> None:
+    def __init__(
+        self,
+        features: Iterable[Mapping[str, str]],
+        task: str,
+        flush_rows: int = 8192,
+        blobs: BlobReader | None = None,
+    ) -> None:
+        self._blobs = blobs  # reads the arrays that records keep in the log's blob files
         self.features = list(features)
         self.task = task
         self.flush_rows = flush_rows
@@ -251,10 +261,9 @@ class WindowBuilder:
         if self._pending >= self.flush_rows:
             self._flush()
 
-    @staticmethod
-    def _unpack(rid: Any, where: str, packed: Any) -> np.ndarray:
+    def _unpack(self, rid: Any, where: str, packed: Any) -> np.ndarray:
         try:
-            return unpack_array(packed)
+            return unpack_array(packed, self._blobs)
         except ValueError as exc:
             raise MonitorError(f"Log record {rid!r} has a malformed packed array in {where}: {exc}") from None
 

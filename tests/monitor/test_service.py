@@ -13,7 +13,7 @@ import pytest
 from mlci.monitor.errors import MonitorError
 from mlci.monitor.service import Monitor
 from mlci.monitor.settings import Settings
-from mlci.serving.predlog import pack_array
+from mlci.serving.predlog import PredictionLog, pack_array, read_lines, unpack_array
 
 from .conftest import Project, ReceiverServer, predict_records, shifted, write_log
 
@@ -167,3 +167,48 @@ def test_state_of_another_artifact_is_refused(bc: Project, tmp_path: Path) -> No
         m.cycle()
     with pytest.raises(MonitorError, match="does not exist"):
         Monitor(bc.artifact, tmp_path / "nope", tmp_path / "state2")
+
+
+def _through_the_server_log(directory: Path, records: list[dict[str, Any]], **options: Any) -> None:
+    """Append ``records`` with the server's PredictionLog: a batch's arrays then go to the blob files."""
+    first = records[0]
+    log = PredictionLog(directory, model=first["model"], digest=first["digest"], **options)
+    for r in records:
+        outputs: dict[str, np.ndarray] = {}
+        labels: dict[str, tuple[list[str], np.ndarray]] = {}
+        for name, value in r["outputs"].items():
+            if isinstance(value, dict) and "classes" in value:
+                labels[name] = (value["classes"], unpack_array({**value, "classes": None}).astype(np.int64))
+                outputs[name] = unpack_array(value)
+            else:
+                outputs[name] = (
+                    unpack_array(value) if isinstance(value, dict) else np.array(value, dtype=object)
+                )
+        log.append(
+            r["id"], r["ts"], r["rows"], unpack_array(r["numeric"]), r["inputs"], outputs, labels or None
+        )
+    log.close()
+
+
+def test_batches_in_blob_files_read_the_same_as_inline_ones(bc: Project, tmp_path: Path) -> None:
+    frame = shifted(bc.holdout, MOVED, shift_sd=1.5)
+    records = predict_records(bc.artifact, frame, batch=40, prefix="a")
+    write_log(tmp_path / "inline" / "log", records)
+    inline = monitor(bc, tmp_path / "inline").cycle()
+    _through_the_server_log(tmp_path / "log", records, max_bytes=20_000)  # several segments
+    assert sum("blob" in r["numeric"] for r in read_lines(tmp_path / "log")) == 3  # the 40-row batches
+    assert len(list((tmp_path / "log").glob("predictions-*.jsonl"))) >= 1
+    blobbed = monitor(bc, tmp_path).cycle()
+    assert blobbed["rows"] == inline["rows"] == len(frame) and blobbed["bad_lines"] == 0
+    assert blobbed["status"] == inline["status"] == "drift"
+    assert blobbed["windows"] == inline["windows"]  # every statistic equal
+
+
+def test_a_batch_whose_blob_file_is_gone_is_counted_not_fatal(bc: Project, tmp_path: Path) -> None:
+    records = predict_records(bc.artifact, bc.holdout, batch=40, prefix="a")
+    _through_the_server_log(tmp_path / "log", records[:3], max_bytes=20_000)
+    for blob in (tmp_path / "log").glob("*.bin"):
+        blob.unlink()  # e.g. moved away without its .jsonl files
+    _through_the_server_log(tmp_path / "log", records[3:])
+    report = monitor(bc, tmp_path).cycle()
+    assert report["bad_lines"] == 3 and report["rows"] == len(bc.holdout) - 120

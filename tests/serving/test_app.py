@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from mlci.model.artifact import read_manifest
 from mlci.model.onnxio import open_session
-from mlci.serving.predlog import read_lines, unpack_array
+from mlci.serving.predlog import BlobReader, read_lines, unpack_array
 from mlci.serving.runtime import ModelRuntime
 from mlci.serving.settings import Settings
 
@@ -312,6 +312,12 @@ def test_prediction_log_records_each_request(
     probabilities = unpack_array(line["outputs"]["probabilities"])
     assert probabilities.dtype == np.float32  # probabilities are logged as float32: error below 6e-8
     np.testing.assert_allclose(probabilities.ravel(), batch["outputs"][1]["data"], rtol=0, atol=6e-8)
+    assert "blob" in line["numeric"]  # 7.5 KiB of inputs: in the segment's blob file, raw
+    with BlobReader(bc_server.log_dir) as blobs:
+        np.testing.assert_array_equal(
+            unpack_array(line["numeric"], blobs),
+            np.array([[row[n] for row in bc_rows[:64]] for n in names], dtype=np.float32),
+        )
 
 
 def test_tritonclient_single_batch_and_metadata(

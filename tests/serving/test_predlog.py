@@ -1,7 +1,9 @@
-"""The prediction log: packed arrays, every appended record written by close(), rotation, retention, drops."""
+"""The prediction log: packed arrays, blob files, every appended record written by close(), rotation,
+retention and recycling, restarts, write failures, drops."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import threading
@@ -11,7 +13,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mlci.serving.predlog import ACTIVE_FILE, PredictionLog, pack_array, pack_labels, read_lines, unpack_array
+from mlci.serving.predlog import (
+    ACTIVE_FILE,
+    BlobReader,
+    PredictionLog,
+    pack_array,
+    pack_labels,
+    read_lines,
+    unpack_array,
+)
 
 ONE = np.zeros((1, 1), dtype=np.float32)
 
@@ -136,10 +146,11 @@ def test_full_queue_and_closed_log_drop_and_count(tmp_path: Path) -> None:
 
 
 def test_large_and_small_lines_keep_their_order_across_rotations(tmp_path: Path) -> None:
-    """Batches (queued as they are) and single rows (buffered together) interleave; rotation cuts between lines."""
+    """Batches (arrays to the blob file) and single rows (buffered together) interleave; rotation cuts
+    between records, and a segment (lines and blob file) holds at most max_bytes unless one record is larger."""
     log = PredictionLog(tmp_path, model="m", digest="d", max_bytes=200_000, flush_interval_s=60)
-    big = np.zeros((30, 1024), dtype=np.float32)  # a ~164 KB line
     for i in range(40):
+        big = np.full((30, 1024), i, dtype=np.float32)  # 120 KiB
         log.append(str(i), 0.0, 1024 if i % 3 == 0 else 1, big if i % 3 == 0 else ONE, {}, {})
         if i % 7 == 0:
             log.flush()
@@ -147,12 +158,18 @@ def test_large_and_small_lines_keep_their_order_across_rotations(tmp_path: Path)
     records = read_lines(tmp_path)
     assert [r["id"] for r in records] == [str(i) for i in range(40)]
     assert [r["rows"] for r in records] == [1024 if i % 3 == 0 else 1 for i in range(40)]
+    with BlobReader(tmp_path) as blobs:
+        for r in records:
+            if r["rows"] == 1024:
+                assert (unpack_array(r["numeric"], blobs) == int(r["id"])).all()
     files = [*sorted(tmp_path.glob("predictions-*.jsonl")), tmp_path / ACTIVE_FILE]
     assert len(files) >= 10
     for path in files:
         lines = path.read_bytes().splitlines()
-        # a file holds at most max_bytes, unless a single line alone is larger
-        assert path.stat().st_size <= 200_000 or len(lines) == 1
+        names = {n for line in lines for n in re.findall(rb'"blob":\["([^"]+)"', line)}
+        assert len(names) <= 1  # a segment's lines point into one blob file
+        blob_bytes = (tmp_path / names.pop().decode()).stat().st_size - 64 if names else 0
+        assert path.stat().st_size + blob_bytes <= 200_000 or len(lines) == 1
 
 
 def test_a_heavy_stream_is_written_before_the_tick(tmp_path: Path) -> None:
@@ -170,37 +187,179 @@ def test_a_heavy_stream_is_written_before_the_tick(tmp_path: Path) -> None:
     assert len(read_lines(tmp_path)) == 40
 
 
-def test_a_batch_line_is_one_valid_json_line_with_the_matrix(tmp_path: Path) -> None:
-    """A batch's base64 is written between the two halves of its line: the result must still be one JSON line."""
+def test_a_batch_keeps_its_arrays_in_the_blob_file(tmp_path: Path) -> None:
+    """A batch's matrix and large outputs go to the blob file as raw bytes, 64-byte aligned; its line stays a
+    small JSON line that points at them; small arrays stay inline."""
     rng = np.random.default_rng(2)
     batch = rng.normal(size=(30, 1024)).astype(np.float32)
     batch[3, 7] = np.nan
+    odd = rng.normal(size=(1031, 1))  # 8,248 bytes: not a multiple of 64
     log = PredictionLog(tmp_path, model="m", digest="d")
-    log.append('quote"and\\backslash', 2.5, 1024, batch, {"c": ["x"] * 1024}, {"p": np.ones((1024, 2))})
+    log.append(
+        'quote"and\\backslash', 2.5, 1024, batch, {"c": ["x"] * 1024}, {"p": odd, "q": np.ones((100, 2))}
+    )
     log.append("small", 3.0, 1, ONE, {}, {})
     log.close()
     raw = (tmp_path / ACTIVE_FILE).read_bytes()
-    assert raw.count(b"\n") == 2 and raw.endswith(b"\n")
+    assert raw.count(b"\n") == 2 and raw.endswith(b"\n") and len(raw) < 10_000  # 123 KiB of arrays elsewhere
     first, second = read_lines(tmp_path)
     assert first["id"] == 'quote"and\\backslash' and first["rows"] == 1024 and first["ts"] == 2.5
-    assert unpack_array(first["numeric"]).tobytes() == batch.tobytes()
-    assert first["inputs"]["c"] == ["x"] * 1024 and unpack_array(first["outputs"]["p"]).shape == (1024, 2)
+    [blob_file] = tmp_path.glob("predictions-*.bin")
+    assert first["outputs"]["p"]["blob"] == [blob_file.name, 64]
+    assert first["numeric"]["blob"] == [blob_file.name, 64 + 8256]  # after p, padded to 64 bytes
+    assert "b64" in first["outputs"]["q"]  # 1,600 bytes: inline
+    assert blob_file.stat().st_size == 64 + 8256 + 30 * 1024 * 4
+    assert blob_file.read_bytes()[:64] == b"MLCIBLOB" + blob_file.name.encode().ljust(56)
+    with BlobReader(tmp_path) as blobs:
+        assert unpack_array(first["numeric"], blobs).tobytes() == batch.tobytes()  # bit for bit, NaN too
+        np.testing.assert_array_equal(unpack_array(first["outputs"]["p"], blobs), odd)
+        np.testing.assert_array_equal(unpack_array(first["outputs"]["q"], blobs), np.ones((100, 2)))
+    assert first["inputs"]["c"] == ["x"] * 1024
     assert second["id"] == "small" and unpack_array(second["numeric"]).shape == (1, 1)
+    with pytest.raises(ValueError, match="read it with a BlobReader on the log directory"):
+        unpack_array(first["numeric"])
+
+
+def _batches(log: PredictionLog, start: int, count: int) -> None:
+    """``count`` 1024-row records whose matrix is filled with the record's number."""
+    for i in range(start, start + count):
+        log.append(str(i), 0.0, 1024, np.full((30, 1024), i, dtype=np.float32), {}, {})
+        log.flush()
+
+
+def test_keep_deletes_old_segments_and_recycles_their_blob_files(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, model="m", digest="d", max_bytes=300_000, keep=2)  # two batches a segment
+    _batches(log, 0, 14)
+    oldest = min(tmp_path.glob("*.bin"))
+    os.link(oldest, tmp_path / "observer")  # the same file under a name the log does not touch
+    _batches(log, 14, 6)
+    log.close()
+    rotated = sorted(tmp_path.glob("predictions-*.jsonl"))
+    assert len(rotated) == 2
+    stems = {p.name[: -len(".jsonl")] for p in rotated}
+    bins = {p.name[: -len(".bin")] for p in tmp_path.glob("*.bin")}
+    assert stems <= bins and len(bins) == 3  # the kept segments' and the active one's, nothing else
+    assert not oldest.exists()
+    # the dropped segment's file was not deleted but renamed to a newer segment's and written over
+    assert (tmp_path / "observer").read_bytes()[8:64].rstrip().decode() in {f"{b}.bin" for b in bins}
+    records = read_lines(tmp_path)
+    assert [r["id"] for r in records] == [str(i) for i in range(14, 20)]
+    with BlobReader(tmp_path) as blobs:
+        for r in records:
+            matrix = unpack_array(r["numeric"], blobs)
+            assert matrix.shape == (30, 1024) and (matrix == int(r["id"])).all()
+
+
+def test_a_reader_of_a_dropped_segment_gets_an_error_not_another_records_bytes(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, model="m", digest="d", max_bytes=300_000, keep=1)
+    _batches(log, 0, 2)
+    first = read_lines(tmp_path)[0]
+    with BlobReader(tmp_path) as early, BlobReader(tmp_path) as late:
+        np.testing.assert_array_equal(unpack_array(first["numeric"], early), 0)  # opened before the recycling
+        _batches(log, 2, 6)  # its segment is dropped and its blob file recycled for a newer one
+        with pytest.raises(ValueError, match="was recycled for a newer segment while this record was read"):
+            unpack_array(first["numeric"], early)
+        with pytest.raises(ValueError, match=r"is not in .*: the server deleted it"):
+            unpack_array(first["numeric"], late)
+    log.close()
+
+
+def test_bad_blob_references_are_refused_with_the_reason(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, model="m", digest="d")
+    _batches(log, 0, 1)
+    log.close()
+    packed = read_lines(tmp_path)[0]["numeric"]
+    name, offset = packed["blob"]
+    (tmp_path / "predictions-foreign.bin").write_bytes(b"not a blob file" * 100)
+    cases = [
+        ({"blob": "x"}, "is not [file name, offset]"),
+        ({"blob": ["../" + name, offset]}, "is not a log blob file name"),
+        ({"blob": [5, offset]}, "is not a log blob file name"),
+        ({"blob": [name, 3]}, "is not an integer past the 64-byte header"),
+        ({"blob": [name, "64"]}, "is not an integer past the 64-byte header"),
+        (
+            {"blob": [name, offset + 64]},
+            "holds 122816 bytes from offset 128, but the array needs 122880: the file is truncated",
+        ),
+        ({"shape": [2**40, 30]}, "the file is truncated"),  # never tries to allocate it
+        ({"blob": ["predictions-foreign.bin", 64]}, "does not start with its own header"),
+        ({"blob": ["predictions-missing.bin", 64]}, "is not in"),
+    ]
+    with BlobReader(tmp_path) as blobs:
+        for change, message in cases:
+            with pytest.raises(ValueError, match=re.escape(message)):
+                unpack_array({**packed, **change}, blobs)
+        assert unpack_array(packed, blobs).shape == (30, 1024)  # the good reference still reads
+
+
+def test_a_restart_rotates_the_previous_segment_with_its_blob_file(tmp_path: Path) -> None:
+    first = PredictionLog(tmp_path, model="m", digest="d")
+    _batches(first, 0, 2)
+    first.close()
+    [old_bin] = tmp_path.glob("*.bin")
+    second = PredictionLog(tmp_path, model="m", digest="d", max_bytes=300_000, keep=1)
+    assert not (tmp_path / ACTIVE_FILE).stat().st_size  # a new segment
+    assert (tmp_path / old_bin.name.replace(".bin", ".jsonl")).is_file()  # the old one, paired by name
+    _batches(second, 2, 1)
+    with BlobReader(tmp_path) as blobs:
+        assert [int(unpack_array(r["numeric"], blobs)[0, 0]) for r in read_lines(tmp_path)] == [0, 1, 2]
+    _batches(second, 3, 4)  # past keep: the old segment goes, its lines and its blob file together
+    second.close()
+    assert not old_bin.exists() and not (tmp_path / old_bin.name.replace(".bin", ".jsonl")).exists()
+    with BlobReader(tmp_path) as blobs:
+        assert [int(unpack_array(r["numeric"], blobs)[0, 0]) for r in read_lines(tmp_path)] == [4, 5, 6]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ACTIVE_FILE).touch()
+    PredictionLog(empty, model="m", digest="d").close()
+    assert sorted(p.name for p in empty.iterdir()) == [ACTIVE_FILE]  # an empty leftover is simply continued
+
+
+def test_a_failed_blob_write_loses_its_lines_and_what_follows_stays_right(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from mlci.serving import predlog
+
+    real = os.pwritev
+    failures = iter([True])
+
+    def disk_full_once(fd: int, buffers: list[memoryview], offset: int) -> int:
+        if offset >= 64 and next(failures, False):  # the first blob write after the header
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(predlog.os, "pwritev", disk_full_once)
+    log = PredictionLog(tmp_path, model="m", digest="d", flush_interval_s=60)
+    log.append("lost", 0.0, 1024, np.full((30, 1024), 7, dtype=np.float32), {}, {})
+    with pytest.raises(OSError, match="No space left"):
+        log.flush()
+    _batches(log, 1, 2)
+    log.close()
+    records = read_lines(tmp_path)
+    assert [r["id"] for r in records] == ["1", "2"] and log.written == 2
+    with BlobReader(tmp_path) as blobs:
+        assert [int(unpack_array(r["numeric"], blobs)[0, 0]) for r in records] == [1, 2]
 
 
 def test_write_all_resumes_after_short_writes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from mlci.serving import predlog
 
-    real = os.writev
+    real, real_at = os.writev, os.pwritev
 
     def at_most_five_bytes(fd: int, buffers: list[memoryview]) -> int:
         return real(fd, [bytes(b"".join(bytes(b) for b in buffers)[:5])])
 
+    def at_most_five_bytes_at(fd: int, buffers: list[memoryview], offset: int) -> int:
+        return real_at(fd, [bytes(b"".join(bytes(b) for b in buffers)[:5])], offset)
+
     monkeypatch.setattr(predlog.os, "writev", at_most_five_bytes)
+    monkeypatch.setattr(predlog.os, "pwritev", at_most_five_bytes_at)
     path = tmp_path / "out"
+    pieces = [b"abc", b"", bytearray(b"defghij"), memoryview(b"k" * 12)]
     with path.open("wb", buffering=0) as f:
-        predlog._write_all(f.fileno(), [b"abc", b"", bytearray(b"defghij"), b"k" * 12])
-    assert path.read_bytes() == b"abcdefghij" + b"k" * 12
+        predlog._write_all(f.fileno(), pieces)
+        predlog._write_all(f.fileno(), pieces, 30)
+    assert path.read_bytes() == b"abcdefghij" + b"k" * 12 + b"\0" * 8 + b"abcdefghij" + b"k" * 12
 
 
 def test_labels_are_logged_as_indices_and_read_back_as_names(tmp_path: Path) -> None:
@@ -236,7 +395,7 @@ def test_malformed_packed_labels_are_refused(change: dict[str, Any], message: st
 
 
 def test_queued_bytes_are_bounded_when_the_disk_cannot_keep_up(tmp_path: Path) -> None:
-    """Batches are ~164 KB a line: a record count alone would let a slow disk fill the memory."""
+    """Batches are ~120 KiB a record: a record count alone would let a slow disk fill the memory."""
     dropped: list[int] = []
     log = PredictionLog(
         tmp_path,
@@ -248,9 +407,9 @@ def test_queued_bytes_are_bounded_when_the_disk_cannot_keep_up(tmp_path: Path) -
     )
     big = np.zeros((30, 1024), dtype=np.float32)
     results = [log.append(str(i), 0.0, 1024, big, {}, {}) for i in range(4)]
-    assert results == [True, True, False, False]  # two lines fit in 400 KB, the next ones are dropped
-    assert sum(dropped) == 2 and log.dropped == 2
+    assert results == [True, True, True, False]  # three records of 120 KiB fit in 400 KB, the next is dropped
+    assert sum(dropped) == 1 and log.dropped == 1
     log.flush()  # the disk caught up: there is room again
     assert log.append("later", 0.0, 1024, big, {}, {}) is True
     log.close()
-    assert [r["id"] for r in read_lines(tmp_path)] == ["0", "1", "later"]
+    assert [r["id"] for r in read_lines(tmp_path)] == ["0", "1", "2", "later"]
