@@ -422,8 +422,12 @@ class PredictionLog:
         }
         if numeric is not None:
             record["numeric"] = _pack(numeric, blobs, self.blob_from)
-        blob_bytes = sum(_padded(array.nbytes) for array, _ in blobs)
-        line = b"" if blobs else orjson.dumps(record, option=_OPTIONS)  # with blobs: once offsets are known
+        if blobs:
+            blob_bytes = sum(_padded(array.nbytes) for array, _ in blobs)
+            line = b""  # serialized once the offsets are known
+        else:
+            blob_bytes = 0
+            line = orjson.dumps(record, option=_OPTIONS)
         with self._lock:
             if not self._closed and self._pending < self.max_pending:
                 if blobs:
