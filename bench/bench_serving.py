@@ -490,7 +490,7 @@ def main() -> None:
         server(
             [*mlci, "--port", str(ports["mlci"]), "--log-dir", str(log_dir)],
             f"{urls['mlci']}/v2/health/ready",
-            env={"MLCI_SERVE_LOG_KEEP": "4"},  # rotated 64 MiB files: at most ~320 MiB of log on disk
+            env={"MLCI_SERVE_LOG_KEEP": "4"},  # 64 MiB segments: at most ~320 MiB of log on disk
         ),
         server([*mlci, "--port", str(ports["nolog"]), "--no-log"], f"{urls['nolog']}/v2/health/ready"),
         server(
@@ -615,7 +615,7 @@ def render(report: dict[str, Any], duration: int, mlserver_note: str) -> str:
         "MLServer runs with its defaults (`mlserver start`, one parallel inference worker process, also pinned to core "
         f"{SERVER_CPU}); its venv has uvloop 0.21.0 because MLServer 1.7.1's worker crashes on uvloop 0.23 "
         "(`RuntimeError: There is no current event loop` in `mlserver/parallel/worker.py`).",
-        "`mlci` runs with the prediction log on (the production setting; 64 MiB files, the newest 4 kept) unless "
+        "`mlci` runs with the prediction log on (the production setting; 64 MiB segments, the newest 4 kept and their blob files recycled) unless "
         "marked `no log`, and with dynamic batching on (its default: concurrent requests share onnxruntime calls; "
         "the rows-per-call column shows it). The floor is `bench/floor_app.py`: a starlette route on the same uvicorn+httptools+uvloop "
         "stack that reads the body and returns a constant V2 response, with the same process tuning (mallopt, gc.freeze).",
