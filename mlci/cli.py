@@ -252,13 +252,13 @@ def runs(config_path: Path, workspace: Path | None, limit: int, prometheus: bool
     "--log-max-bytes",
     type=click.IntRange(min=1),
     default=None,
-    help="Rotate the prediction log file at this size (default 64 MiB, or MLCI_SERVE_LOG_MAX_BYTES).",
+    help="Rotate the prediction log when a segment (its .jsonl and its blob file) reaches this size (default 64 MiB, or MLCI_SERVE_LOG_MAX_BYTES).",
 )
 @click.option(
     "--log-keep",
     type=click.IntRange(min=0),
     default=None,
-    help="Rotated log files to keep, oldest deleted first; 0 keeps all (default, or MLCI_SERVE_LOG_KEEP).",
+    help="Rotated log segments to keep, oldest dropped first (their blob files are recycled); 0 keeps all (default, or MLCI_SERVE_LOG_KEEP).",
 )
 @click.option("--max-body-bytes", type=click.IntRange(min=1), default=None, help="Larger bodies get 413 (default 8 MiB).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads (default 1).")
