@@ -365,6 +365,7 @@ class PredictionLog:
         self._planned = self._file.tell()  # an empty leftover file is simply continued
         self._blob_fd: int | None = None
         self._blob_offset = _BLOB_HEADER  # where the writing segment's next blob bytes go
+        self._prune()  # a smaller keep than last time, or the leftover segment just rotated
         self._thread = threading.Thread(target=self._loop, name="mlci-predlog", daemon=True)
         self._thread.start()
 
@@ -568,21 +569,27 @@ class PredictionLog:
         self._writing = stem
         self._blob_offset = _BLOB_HEADER
         self._file = self._path.open("ab", buffering=0)
-        if self.keep:
-            rotated = sorted(self.directory.glob("predictions-*.jsonl"))
-            for old in rotated[: -self.keep]:
-                old.unlink(missing_ok=True)
-            oldest = rotated[-self.keep :][0].name[: -len(".jsonl")]
-            stale = [
-                p
-                for p in sorted(self.directory.glob(f"predictions-*{BLOB_SUFFIX}"))
-                if p.name[: -len(BLOB_SUFFIX)] < oldest
-            ]
-            if stale:
-                for old in stale[:-1]:
-                    old.unlink(missing_ok=True)
-                # the newest stale file: the likeliest to be in the page cache
-                self._blob_fd = self._open_blob(stale[-1])
+        self._prune()
+
+    def _prune(self) -> None:
+        """With ``keep``: delete the rotated segments beyond it; the newest blob file dropped (the likeliest
+        to be in the page cache) becomes the writing segment's, if that has none yet."""
+        if not self.keep:
+            return
+        rotated = sorted(self.directory.glob("predictions-*.jsonl"))
+        for old in rotated[: -self.keep]:
+            old.unlink(missing_ok=True)
+        kept = rotated[-self.keep :]
+        oldest = kept[0].name[: -len(".jsonl")] if kept else self._writing
+        stale = [
+            p
+            for p in sorted(self.directory.glob(f"predictions-*{BLOB_SUFFIX}"))
+            if p.name[: -len(BLOB_SUFFIX)] < oldest
+        ]
+        if stale and self._blob_fd is None:
+            self._blob_fd = self._open_blob(stale.pop())
+        for old in stale:
+            old.unlink(missing_ok=True)
 
     def _loop(self) -> None:
         while not self._closed:

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mlci.serving.predlog import (
     ACTIVE_FILE,
@@ -413,3 +415,67 @@ def test_queued_bytes_are_bounded_when_the_disk_cannot_keep_up(tmp_path: Path) -
     assert log.append("later", 0.0, 1024, big, {}, {}) is True
     log.close()
     assert [r["id"] for r in read_lines(tmp_path)] == ["0", "1", "2", "later"]
+
+
+_STEP = st.one_of(
+    st.tuples(st.just("append"), st.sampled_from([1, 40, 200, 1024])),
+    st.tuples(st.just("flush"), st.just(0)),
+    st.tuples(st.just("restart"), st.just(0)),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    steps=st.lists(_STEP, min_size=1, max_size=40),
+    max_bytes=st.sampled_from([20_000, 150_000, 400_000, 64 << 20]),
+    keep=st.sampled_from([0, 1, 3]),
+)
+def test_any_mix_of_batches_rotations_and_restarts_reads_back_exactly(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, int]], max_bytes: int, keep: int
+) -> None:
+    """Whatever the sizes, flushes, rotations, recycling and restarts: the records on disk are every record
+    appended (all of them without keep, the newest ones with it), in order, each array bit for bit."""
+    directory = tmp_path_factory.mktemp("log")
+
+    def open_log() -> PredictionLog:
+        return PredictionLog(
+            directory, model="m", digest="d", max_bytes=max_bytes, keep=keep, flush_interval_s=60
+        )
+
+    log = open_log()
+    appended: list[int] = []
+    for kind, rows in steps:
+        if kind == "append":
+            n = len(appended)
+            numeric = np.full((30, rows), n, dtype=np.float32)
+            numeric[n % 30, 0] = np.nan
+            probabilities = np.full((rows, 2), n / 7, dtype=np.float32)
+            assert log.append(str(n), float(n), rows, numeric, {}, {"probabilities": probabilities})
+            appended.append(rows)
+        elif kind == "flush":
+            log.flush()
+        else:
+            log.close()
+            log = open_log()
+    log.close()
+    records = read_lines(directory)
+    ids = [int(r["id"]) for r in records]
+    if keep == 0:
+        assert ids == list(range(len(appended)))
+    else:
+        assert ids == list(range(len(appended) - len(ids), len(appended)))  # the newest, none missing
+        assert len(list(directory.glob("predictions-*.jsonl"))) <= keep
+    with BlobReader(directory) as blobs:
+        for r in records:
+            n, rows = int(r["id"]), appended[int(r["id"])]
+            matrix = unpack_array(r["numeric"], blobs)
+            want = np.full((30, rows), n, dtype=np.float32)
+            want[n % 30, 0] = np.nan
+            assert matrix.tobytes() == want.tobytes() and r["rows"] == rows
+            probabilities = r["outputs"]["probabilities"]
+            got = (
+                unpack_array(probabilities, blobs)
+                if isinstance(probabilities, dict)
+                else np.array(probabilities)
+            )
+            np.testing.assert_array_equal(got, np.full((rows, 2), n / 7, dtype=np.float32))
