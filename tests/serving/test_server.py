@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 from click.testing import CliRunner
 
 from mlci.cli import cli
-from mlci.serving.predlog import read_lines
+from mlci.serving.predlog import BlobReader, read_lines, unpack_array
 
 pytestmark = pytest.mark.slow
 
@@ -53,14 +54,16 @@ class Tally:
 
 
 async def _hammer(
-    url: str, body: bytes, clients: int, seconds: float, tally: Tally, on_start: Any = None
+    url: str, body: bytes | list[bytes], clients: int, seconds: float, tally: Tally, on_start: Any = None
 ) -> None:
-    """``clients`` concurrent keep-alive clients POSTing until ``seconds`` pass; each request times out at 15 s."""
+    """``clients`` concurrent keep-alive clients POSTing until ``seconds`` pass; each request times out at 15 s.
+    With a list of bodies, client ``i`` sends body ``i % len(bodies)``."""
+    bodies = body if isinstance(body, list) else [body]
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(limits=limits, timeout=15) as ac:
         until = time.monotonic() + seconds
 
-        async def client() -> None:
+        async def client(body: bytes) -> None:
             while time.monotonic() < until:
                 try:
                     response = await ac.post(url, content=body, headers={"content-type": "application/json"})
@@ -78,7 +81,7 @@ async def _hammer(
 
         if on_start is not None:
             on_start()
-        await asyncio.gather(*(client() for _ in range(clients)))
+        await asyncio.gather(*(client(bodies[i % len(bodies)]) for i in range(clients)))
 
 
 def _row_body(bc_rows: list[dict[str, float]], make_body: Any) -> bytes:
@@ -106,7 +109,10 @@ def test_load_64_clients_20s_no_failures_no_lost_log_lines(
 def test_sigterm_under_load_keeps_every_answered_request(
     bc_artifact: Path, tmp_path: Path, serve_subprocess: Any, bc_rows: list[dict[str, float]], make_body: Any
 ) -> None:
+    """Single rows and 200-row batches (whose arrays go to the log's blob files): every answered request is
+    in the log after the shutdown, and every batch's inputs read back exactly."""
     log_dir = tmp_path / "log"
+    batch_rows = (bc_rows * 4)[:200]
     tally = Tally()
     with serve_subprocess(bc_artifact, log_dir) as (proc, url):
 
@@ -117,7 +123,7 @@ def test_sigterm_under_load_keeps_every_answered_request(
         asyncio.run(
             _hammer(
                 f"{url}/v2/models/breast-cancer/infer",
-                _row_body(bc_rows, make_body),
+                [_row_body(bc_rows, make_body), orjson.dumps(make_body(batch_rows))],
                 64,
                 6,
                 tally,
@@ -129,9 +135,17 @@ def test_sigterm_under_load_keeps_every_answered_request(
     assert tally.timeouts == 0, "a request hung across the shutdown"
     assert tally.statuses == [], f"non-200 answers during shutdown: {set(tally.statuses)}"
     assert len(tally.ok_ids) > 100 and tally.errors, "the load did not straddle the SIGTERM"
-    logged = {r["id"] for r in read_lines(log_dir)}
+    records = read_lines(log_dir)
+    logged = {r["id"] for r in records}
     assert set(tally.ok_ids) <= logged
     assert len(logged) == len(tally.ok_ids)
+    batches = [r for r in records if r["rows"] == 200]
+    assert len(batches) > 10 and all("blob" in r["numeric"] for r in batches)
+    names = list(bc_rows[0])
+    sent = np.array([[row[n] for row in batch_rows] for n in names], dtype=np.float32)
+    with BlobReader(log_dir) as blobs:
+        for r in batches:
+            np.testing.assert_array_equal(unpack_array(r["numeric"], blobs), sent)
 
 
 def test_cli_refuses_unwritable_log_dir(bc_artifact: Path, tmp_path: Path) -> None:
