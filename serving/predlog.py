@@ -613,8 +613,12 @@ def _write_all(fd: int, pieces: Sequence[bytes | bytearray | memoryview], offset
         batch = views[:_IOV_MAX]
         if offset is None:
             written = os.writev(fd, batch)
-        else:
+        elif hasattr(os, "pwritev"):
             written = os.pwritev(fd, batch, offset)
+            offset += written
+        else:  # macOS before Python 3.12: only the writer thread writes this file, so seek, then write
+            os.lseek(fd, offset, os.SEEK_SET)
+            written = os.writev(fd, batch)
             offset += written
         done = 0
         while done < len(batch) and written >= len(batch[done]):

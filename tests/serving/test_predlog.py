@@ -362,6 +362,10 @@ def test_write_all_resumes_after_short_writes(monkeypatch: pytest.MonkeyPatch, t
         predlog._write_all(f.fileno(), pieces)
         predlog._write_all(f.fileno(), pieces, 30)
     assert path.read_bytes() == b"abcdefghij" + b"k" * 12 + b"\0" * 8 + b"abcdefghij" + b"k" * 12
+    monkeypatch.delattr(predlog.os, "pwritev")  # as on macOS before Python 3.12: seek, then writev
+    with path.open("r+b", buffering=0) as f:
+        predlog._write_all(f.fileno(), [b"XY", b"Z" * 7], 3)
+    assert path.read_bytes() == b"abcXYZZZZZZZ" + b"k" * 10 + b"\0" * 8 + b"abcdefghij" + b"k" * 12
 
 
 def test_labels_are_logged_as_indices_and_read_back_as_names(tmp_path: Path) -> None:
