@@ -53,6 +53,7 @@ monitor reads every format.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import re
 import sys
@@ -94,29 +95,44 @@ _BLOB_HEADER = 64  # magic, then the file's own name, space-padded
 _BLOB_ALIGN = 64
 _ZEROS = memoryview(bytes(_BLOB_ALIGN))
 _BLOB_NAME = re.compile(r"predictions-[0-9A-Za-z._-]+\.bin\Z")  # a plain name in the log directory
-_BLOB_REF = re.compile(rb'"blob":\["(predictions-[0-9A-Za-z._-]+\.bin)"')
+_BLOB_KEY = b'"blob":["'  # how a line starts a blob reference (orjson writes no spaces)
+
+
+# (array, its packed document, which gets the "blob" reference once the array's offset is known)
+_Blobs = list[tuple[np.ndarray, dict[str, Any]]]
+
+
+def _pack(array: np.ndarray, blobs: _Blobs, blob_from: float) -> dict[str, Any]:
+    """A numeric array packed inline (base64), or from ``blob_from`` bytes set aside in ``blobs``."""
+    contiguous = np.ascontiguousarray(array)
+    packed: dict[str, Any] = {"dtype": contiguous.dtype.str, "shape": list(contiguous.shape)}
+    if contiguous.nbytes < blob_from:
+        packed["b64"] = pybase64.b64encode_as_string(contiguous.data)
+    else:
+        blobs.append((contiguous, packed))
+    return packed
+
+
+def _pack_labels(
+    classes: Sequence[str], index: np.ndarray, blobs: _Blobs, blob_from: float
+) -> dict[str, Any]:
+    """Class labels as their indices (in the smallest unsigned type that holds them) plus the class names."""
+    small = index.astype(
+        np.uint8 if len(classes) <= 256 else np.uint16 if len(classes) <= 65536 else np.int64
+    )
+    packed = _pack(small, blobs, blob_from)
+    packed["classes"] = list(classes)
+    return packed
 
 
 def pack_array(array: np.ndarray) -> dict[str, Any]:
     """A numeric array as ``{"dtype": "<f4", "shape": [rows, cols], "b64": "<base64 of its C-order bytes>"}``."""
-    contiguous = np.ascontiguousarray(array)
-    return {
-        "dtype": contiguous.dtype.str,
-        "shape": list(contiguous.shape),
-        "b64": pybase64.b64encode_as_string(contiguous.data),
-    }
-
-
-def _label_indices(classes: Sequence[str], index: np.ndarray) -> np.ndarray:
-    """Class indices in the smallest unsigned type that holds them."""
-    return index.astype(np.uint8 if len(classes) <= 256 else np.uint16 if len(classes) <= 65536 else np.int64)
+    return _pack(array, [], math.inf)
 
 
 def pack_labels(classes: Sequence[str], index: np.ndarray) -> dict[str, Any]:
     """Class labels as their indices (a packed array of the smallest unsigned type) plus the class names."""
-    packed = pack_array(_label_indices(classes, index))
-    packed["classes"] = list(classes)
-    return packed
+    return _pack_labels(classes, index, [], math.inf)
 
 
 def _blob_header(name: str) -> bytes:
@@ -265,22 +281,8 @@ def unpack_array(packed: Any, blobs: BlobReader | None = None) -> np.ndarray:
     return names
 
 
-# (array, its packed document, which gets the "blob" reference once the array's offset is known)
-_Blobs = list[tuple[np.ndarray, dict[str, Any]]]
-
-
 def _padded(nbytes: int) -> int:
     return nbytes + (-nbytes) % _BLOB_ALIGN
-
-
-def _pack(array: np.ndarray, blobs: _Blobs, blob_from: int) -> dict[str, Any]:
-    """A numeric array packed inline, or (from ``blob_from`` bytes) set aside for the blob file."""
-    if array.nbytes < blob_from:
-        return pack_array(array)
-    contiguous = np.ascontiguousarray(array)
-    packed: dict[str, Any] = {"dtype": contiguous.dtype.str, "shape": list(contiguous.shape)}
-    blobs.append((contiguous, packed))
-    return packed
 
 
 def _output(
@@ -292,9 +294,7 @@ def _output(
         classes, index = indexed
         if index.size < _PACK_OUTPUTS_FROM:
             return np.array(classes, dtype=object).take(index).tolist()
-        packed = _pack(_label_indices(classes, index), blobs, blob_from)
-        packed["classes"] = list(classes)
-        return packed
+        return _pack_labels(classes, index, blobs, blob_from)
     if array.size < _PACK_OUTPUTS_FROM:
         return array.tolist()
     return _pack(array, blobs, blob_from) if array.dtype.kind in _PACKABLE_KINDS else array.tolist()
@@ -375,15 +375,21 @@ class PredictionLog:
 
     def _rotate_leftover(self) -> None:
         """A previous run's non-empty active file becomes a rotated segment, named after the blob file its
-        lines point to (if they point to exactly one), so that pruning deletes the two together."""
+        lines point to, so that pruning deletes the two together."""
         try:
-            content = self._path.read_bytes()
+            f = self._path.open("rb")
         except FileNotFoundError:
             return
-        if not content:
-            return
-        names = {m.group(1).decode() for m in _BLOB_REF.finditer(content)}
-        stem = names.pop()[: -len(BLOB_SUFFIX)] if len(names) == 1 else self._next_stem()
+        with f:
+            if not os.fstat(f.fileno()).st_size:
+                return
+            # A segment's lines all point to one blob file: the first reference names it. Searched in a map
+            # of the file, so a segment without batches is scanned without being read into memory.
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as content:
+                start = content.find(_BLOB_KEY)
+                end = content.find(b'"', start + len(_BLOB_KEY)) if start >= 0 else -1
+                name = content[start + len(_BLOB_KEY) : end].decode("ascii", "replace") if end >= 0 else ""
+        stem = name[: -len(BLOB_SUFFIX)] if _BLOB_NAME.match(name) else self._next_stem()
         if (self.directory / f"{stem}.jsonl").exists():
             stem = self._next_stem()
         self._path.rename(self.directory / f"{stem}.jsonl")
