@@ -6,8 +6,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Debian packages the tests start for real (an OCI registry on 127.0.0.1, skopeo to read it back).
+APT_PACKAGES ?= git docker-registry skopeo
 
-.PHONY: demo test venv bench lint typecheck clean
+.PHONY: demo test venv system-deps bench lint typecheck clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +25,24 @@ demo: $(STAMP)
 	@echo
 	@echo "Run it again: every stage is a cache hit. List runs: (cd examples/breast_cancer && ../../$(BIN)/mlci runs)"
 
-# pytest exits 5 when it collects no test; say so loudly instead of passing silently or failing obscurely.
-test: $(STAMP)
+# Installs the Debian packages the suite needs when they are missing: with apt as root, otherwise it stops
+# and names the command to run (nothing is installed behind a user's back with sudo).
+system-deps:
+	@missing=""; for pkg in $(APT_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make: installing Debian packages the tests need:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+	  else \
+	    echo "make: the tests need the Debian packages$$missing; install them with:"; \
+	    echo "  sudo apt-get install -y$$missing"; \
+	    exit 2; \
+	  fi; \
+	fi
+
+# pytest exits 5 when it collects no test: that is a failure (nothing was checked), said in so many words.
+test: $(STAMP) system-deps
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)"; fi; exit $$rc
 
