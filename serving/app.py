@@ -14,11 +14,11 @@ import os
 import sys
 import threading
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -37,6 +37,7 @@ from mlci.serving.errors import (
     NotReady,
     PayloadTooLarge,
     ServingError,
+    UnsupportedEncoding,
 )
 from mlci.serving.metrics import CONTENT_TYPE, ServingMetrics
 from mlci.serving.predlog import PredictionLog
@@ -131,25 +132,70 @@ class ServerState:
         return runtime
 
 
-def _infer_headers(request: Request) -> tuple[int | None, int | None]:
-    """Content-Length and Inference-Header-Content-Length, in one pass over the raw (lower-cased) headers."""
-    content_length = header_length = None
+def _infer_headers(request: Request) -> tuple[int | None, int | None, bytes | None]:
+    """Content-Length, Inference-Header-Content-Length and Content-Encoding, in one pass over the raw
+    (lower-cased) headers."""
+    content_length = header_length = encoding = None
     for key, value in request.scope["headers"]:
         if key == b"content-length":
             content_length = value
         elif key == b"inference-header-content-length":
             header_length = value
-    return _byte_count("Content-Length", content_length), _byte_count(
-        "Inference-Header-Content-Length", header_length
+        elif key == b"content-encoding":
+            encoding = value
+    return (
+        _byte_count("Content-Length", content_length),
+        _byte_count("Inference-Header-Content-Length", header_length),
+        encoding,
     )
 
 
 def _byte_count(header: str, value: bytes | None) -> int | None:
     if value is None:
         return None
-    if not value.isdigit():
-        raise BadRequest(f"{header} is {value.decode('latin-1')!r}; expected a number of bytes.")
+    if not value.isdigit() or len(value) > 18:  # 18 digits: beyond any body; int() refuses 4,300+ digits
+        shown = value[:40].decode("latin-1") + ("…" if len(value) > 40 else "")
+        raise BadRequest(f"{header} is {shown!r} ({len(value)} characters); expected a number of bytes.")
     return int(value)
+
+
+# Content-Encoding of a request body (tritonclient's request_compression_algorithm) -> zlib window bits to
+# try: HTTP's "deflate" is the zlib format, but some clients send raw deflate.
+_ENCODINGS = {
+    b"gzip": (16 + zlib.MAX_WBITS,),
+    b"x-gzip": (16 + zlib.MAX_WBITS,),
+    b"deflate": (zlib.MAX_WBITS, -zlib.MAX_WBITS),
+}
+
+
+def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
+    """The body decoded per its Content-Encoding, refused with 413 once it inflates beyond ``limit``."""
+    name = encoding.strip().lower()
+    if name == b"identity":
+        return body
+    attempts = _ENCODINGS.get(name)
+    if attempts is None:
+        raise UnsupportedEncoding(
+            f"Content-Encoding {encoding.decode('latin-1')[:40]!r} is not supported; send the body as is, "
+            "or compressed with gzip or deflate."
+        )
+    label = name.decode()
+    for wbits in attempts:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(body, limit + 1)  # at most limit + 1 bytes: enough to know it is too big
+        except zlib.error as exc:
+            error = exc
+            continue
+        if len(out) > limit:
+            raise PayloadTooLarge(
+                f"The {label} body inflates beyond {limit} bytes (--max-body-bytes). "
+                "Split the batch into smaller requests."
+            )
+        if not inflater.eof:
+            raise BadRequest(f"The {label} body is truncated: its compressed stream does not end.")
+        return out
+    raise BadRequest(f"The body is not valid {label} data ({error}); compress it again.")
 
 
 async def _read_body(request: Request, declared: int | None, limit: int) -> bytes:
@@ -188,13 +234,15 @@ def _routes(state: ServerState) -> list[Route]:
         request.scope["mlci.endpoint"] = "infer"
         start = request.scope["mlci.start"] = time.perf_counter()
         runtime = state.check_model(request)
-        content_length, header_length = _infer_headers(request)
+        content_length, header_length, encoding = _infer_headers(request)
         body = await _read_body(request, content_length, settings.max_body_bytes)
+        if encoding is not None:
+            body = _decompress(body, encoding, settings.max_body_bytes)
         decoded = runtime.decoder.decode(body, header_length)
         batcher = state.batcher
         assert batcher is not None  # load() sets it before it publishes the runtime check_model returned
         results, index = await batcher.predict(decoded)  # may share a call with concurrent requests
-        request_id = decoded.id or state.next_id()
+        request_id = decoded.id if decoded.id is not None else state.next_id()  # "" is an id too
         by_name = dict(zip(runtime.output_names, results, strict=True))
         if decoded.outputs is None:
             chosen = [(spec, by_name[spec.name], decoded.binary_output) for spec in runtime.outputs]
@@ -218,19 +266,13 @@ def _routes(state: ServerState) -> list[Route]:
             encoded=encoded,
         )
         if state.log is not None:
-            logged = by_name
-            if runtime.probability_outputs:
-                logged = {
-                    name: array.astype(np.float32) if name in runtime.probability_outputs else array
-                    for name, array in by_name.items()
-                }
             state.log.append(
                 request_id,
                 time.time(),
                 decoded.rows,
                 decoded.numeric,
                 decoded.categories,
-                logged,
+                by_name,  # probabilities are float32 already (runtime.PROBABILITY_TYPE)
                 None if labels is None else {runtime.label_output: (labels.classes, index)},
             )
         metrics = state.metrics

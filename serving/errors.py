@@ -16,6 +16,7 @@ __all__ = [
     "NotReady",
     "PayloadTooLarge",
     "ServingError",
+    "UnsupportedEncoding",
 ]
 
 
@@ -47,6 +48,12 @@ class PayloadTooLarge(ServingError):
     """The body exceeds the configured size limit."""
 
     status_code = 413
+
+
+class UnsupportedEncoding(ServingError):
+    """The body's Content-Encoding is not one the server decodes (gzip, deflate, identity)."""
+
+    status_code = 415
 
 
 class ClientClosed(ServingError):

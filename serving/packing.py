@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import GraphProto, NodeProto, TensorProto, helper, numpy_helper
 
-__all__ = ["CLASS_INDEX", "PACKED_INPUT", "index_labels", "is_fused", "pack_numeric_inputs"]
+__all__ = ["CLASS_INDEX", "PACKED_INPUT", "cast_outputs", "index_labels", "is_fused", "pack_numeric_inputs"]
 
 PACKED_INPUT = "mlci_numeric"
 _ROWS = "mlci_numeric_rows"  # the packed input transposed to [N, n_numeric]
@@ -182,3 +182,42 @@ def index_labels(model_bytes: bytes, label_output: str) -> tuple[bytes, tuple[st
     graph.value_info.extend(kept)
     indexed: bytes = model.SerializeToString()
     return indexed, names
+
+
+def cast_outputs(model_bytes: bytes, types: dict[str, int]) -> bytes:
+    """``model_bytes`` whose outputs named in ``types`` come out as that ONNX element type.
+
+    A ``Cast`` is added behind the node that produced each output (which now writes an inner name), so a
+    client sees one datatype whatever the estimator computed in: skl2onnx gives a LogisticRegression's
+    probabilities in double and a forest's in float. Outputs already of their type are left alone; the
+    bytes come back unchanged when nothing needs a cast.
+    """
+    model = onnx.load_from_string(model_bytes)
+    graph = model.graph
+    wanted = {
+        o.name: types[o.name]
+        for o in graph.output
+        if o.name in types and o.type.tensor_type.elem_type != types[o.name]
+    }
+    if not wanted:
+        return model_bytes
+    inner = {name: f"{name}_mlci_uncast" for name in wanted}
+    produced = {out for node in graph.node for out in node.output}
+    missing = sorted(set(wanted) - produced)
+    if missing:
+        raise ValueError(f"model.onnx outputs {missing} are not computed by any node; they cannot be cast.")
+    for node in graph.node:
+        node.output[:] = [inner.get(name, name) for name in node.output]
+        node.input[:] = [inner.get(name, name) for name in node.input]
+    for name, elem_type in wanted.items():
+        graph.node.append(
+            helper.make_node("Cast", [inner[name]], [name], to=elem_type, name=f"mlci_cast_{name}")
+        )
+    for output in graph.output:
+        if output.name in wanted:
+            output.type.tensor_type.elem_type = wanted[output.name]
+    for value in graph.value_info:
+        if value.name in inner:
+            value.name = inner[value.name]
+    cast: bytes = model.SerializeToString()
+    return cast

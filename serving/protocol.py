@@ -15,12 +15,21 @@ Missing and non-finite values, the policy:
   stripped, as in training.
 - ``+inf``/``-inf`` (binary data, or a JSON number beyond the float32 range) are rejected with 422 naming the
   input and the element: no training row held one, so the model's answer would be meaningless.
-  JSON itself has no NaN/Infinity literals; a body that uses them is not JSON (400).
+- JSON has no NaN/Infinity literals, but Python's ``json.dumps`` (and ``tritonclient`` in JSON mode) writes
+  them, so they are read as such: ``NaN`` is a missing value like ``null``, ``Infinity``/``-Infinity`` get the
+  422 above. A body is first parsed by orjson; only one it refuses and that holds such a literal is parsed
+  again by the standard library, so the common path pays nothing.
+
+Binary tensor data follows the JSON header in the order the inputs are listed in the JSON (Triton's
+``extension_binary_data.md``), whatever the model's schema order; status 400 means "not a V2 request", 422
+"a V2 request that does not fit this model" (an unknown or missing input or output, datatype, shape, value).
 """
 
 from __future__ import annotations
 
 import difflib
+import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -114,6 +123,7 @@ class _PlainRequest(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     id: str | None = None
     parameters: dict[str, Any] | None = None
     outputs: list[Any] | None = None
+    model_name: str | None = None  # not in the OIP request, but kserve's and Triton's clients send it
 
 
 class _BinarySize(msgspec.Struct, forbid_unknown_fields=True, gc=False):
@@ -132,11 +142,40 @@ class _BinaryRequest(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     id: str | None = None
     parameters: dict[str, Any] | None = None
     outputs: list[Any] | None = None
+    model_name: str | None = None  # not in the OIP request, but kserve's and Triton's clients send it
 
 
 _PLAIN = msgspec.json.Decoder(_PlainRequest)
 _BINARY = msgspec.json.Decoder(_BinaryRequest)
 _FP32 = np.dtype("<f4")
+
+
+_NON_FINITE = re.compile(rb"NaN|Infinity")
+
+
+def _int_or_float(text: str) -> int | float:
+    """A JSON integer as orjson reads it: an int within 64 bits, else a float (never a 5,000-digit int)."""
+    return int(text) if len(text) <= 18 else float(text)
+
+
+def _loads(body: bytes) -> Any:
+    """The JSON document of a request; the standard library's parser only for NaN/Infinity literals."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        error = exc
+    if _NON_FINITE.search(body) is not None:
+        try:
+            doc = json.loads(body, parse_int=_int_or_float)
+            # What orjson would refuse to write again (a lone surrogate, nesting beyond its depth limit) is
+            # refused here, so nothing later (the log, an error message) meets it.
+            orjson.dumps(doc)
+            return doc
+        except (ValueError, TypeError, RecursionError):
+            pass
+    raise BadRequest(
+        f"The request body is not valid JSON ({error}). Send a V2 inference request: {_EXAMPLE}"
+    ) from None
 
 
 def _names(names: Sequence[str], limit: int = 8) -> str:
@@ -179,19 +218,14 @@ class Decoder:
             fast = self._fast_plain(body) if self._fast else None
         if fast is not None:
             return fast
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(
-                f"The request body is not valid JSON ({exc}). Send a V2 inference request: {_EXAMPLE}"
-            ) from None
+        doc = _loads(body)
         if type(doc) is not dict:
             raise BadRequest(f"The request body must be a JSON object; got {json_type(doc)}. Send {_EXAMPLE}")
         request_id = doc.get("id")
         if request_id is not None and type(request_id) is not str:
             raise BadRequest(f"'id' must be a string; got {show(request_id)} ({json_type(request_id)}).")
         binary_output = self._request_parameters(doc.get("parameters"))
-        outputs = self._requested_outputs(doc.get("outputs"))
+        outputs = self._requested_outputs(doc.get("outputs"), binary_output)
         inputs = doc.get("inputs")
         items = self._items(inputs)
         # Clients usually send the inputs in schema order: then the dict is already in order.
@@ -282,7 +316,7 @@ class Decoder:
         self, request: _PlainRequest | _BinaryRequest, rows: int, numeric: np.ndarray
     ) -> InferRequest:
         binary_output = self._request_parameters(request.parameters)
-        outputs = self._requested_outputs(request.outputs)
+        outputs = self._requested_outputs(request.outputs, binary_output)
         return InferRequest(request.id, rows, numeric, {}, {}, outputs, binary_output)
 
     @staticmethod
@@ -298,7 +332,9 @@ class Decoder:
             raise BadRequest(f"parameters.binary_data_output must be true or false; got {show(flag)}.")
         return flag
 
-    def _requested_outputs(self, outputs: Any) -> tuple[tuple[str, bool], ...] | None:
+    def _requested_outputs(self, outputs: Any, binary_output: bool) -> tuple[tuple[str, bool], ...] | None:
+        """(name, as binary) per requested output; an output's ``binary_data`` overrides the request's
+        ``binary_data_output``, which applies to every output that does not say."""
         if outputs is None:
             return None
         if type(outputs) is not list:
@@ -312,18 +348,18 @@ class Decoder:
             if type(name) is not str:
                 raise BadRequest(f"outputs[{i}] must be an object with a 'name' string; got {show(item)}.")
             if name not in self._output_names:
-                raise BadRequest(
+                raise InvalidInput(
                     f"Output {name!r} (outputs[{i}]) does not exist. Available outputs are {_names(self._output_names)}."
                 )
             if name in seen:
-                raise BadRequest(
+                raise InvalidInput(
                     f"Output {name!r} is requested twice in 'outputs'; request each output once."
                 )
             seen.add(name)
             parameters = item.get("parameters")
             if parameters is not None and type(parameters) is not dict:
                 raise BadRequest(f"outputs[{i}].parameters must be a JSON object; got {show(parameters)}.")
-            flag = (parameters or {}).get("binary_data", False)
+            flag = (parameters or {}).get("binary_data", binary_output)
             if type(flag) is not bool:
                 raise BadRequest(
                     f"outputs[{i}].parameters.binary_data must be true or false; got {show(flag)}."
@@ -381,14 +417,16 @@ class Decoder:
     def _shapes(
         self, items: dict[str, dict[str, Any]], binary: memoryview | bytes
     ) -> tuple[int, dict[str, Any]]:
-        """Check datatype family and shape of every input; return the batch size and each input's data."""
+        """Check datatype family and shape of every input; return the batch size and each input's data.
+
+        ``items`` is in request order, which is the order binary chunks follow the header in."""
         rows = -1
         first = ""
         offset = 0
         sources: dict[str, Any] = {}
-        for spec in self.inputs:
-            name = spec.name
-            item = items[name]
+        specs = self._specs
+        for name, item in items.items():
+            spec = specs[name]
             datatype = item.get("datatype")
             if type(datatype) is not str or datatype not in KNOWN_DATATYPES:
                 raise BadRequest(
@@ -482,10 +520,11 @@ class Decoder:
         ):
             return None
         # orjson.dumps tells 1 from 1.0 and true, which list equality does not.
-        if (
-            orjson.dumps(shapes) != orjson.dumps([shape] * count)
-            or list(map(type, datas)).count(list) != count
-        ):
+        try:
+            same = orjson.dumps(shapes) == orjson.dumps([shape] * count)
+        except orjson.JSONEncodeError:  # a shape nested beyond orjson's depth: the exact path names it
+            return None
+        if not same or list(map(type, datas)).count(list) != count:
             return None
         return shape[0], datas
 

@@ -11,16 +11,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from onnx import TensorProto
 
 from mlci.errors import DataError
 from mlci.model.artifact import read_manifest, verify_artifact
 from mlci.model.onnxio import open_session
 from mlci.serving.errors import InvalidInput
-from mlci.serving.packing import PACKED_INPUT, index_labels, pack_numeric_inputs
+from mlci.serving.packing import PACKED_INPUT, cast_outputs, index_labels, pack_numeric_inputs
 from mlci.serving.protocol import Decoder, InputSpec, OutputSpec
 from mlci.serving.tensors import BYTES, ClassLabels
 
 __all__ = ["ModelInfo", "ModelRuntime", "model_info"]
+
+# The OIP's platform name for "an ONNX model encoded for ONNX Runtime" (inference_rest.md, Platforms); Triton
+# says onnxruntime_onnx, which V2 clients do not read either.
+PLATFORM = "onnx_onnxv1"
+# One datatype per kind of float output whatever the estimator computed in (skl2onnx gives a LogisticRegression's
+# probabilities in double, a forest's in float): probabilities are FP32 (in [0, 1], so the error is below
+# 6e-8), a regressor's values FP64 (a float32 value is exact in FP64, a double keeps its digits).
+PROBABILITY_TYPE = TensorProto.FLOAT
+VALUE_TYPE = TensorProto.DOUBLE
 
 _ONNX_TO_V2 = {
     "tensor(float)": "FP32",
@@ -88,6 +98,11 @@ class ModelRuntime:
         packed = pack_numeric_inputs(model_bytes, self.numeric) if self.numeric else model_bytes
         # A classifier's string label output answers class indices instead (see packing.index_labels).
         label = next((o.name for o in original.get_outputs() if o.type == "tensor(string)"), None)
+        float_type = PROBABILITY_TYPE if info.task == "classification" else VALUE_TYPE
+        packed = cast_outputs(
+            packed,
+            {o.name: float_type for o in original.get_outputs() if o.type in ("tensor(float)", "tensor(double)")},
+        )
         indexed = index_labels(packed, label) if label is not None and info.task == "classification" else None
         self.labels: ClassLabels | None = None
         self._label_position = -1
@@ -109,10 +124,6 @@ class ModelRuntime:
         if self.labels is not None:
             self._label_position = self.output_names.index(label)
         self._checked = [(i, o.name) for i, o in enumerate(self.outputs) if o.datatype in ("FP32", "FP64")]
-        # a classifier's probabilities: in [0, 1], so the prediction log keeps them as float32 (error < 6e-8)
-        self.probability_outputs = frozenset(
-            name for _, name in self._checked if info.task == "classification" and name != label
-        )
         self.decoder = Decoder(info.inputs, self.outputs)
 
     @classmethod
@@ -172,7 +183,7 @@ class ModelRuntime:
         return {
             "name": self.info.name,
             "versions": [self.info.digest],
-            "platform": "onnxruntime_onnx",
+            "platform": PLATFORM,
             "inputs": [{"name": s.name, "datatype": s.datatype, "shape": [-1, 1]} for s in self.info.inputs],
             "outputs": [
                 {"name": o.name, "datatype": o.datatype, "shape": list(o.shape)} for o in self.outputs

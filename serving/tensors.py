@@ -6,6 +6,7 @@ belongs to, so every error names the input and the element.
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 import numpy as np
@@ -56,8 +57,20 @@ def json_type(value: Any) -> str:
     )
 
 
+def _shower() -> reprlib.Repr:
+    # Bounded in depth, length and digits: a client's value nested 1,000 deep, or an integer of 5,000 digits,
+    # must still make an error message (repr() recurses and refuses long integers).
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxlong, r.maxother = 3, 6, 4, 60, 40, 60
+    return r
+
+
+_SHOW = _shower()
+
+
 def show(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+    """A short, always-computable ``repr`` of a client's value for an error message."""
+    text = _SHOW.repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -114,6 +114,28 @@ def plain_body(draw: st.DrawFn) -> bytes:
     return json.dumps(doc).encode()  # stdlib: writes integers beyond 64 bits, as clients may
 
 
+def test_a_top_level_model_name_keeps_the_fast_paths() -> None:
+    """kserve's InferenceRESTClient (and Triton's own examples) put ``"model_name"`` in every request body."""
+    plain = orjson.dumps(
+        {
+            "model_name": "m",
+            "inputs": [{"name": n, "datatype": "FP32", "shape": [2], "data": [1, 2.5]} for n in ("a", "b")],
+        }
+    )
+    assert FAST._fast_plain(plain) is not None
+    header = orjson.dumps(
+        {
+            "model_name": "m",
+            "inputs": [
+                {"name": n, "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}}
+                for n in ("a", "b")
+            ],
+        }
+    )
+    assert FAST._fast_binary(header, struct.pack("<4f", 1, 2, 3, 4)) is not None
+    assert outcome(FAST, plain, None) == outcome(GENERAL, plain, None)
+
+
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(plain_body())
 def test_plain_json_fast_path_agrees_with_the_general_path(body: bytes) -> None:

@@ -37,7 +37,8 @@ def test_run_matches_session(mixed_artifact: Path) -> None:
     want = open_session(mixed_artifact / "model.onnx").run(None, feeds)
     got = runtime.run(feeds)
     assert got[0].tolist() == want[0].tolist()
-    np.testing.assert_array_equal(got[1], want[1])
+    assert got[1].dtype == np.float32  # probabilities are FP32 whatever the model computes in
+    np.testing.assert_array_equal(got[1], want[1].astype(np.float32))
 
 
 @pytest.mark.parametrize("target", ["model.onnx", "manifest.json"])
@@ -105,8 +106,65 @@ def test_labels_come_from_class_indices_and_match_the_model(
     assert len(set(want[0].tolist())) == 2  # both classes occur: the mapping is really exercised
     assert results[0].dtype == np.int64  # the label output holds class indices here
     assert runtime.labels.strings(results[0]).tolist() == want[0].tolist()
-    np.testing.assert_array_equal(results[1], want[1])
+    np.testing.assert_array_equal(results[1], want[1].astype(np.float32))
     assert (
         runtime.predict(packed, {k: v for k, v in feeds.items() if k not in numeric})[0].tolist()
         == want[0].tolist()
     )
+
+
+_ESTIMATORS = {
+    "logistic": ("classification", "sklearn.linear_model.LogisticRegression", "{ max_iter = 500 }"),
+    "forest": (
+        "classification",
+        "sklearn.ensemble.RandomForestClassifier",
+        "{ n_estimators = 5, random_state = 0 }",
+    ),
+    "ridge": ("regression", "sklearn.linear_model.Ridge", "{}"),
+    "forest-regressor": (
+        "regression",
+        "sklearn.ensemble.RandomForestRegressor",
+        "{ n_estimators = 5, random_state = 0 }",
+    ),
+}
+
+
+@pytest.mark.parametrize("estimator", list(_ESTIMATORS))
+def test_one_float_datatype_per_task_whatever_the_estimator(estimator: str, tmp_path: Path) -> None:
+    """Probabilities are FP32 and regression values FP64 for every estimator (skl2onnx's own output types
+    differ: double for linear models, float for trees); the served numbers are the model's, cast."""
+    import random
+
+    from mlci.config import load_config
+    from mlci.pipeline import run_pipeline
+
+    task, cls, params = _ESTIMATORS[estimator]
+    rng = random.Random(5)
+    lines = ["x1,x2,y"]
+    for _ in range(160):
+        x1, x2 = rng.uniform(0, 10), rng.uniform(-5, 5)
+        y = x1 * 0.7 - x2 + rng.gauss(0, 0.5)
+        lines.append(
+            f"{x1:.3f},{x2:.3f},{('hi' if y > 3 else 'lo') if task == 'classification' else round(y, 3)}"
+        )
+    (tmp_path / "data.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "mlci.toml").write_text(
+        f'[model]\nname = "m"\ntask = "{task}"\n[data]\npath = "data.csv"\ntarget = "y"\n'
+        f'[split]\nholdout = 0.25\nseed = 1\n[estimator]\nclass = "{cls}"\nparams = {params}\n'
+    )
+    artifact = Path(run_pipeline(load_config(tmp_path / "mlci.toml")).artifact)
+    runtime = ModelRuntime.load(artifact)
+    float_outputs = {o.name: o.datatype for o in runtime.outputs if o.datatype.startswith("FP")}
+    want_type = "FP32" if task == "classification" else "FP64"
+    assert float_outputs and set(float_outputs.values()) == {want_type}, float_outputs
+    assert {o["datatype"] for o in runtime.metadata()["outputs"] if o["name"] in float_outputs} == {want_type}
+    feeds = {
+        "x1": np.array([[1.0], [9.5]], dtype=np.float32),
+        "x2": np.array([[3.0], [-4.0]], dtype=np.float32),
+    }
+    want = open_session(artifact / "model.onnx").run(None, feeds)
+    got = runtime.run(feeds)
+    for position, output in enumerate(runtime.outputs):
+        if output.name in float_outputs:
+            assert got[position].dtype == (np.float32 if want_type == "FP32" else np.float64)
+            np.testing.assert_array_equal(got[position], want[position].astype(got[position].dtype))
