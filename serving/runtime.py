@@ -15,7 +15,7 @@ from onnx import TensorProto
 
 from mlci.errors import DataError
 from mlci.model.artifact import read_manifest, verify_artifact
-from mlci.model.onnxio import open_session
+from mlci.model.onnxio import open_session, refuse_external_data
 from mlci.serving.errors import InvalidInput
 from mlci.serving.packing import PACKED_INPUT, cast_outputs, index_labels, pack_numeric_inputs
 from mlci.serving.protocol import Decoder, InputSpec, OutputSpec
@@ -87,6 +87,7 @@ class ModelRuntime:
     def __init__(self, info: ModelInfo, model_bytes: bytes, *, threads: int = 1) -> None:
         self.info = info
         self.numeric = [s.name for s in info.inputs if s.kind == "numeric"]
+        refuse_external_data(model_bytes, f"model.onnx of {info.name!r} ({info.digest})")
         original = open_session(model_bytes, threads=threads)
         taken = {i.name for i in original.get_inputs()}
         expected = {s.name for s in info.inputs}

@@ -19,6 +19,7 @@ import uvicorn
 
 from mlci.errors import CheckFailed, ConfigError
 from mlci.model.artifact import verify_artifact
+from mlci.model.onnxio import refuse_external_data
 from mlci.serving.app import create_app
 from mlci.serving.settings import Settings
 
@@ -92,6 +93,9 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> Non
     if settings.artifact is None:
         raise ConfigError("No artifact to serve: pass ARTIFACT to `mlci serve` or set MLCI_SERVE_ARTIFACT.")
     verify_artifact(settings.artifact)
+    # Before binding, like a tampered artifact: a model that would read files from this machine (the
+    # runtime refuses it as well, for any other way in).
+    refuse_external_data((settings.artifact / "model.onnx").read_bytes(), f"{settings.artifact}/model.onnx")
     if settings.log_dir is not None:
         try:
             settings.log_dir.mkdir(parents=True, exist_ok=True)
