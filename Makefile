@@ -6,8 +6,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# kserve's client, in a venv of its own: kserve 0.21.0 needs protobuf<7 and pandas<3, which constraints.txt
+# pins newer (see tests/serving/kserve-requirements.txt). tests/serving/test_kserve_client.py runs it.
+KSERVE_VENV  ?= .venv-kserve
+KSERVE_REQS  := tests/serving/kserve-requirements.txt
+KSERVE_STAMP := $(KSERVE_VENV)/.installed
 
-.PHONY: demo test venv bench lint typecheck clean
+.PHONY: demo test venv kserve-venv bench lint typecheck clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +22,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+$(KSERVE_STAMP): $(KSERVE_REQS)
+	@test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install --quiet -r $(KSERVE_REQS)
+	@touch $(KSERVE_STAMP)
+
+kserve-venv: $(KSERVE_STAMP)
+
 demo: $(STAMP)
 	@test -f examples/breast_cancer/data.csv || $(BIN)/python examples/breast_cancer/prepare.py
 	cd examples/breast_cancer && ../../$(BIN)/mlci run
@@ -24,8 +36,9 @@ demo: $(STAMP)
 	@echo "Run it again: every stage is a cache hit. List runs: (cd examples/breast_cancer && ../../$(BIN)/mlci runs)"
 
 # pytest exits 5 when it collects no test; say so loudly instead of passing silently or failing obscurely.
-test: $(STAMP)
-	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+# MLCI_KSERVE_PYTHON: the kserve venv's interpreter, for tests/serving/test_kserve_client.py.
+test: $(STAMP) $(KSERVE_STAMP)
+	@MLCI_KSERVE_PYTHON=$(abspath $(KSERVE_VENV)/bin/python) $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)"; fi; exit $$rc
 
 bench: $(STAMP)
@@ -38,4 +51,4 @@ typecheck: $(STAMP)
 	$(BIN)/mypy mlci model serving monitor
 
 clean:
-	rm -rf $(VENV) examples/*/.mlci .pytest_cache
+	rm -rf $(VENV) $(KSERVE_VENV) examples/*/.mlci .pytest_cache
