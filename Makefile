@@ -8,8 +8,13 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Debian packages the tests start for real (an OCI registry on 127.0.0.1, skopeo to read it back).
 APT_PACKAGES ?= git docker-registry skopeo
+# kserve's client, in a venv of its own: kserve 0.21.0 needs protobuf<7 and pandas<3, which constraints.txt
+# pins newer (see tests/serving/kserve-requirements.txt). tests/serving/test_kserve_client.py runs it.
+KSERVE_VENV  ?= .venv-kserve
+KSERVE_REQS  := tests/serving/kserve-requirements.txt
+KSERVE_STAMP := $(KSERVE_VENV)/.installed
 
-.PHONY: demo test venv system-deps bench lint typecheck clean
+.PHONY: demo test venv kserve-venv system-deps bench lint typecheck clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +23,13 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+$(KSERVE_STAMP): $(KSERVE_REQS)
+	@test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install --quiet -r $(KSERVE_REQS)
+	@touch $(KSERVE_STAMP)
+
+kserve-venv: $(KSERVE_STAMP)
 
 demo: $(STAMP)
 	@test -f examples/breast_cancer/data.csv || $(BIN)/python examples/breast_cancer/prepare.py
@@ -42,9 +54,10 @@ system-deps:
 	fi
 
 # pytest exits 5 when it collects no test: that is a failure (nothing was checked), said in so many words.
-test: $(STAMP) system-deps
-	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)"; fi; exit $$rc
+# MLCI_KSERVE_PYTHON: the kserve venv's interpreter, for tests/serving/test_kserve_client.py.
+test: $(STAMP) $(KSERVE_STAMP) system-deps
+	@MLCI_KSERVE_PYTHON=$(abspath $(KSERVE_VENV)/bin/python) $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): nothing was checked"; fi; exit $$rc
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_pipeline.py
@@ -56,4 +69,4 @@ typecheck: $(STAMP)
 	$(BIN)/mypy mlci model serving monitor
 
 clean:
-	rm -rf $(VENV) examples/*/.mlci .pytest_cache
+	rm -rf $(VENV) $(KSERVE_VENV) examples/*/.mlci .pytest_cache

@@ -90,7 +90,7 @@ def test_the_script_the_container_gets_is_the_file_in_the_module(call: Caller, e
 def test_mlci_source_ignores_everything_pip_does_not_read() -> None:
     from mlci_dagger.main import MLCI_SOURCE_IGNORE, SOURCE_IGNORE
 
-    assert SOURCE_IGNORE == [".venv", ".git", ".mlci", "**/__pycache__", ".pytest_cache", "bench/.work"]
+    assert SOURCE_IGNORE == [".venv", ".venv-kserve", ".git", ".mlci", "**/__pycache__", ".pytest_cache", "bench/.work"]
     kept = [p[1:] for p in MLCI_SOURCE_IGNORE if p.startswith("!")]
     assert MLCI_SOURCE_IGNORE[0] == "**"
     # Everything setuptools needs to build mlci: pyproject, the readme it names, each package directory.

@@ -42,7 +42,7 @@ def test_every_function_and_argument_is_documented(registered: tuple[str, dict[s
 def test_source_defaults_to_the_repository_with_the_ignores(registered: tuple[str, dict[str, Fn], Fn]) -> None:
     _, _, ctor = registered
     assert ctor.args["source"].type == "Directory!" and ctor.args["source"].default_path == "/"
-    assert ctor.args["source"].ignore == [".venv", ".git", ".mlci", "**/__pycache__", ".pytest_cache", "bench/.work"]
+    assert ctor.args["source"].ignore == [".venv", ".venv-kserve", ".git", ".mlci", "**/__pycache__", ".pytest_cache", "bench/.work"]
     assert ctor.args["mlci_source"].default_path == "/" and ctor.args["mlci_source"].ignore[0] == "**"
     assert ctor.args["config"].default == "mlci.toml"
     assert ctor.args["python_image"].default == "python:3.11-slim-bookworm"

@@ -21,7 +21,7 @@ __all__ = ["GateFailed", "Mlci"]
 PYTHON_IMAGE = "python:3.11-slim-bookworm"
 PIP_CACHE = "/root/.cache/pip"
 MLCI_HOME = "/opt/mlci"
-SOURCE_IGNORE = [".venv", ".git", ".mlci", "**/__pycache__", ".pytest_cache", "bench/.work"]
+SOURCE_IGNORE = [".venv", ".venv-kserve", ".git", ".mlci", "**/__pycache__", ".pytest_cache", "bench/.work"]
 # Only what `pip install` of mlci reads: editing tests, docs or examples leaves the install layers cached.
 MLCI_SOURCE_IGNORE = [
     "**", "!pyproject.toml", "!constraints.txt", "!README.md", "!mlci/**", "!model/**", "!serving/**", "!monitor/**",
