@@ -268,6 +268,33 @@ def runs(config_path: Path, workspace: Path | None, limit: int, prometheus: bool
     default=None,
     help="Rows concurrent requests may share in one onnxruntime call (default 256; 0 turns batching off).",
 )
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0, min_open=True, max=1e9),
+    default=None,
+    help="Seconds a request's headers may take, from the connection opening or the request's first byte; "
+    "then the connection is closed (default 10, or MLCI_SERVE_HEADER_TIMEOUT_S).",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(min=0, min_open=True, max=1e9),
+    default=None,
+    help="Seconds a request's whole body may take after its headers; then 408 and the connection is "
+    "closed (default 30, or MLCI_SERVE_BODY_TIMEOUT_S).",
+)
+@click.option(
+    "--keep-alive-timeout",
+    type=click.FloatRange(min=0, min_open=True, max=1e9),
+    default=None,
+    help="Seconds an idle keep-alive connection stays open (default 5, or MLCI_SERVE_KEEP_ALIVE_TIMEOUT_S).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Open connections served at once; a request on a connection beyond them gets 503 and the "
+    "connection is closed (default 1024, or MLCI_SERVE_MAX_CONNECTIONS).",
+)
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default=None)
 def serve(
     artifact: str,
@@ -282,6 +309,10 @@ def serve(
     max_body_bytes: int | None,
     threads: int | None,
     batch_max_rows: int | None,
+    header_timeout: float | None,
+    body_timeout: float | None,
+    keep_alive_timeout: float | None,
+    max_connections: int | None,
     log_level: str | None,
 ) -> None:
     """Serve ARTIFACT over the Open Inference Protocol (KServe V2 REST) until SIGTERM.
@@ -302,7 +333,8 @@ def serve(
     for key, value in (
         ("host", host), ("port", port), ("log_dir", log_dir), ("max_body_bytes", max_body_bytes),
         ("threads", threads), ("log_level", log_level), ("log_max_bytes", log_max_bytes), ("log_keep", log_keep),
-        ("batch_max_rows", batch_max_rows),
+        ("batch_max_rows", batch_max_rows), ("header_timeout_s", header_timeout), ("body_timeout_s", body_timeout),
+        ("keep_alive_timeout_s", keep_alive_timeout), ("max_connections", max_connections),
     ):  # fmt: skip
         if value is not None:
             overrides[key] = value

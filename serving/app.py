@@ -36,8 +36,10 @@ from mlci.serving.errors import (
     ModelNotFound,
     NotReady,
     PayloadTooLarge,
+    RequestTimeout,
     ServingError,
 )
+from mlci.serving.http import BODY_TIMEOUT
 from mlci.serving.metrics import CONTENT_TYPE, ServingMetrics
 from mlci.serving.predlog import PredictionLog
 from mlci.serving.protocol import encode_response
@@ -152,18 +154,32 @@ def _byte_count(header: str, value: bytes | None) -> int | None:
     return int(value)
 
 
-async def _read_body(request: Request, declared: int | None, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it (or its Content-Length) exceeds ``limit``."""
+async def _read_body(request: Request, declared: int | None, state: ServerState) -> bytes:
+    """The body, refused with 413 as soon as it (or its Content-Length) exceeds ``--max-body-bytes``.
+
+    A body that comes in one ASGI message (the common case: it arrived with the headers) is returned at
+    once; a longer one is received by :func:`_receive_rest`.
+    """
+    limit = state.settings.max_body_bytes
     if declared is not None and declared > limit:
         raise PayloadTooLarge(
             f"The body is {declared} bytes; this server accepts at most {limit} (--max-body-bytes). "
             "Split the batch into smaller requests."
         )
+    message = await request.receive()  # straight from the ASGI server: one message for a small body
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        body: bytes = message.get("body", b"")
+        if len(body) <= limit:
+            return body
+    return await _receive_rest(request, message, declared, state)
+
+
+async def _receive_rest(request: Request, message: Any, declared: int | None, state: ServerState) -> bytes:
+    """A body in several messages; the protocol's body timeout shows as ``scope[BODY_TIMEOUT]`` and gets 408."""
+    limit = state.settings.max_body_bytes
     chunks: list[bytes] = []
     size = 0
-    receive = request.receive  # straight from the ASGI server: one message for a small body
     while True:
-        message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientClosed(f"The client disconnected after {size} bytes of the body.")
         chunk: bytes = message.get("body", b"")
@@ -172,16 +188,19 @@ async def _read_body(request: Request, declared: int | None, limit: int) -> byte
             raise PayloadTooLarge(
                 f"The body exceeds {limit} bytes (--max-body-bytes). Split the batch into smaller requests."
             )
-        if not message.get("more_body", False):
-            if not chunks:
-                return chunk
-            chunks.append(chunk)
-            return b"".join(chunks)
         chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+        if request.scope.get(BODY_TIMEOUT):
+            of = "" if declared is None else f" of {declared}"
+            raise RequestTimeout(
+                f"The request body did not arrive within {state.settings.body_timeout_s:g} s "
+                f"(--body-timeout): {size}{of} bytes received. Send the whole body at once."
+            )
+        message = await request.receive()
 
 
 def _routes(state: ServerState) -> list[Route]:
-    settings = state.settings
     info = state.info
 
     async def infer(request: Request) -> Response:
@@ -189,7 +208,7 @@ def _routes(state: ServerState) -> list[Route]:
         start = request.scope["mlci.start"] = time.perf_counter()
         runtime = state.check_model(request)
         content_length, header_length = _infer_headers(request)
-        body = await _read_body(request, content_length, settings.max_body_bytes)
+        body = await _read_body(request, content_length, state)
         decoded = runtime.decoder.decode(body, header_length)
         batcher = state.batcher
         assert batcher is not None  # load() sets it before it publishes the runtime check_model returned

@@ -15,6 +15,7 @@ __all__ = [
     "ModelNotFound",
     "NotReady",
     "PayloadTooLarge",
+    "RequestTimeout",
     "ServingError",
 ]
 
@@ -49,6 +50,12 @@ class PayloadTooLarge(ServingError):
     status_code = 413
 
 
+class RequestTimeout(ServingError):
+    """The body did not arrive within the body timeout (the connection is closed after the answer)."""
+
+    status_code = 408
+
+
 class ClientClosed(ServingError):
     """The client went away before sending its whole body (499, as nginx logs it; nobody reads the answer)."""
 
@@ -59,3 +66,4 @@ class NotReady(ServingError):
     """The model is still loading or warming up."""
 
     status_code = 503
+

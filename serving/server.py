@@ -3,7 +3,9 @@
 On SIGTERM uvicorn stops accepting connections, closes idle keep-alive connections, lets in-flight requests
 finish (up to ``graceful_timeout_s``), then runs the app's lifespan shutdown, which flushes the
 prediction log. Why this stack: uvicorn with httptools and uvloop is the fastest well-kept ASGI server
-for CPython; starlette adds routing and error mapping for a few microseconds a request.
+for CPython; starlette adds routing and error mapping for a few microseconds a request. Uvicorn's
+httptools protocol is used through a subclass that adds header and body timeouts and a connection cap
+(:mod:`mlci.serving.http`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import ctypes.util
 import gc
 import os
 import socket
+import sys
 from typing import Any
 
 import uvicorn
@@ -20,9 +23,16 @@ import uvicorn
 from mlci.errors import CheckFailed, ConfigError
 from mlci.model.artifact import verify_artifact
 from mlci.serving.app import create_app
+from mlci.serving.http import protocol_class
 from mlci.serving.settings import Settings
 
-__all__ = ["build_server", "freeze_startup_objects", "keep_freed_memory", "serve"]
+__all__ = [
+    "build_server",
+    "freeze_startup_objects",
+    "keep_freed_memory",
+    "serve",
+    "uvicorn_config",
+]
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
@@ -62,22 +72,33 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 
     )
 
 
-def build_server(settings: Settings, app: Any = None) -> uvicorn.Server:
-    """A configured ``uvicorn.Server`` for ``settings`` (the app is built from the artifact unless given)."""
-    app = app if app is not None else create_app(settings)
-    config = uvicorn.Config(
+def uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
+    """The uvicorn configuration for ``settings`` (shared by :func:`build_server` and the tests' servers).
+
+    ``limit_concurrency`` stays unset: the protocol class caps connections itself (see
+    :mod:`mlci.serving.http` for why), and WebSocket upgrades are off (this is an HTTP API only; the
+    protocol's timers assume the connection stays HTTP).
+    """
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=protocol_class(settings, app.state.mlci.metrics),
+        ws="none",
         lifespan="on",
         log_level=settings.log_level,
         access_log=False,
         server_header=False,
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]  # a float works
         timeout_graceful_shutdown=settings.graceful_timeout_s,
     )
-    server = uvicorn.Server(config)
+
+
+def build_server(settings: Settings, app: Any = None) -> uvicorn.Server:
+    """A configured ``uvicorn.Server`` for ``settings`` (the app is built from the artifact unless given)."""
+    app = app if app is not None else create_app(settings)
+    server = uvicorn.Server(uvicorn_config(settings, app))
     state = app.state.mlci
 
     def _stop(message: str) -> None:
@@ -85,6 +106,30 @@ def build_server(settings: Settings, app: Any = None) -> uvicorn.Server:
 
     state.on_load_error = _stop
     return server
+
+
+def _open_files_for(connections: int) -> None:
+    """Raise the soft open-files limit so that ``connections`` sockets fit (up to the hard limit): past it,
+    accept() fails and clients wait in the backlog instead of getting the cap's 503."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    wanted = connections + 64  # the listening socket, the log, the model, the interpreter's own files
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError):
+        target = soft
+    if target < wanted:
+        print(
+            f"mlci serve: warning: the open-files limit is {target}, too low for --max-connections "
+            f"{connections}; connections past it wait unanswered (raise `ulimit -n`).",
+            file=sys.stderr,
+        )
 
 
 def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> None:
@@ -104,11 +149,12 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> Non
                 f"The prediction log directory '{settings.log_dir}' is not writable. Pick another --log-dir."
             )
     keep_freed_memory()
+    _open_files_for(settings.max_connections)
     app = create_app(settings)
     server = build_server(settings, app)
-    app.state.mlci.on_loaded = freeze_startup_objects
-    server.run(sockets=sockets)
     state = app.state.mlci
+    state.on_loaded = freeze_startup_objects
+    server.run(sockets=sockets)
     if state.load_error:
         raise CheckFailed(f"The model could not be served: {state.load_error}")
     if not server.started:

@@ -36,6 +36,13 @@ def _optional_path(text: str) -> Path | None:
     return Path(text) if text else None
 
 
+def _seconds(text: str) -> float:
+    value = positive_float(text)
+    if value == float("inf"):
+        raise ValueError(text)
+    return value
+
+
 _CASTS: dict[str, tuple[Callable[[str], Any], str]] = {
     "artifact": (_optional_path, "a path"),
     "host": (str, "a host name"),
@@ -51,6 +58,10 @@ _CASTS: dict[str, tuple[Callable[[str], Any], str]] = {
     "batch_max_rows": (non_negative_int, "an int >= 0 (0 or 1: no batching across requests)"),
     "graceful_timeout_s": (positive_float, "a positive number of seconds"),
     "log_level": (_log_level, f"one of {', '.join(_LOG_LEVELS)}"),
+    "header_timeout_s": (_seconds, "a positive number of seconds"),
+    "body_timeout_s": (_seconds, "a positive number of seconds"),
+    "keep_alive_timeout_s": (_seconds, "a positive number of seconds"),
+    "max_connections": (positive_int, "a positive int (connections)"),
 }
 
 
@@ -72,6 +83,12 @@ class Settings:
     batch_max_rows: int = 256
     graceful_timeout_s: float = 30.0
     log_level: str = "warning"
+    # Slow and greedy clients (see serving/http.py): each phase of a request is bounded in time, and open
+    # connections in number.
+    header_timeout_s: float = 10.0  # connection open / first byte of a request → its headers complete
+    body_timeout_s: float = 30.0  # headers complete → the whole body received
+    keep_alive_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 1024  # connections beyond it get a JSON 503 and are closed
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], prefix: str = PREFIX) -> Settings:

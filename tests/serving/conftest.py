@@ -25,6 +25,7 @@ import uvicorn
 from mlci.config import load_config
 from mlci.pipeline import run_pipeline
 from mlci.serving.app import ServerState, create_app
+from mlci.serving.server import uvicorn_config
 from mlci.serving.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,11 +120,11 @@ class Running:
 def running(
     settings: Settings, loader: Callable[[], Any] | None = None, wait_ready: bool = True
 ) -> Iterator[Running]:
-    """Real uvicorn (uvloop + httptools) on 127.0.0.1 in a thread, like httpx's test server."""
+    """Real uvicorn (uvloop + httptools) on 127.0.0.1 in a thread, like httpx's test server; configured by
+    the same function as `mlci serve` (timeouts, connection cap), so the tests see the real settings."""
     sock = socket.create_server(("127.0.0.1", 0))
     app = create_app(settings, loader=loader)
-    config = uvicorn.Config(app, loop="uvloop", http="httptools", log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(settings, app))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:

@@ -23,6 +23,23 @@ def test_defaults_and_overrides() -> None:
     assert (s.port, s.log_dir, s.max_body_bytes, s.host) == (9000, Path("/tmp/x"), 10, "127.0.0.1")
     assert Settings.from_env({"MLCI_SERVE_LOG_DIR": ""}).log_dir is None
     assert Settings.from_env({"MLCI_SERVE_BATCH_MAX_ROWS": "0"}).batch_max_rows == 0
+    limits = Settings.from_env(
+        {
+            "MLCI_SERVE_HEADER_TIMEOUT_S": "2.5",
+            "MLCI_SERVE_BODY_TIMEOUT_S": "7",
+            "MLCI_SERVE_KEEP_ALIVE_TIMEOUT_S": "1",
+            "MLCI_SERVE_MAX_CONNECTIONS": "16",
+        }
+    )
+    assert (
+        limits.header_timeout_s,
+        limits.body_timeout_s,
+        limits.keep_alive_timeout_s,
+        limits.max_connections,
+    ) == (2.5, 7.0, 1.0, 16)
+    default = Settings()
+    assert (default.header_timeout_s, default.body_timeout_s, default.keep_alive_timeout_s) == (10, 30, 5)
+    assert default.max_connections == 1024
 
 
 @pytest.mark.parametrize(
@@ -38,6 +55,10 @@ def test_defaults_and_overrides() -> None:
         ({"MLCI_SERVE_PROT": "1"}, "Unknown setting 'MLCI_SERVE_PROT'"),
         ({"MLCI_SERVE_BATCH_MAX_ROWS": "-1"}, "an int >= 0"),
         ({"MLCI_SERVE_LOG_MAX_PENDING_BYTES": "0"}, "expected a positive int"),
+        ({"MLCI_SERVE_HEADER_TIMEOUT_S": "0"}, "a positive number of seconds"),
+        ({"MLCI_SERVE_BODY_TIMEOUT_S": "inf"}, "a positive number of seconds"),
+        ({"MLCI_SERVE_KEEP_ALIVE_TIMEOUT_S": "nan"}, "a positive number of seconds"),
+        ({"MLCI_SERVE_MAX_CONNECTIONS": "0"}, "expected a positive int"),
     ],
 )
 def test_bad_values_name_key_and_value(env: dict[str, str], needle: str) -> None:
