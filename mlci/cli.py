@@ -295,6 +295,14 @@ def runs(config_path: Path, workspace: Path | None, limit: int, prometheus: bool
     help="Open connections served at once; a request on a connection beyond them gets 503 and the "
     "connection is closed (default 1024, or MLCI_SERVE_MAX_CONNECTIONS).",
 )
+@click.option(
+    "--max-buffered-bytes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Request-body bytes the server holds while bodies arrive, all connections together; a body that "
+    "would pass it gets 503, retry later (default 128 MiB, or MLCI_SERVE_MAX_BUFFERED_BYTES; at least "
+    "--max-body-bytes).",
+)
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default=None)
 def serve(
     artifact: str,
@@ -313,6 +321,7 @@ def serve(
     body_timeout: float | None,
     keep_alive_timeout: float | None,
     max_connections: int | None,
+    max_buffered_bytes: int | None,
     log_level: str | None,
 ) -> None:
     """Serve ARTIFACT over the Open Inference Protocol (KServe V2 REST) until SIGTERM.
@@ -335,6 +344,7 @@ def serve(
         ("threads", threads), ("log_level", log_level), ("log_max_bytes", log_max_bytes), ("log_keep", log_keep),
         ("batch_max_rows", batch_max_rows), ("header_timeout_s", header_timeout), ("body_timeout_s", body_timeout),
         ("keep_alive_timeout_s", keep_alive_timeout), ("max_connections", max_connections),
+        ("max_buffered_bytes", max_buffered_bytes),
     ):  # fmt: skip
         if value is not None:
             overrides[key] = value

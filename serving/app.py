@@ -35,6 +35,7 @@ from mlci.serving.errors import (
     ClientClosed,
     ModelNotFound,
     NotReady,
+    Overloaded,
     PayloadTooLarge,
     RequestTimeout,
     ServingError,
@@ -52,8 +53,8 @@ _JSON = "application/json"
 Loader = Callable[[], ModelRuntime]
 
 
-def _json(payload: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type=_JSON)
+def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, headers=headers, media_type=_JSON)
 
 
 class ServerState:
@@ -71,6 +72,7 @@ class ServerState:
         self.log: PredictionLog | None = None
         self.on_load_error: Callable[[str], None] | None = None
         self.on_loaded: Callable[[], None] | None = None  # called once the model serves (the server tunes GC)
+        self.body_bytes = 0  # bytes reserved by request bodies being received (see reserve_body)
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
 
@@ -98,6 +100,22 @@ class ServerState:
             self.metrics.set_ready(True)
         finally:
             self.loaded.set()
+
+    def reserve_body(self, size: int) -> int:
+        """Hold ``size`` bytes of the server-wide body budget (``max_buffered_bytes``), or refuse with 503.
+
+        Memory for bodies that arrive slowly is what N slow clients can make the server hold; the budget
+        bounds it across all connections. Runs on the event loop only, so a plain integer is enough.
+        """
+        budget = self.settings.max_buffered_bytes
+        if self.body_bytes + size > budget:
+            self.metrics.limit("max_buffered_bytes")
+            raise Overloaded(
+                f"The server is receiving {self.body_bytes} bytes of request bodies; this body's {size} "
+                f"would pass its limit of {budget} (--max-buffered-bytes). Retry in a moment."
+            )
+        self.body_bytes += size
+        return size
 
     def open_log(self) -> None:
         """Start the prediction log, unless disabled (``log_dir`` unset)."""
@@ -158,7 +176,7 @@ async def _read_body(request: Request, declared: int | None, state: ServerState)
     """The body, refused with 413 as soon as it (or its Content-Length) exceeds ``--max-body-bytes``.
 
     A body that comes in one ASGI message (the common case: it arrived with the headers) is returned at
-    once; a longer one is received by :func:`_receive_rest`.
+    once. A longer one is received by :func:`_receive_rest` against the server-wide budget.
     """
     limit = state.settings.max_body_bytes
     if declared is not None and declared > limit:
@@ -175,29 +193,37 @@ async def _read_body(request: Request, declared: int | None, state: ServerState)
 
 
 async def _receive_rest(request: Request, message: Any, declared: int | None, state: ServerState) -> bytes:
-    """A body in several messages; the protocol's body timeout shows as ``scope[BODY_TIMEOUT]`` and gets 408."""
+    """A body in several messages: its Content-Length (or, chunked, each chunk as it comes) is reserved
+    from the body budget first (503 when it would not fit), released when the body is complete or
+    refused; the protocol's body timeout shows as ``scope[BODY_TIMEOUT]`` and gets 408."""
     limit = state.settings.max_body_bytes
     chunks: list[bytes] = []
-    size = 0
-    while True:
-        if message["type"] == "http.disconnect":
-            raise ClientClosed(f"The client disconnected after {size} bytes of the body.")
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(
-                f"The body exceeds {limit} bytes (--max-body-bytes). Split the batch into smaller requests."
-            )
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-        if request.scope.get(BODY_TIMEOUT):
-            of = "" if declared is None else f" of {declared}"
-            raise RequestTimeout(
-                f"The request body did not arrive within {state.settings.body_timeout_s:g} s "
-                f"(--body-timeout): {size}{of} bytes received. Send the whole body at once."
-            )
-        message = await request.receive()
+    size = reserved = 0
+    try:
+        while True:
+            if message["type"] == "http.disconnect":
+                raise ClientClosed(f"The client disconnected after {size} bytes of the body.")
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(
+                    f"The body exceeds {limit} bytes (--max-body-bytes). Split the batch into smaller requests."
+                )
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+            if request.scope.get(BODY_TIMEOUT):
+                of = "" if declared is None else f" of {declared}"
+                raise RequestTimeout(
+                    f"The request body did not arrive within {state.settings.body_timeout_s:g} s "
+                    f"(--body-timeout): {size}{of} bytes received. Send the whole body at once."
+                )
+            wanted = size if declared is None else declared
+            if wanted > reserved:
+                reserved += state.reserve_body(wanted - reserved)
+            message = await request.receive()
+    finally:
+        state.body_bytes -= reserved
 
 
 def _routes(state: ServerState) -> list[Route]:
@@ -320,6 +346,7 @@ def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette
         raise ConfigError("No artifact to serve: pass ARTIFACT to `mlci serve` or set MLCI_SERVE_ARTIFACT.")
     artifact: Path = settings.artifact
     info = model_info(read_manifest(artifact))
+    settings.check()
     state = ServerState(
         settings,
         info,
@@ -327,8 +354,9 @@ def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette
     )
 
     async def _error(request: Request, exc: Exception) -> Response:
+        headers = None
         if isinstance(exc, ServingError):
-            status, message = exc.status_code, str(exc)
+            status, message, headers = exc.status_code, str(exc), exc.headers
         elif isinstance(exc, HTTPException):
             status = exc.status_code
             message = f"{request.method} {request.url.path}: {exc.detail}. The server speaks the Open Inference Protocol under /v2."
@@ -343,7 +371,7 @@ def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette
             status,
             None if start is None else time.perf_counter() - start,
         )
-        return _json({"error": message}, status)
+        return _json({"error": message}, status, headers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

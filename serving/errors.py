@@ -14,6 +14,7 @@ __all__ = [
     "InvalidInput",
     "ModelNotFound",
     "NotReady",
+    "Overloaded",
     "PayloadTooLarge",
     "RequestTimeout",
     "ServingError",
@@ -24,6 +25,7 @@ class ServingError(MlciError):
     """Base error of the server; ``status_code`` is the HTTP status of the answer."""
 
     status_code = 400
+    headers: dict[str, str] | None = None  # extra response headers
 
 
 class BadRequest(ServingError):
@@ -67,3 +69,9 @@ class NotReady(ServingError):
 
     status_code = 503
 
+
+class Overloaded(ServingError):
+    """A limit on what the server holds for all clients together was reached; retrying later can succeed."""
+
+    status_code = 503
+    headers = {"Retry-After": "1"}  # noqa: RUF012 (read-only)

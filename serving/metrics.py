@@ -104,7 +104,8 @@ class ServingMetrics(Collector):
         self.onnxruntime_rows.observe(rows)
 
     def limit(self, name: str) -> None:
-        """A server limit cut a connection or a request off: header_timeout, body_timeout, max_connections."""
+        """A server limit cut a connection or a request off: header_timeout, body_timeout, max_connections,
+        max_buffered_bytes."""
         self.limits[name] = self.limits.get(name, 0) + 1
 
     def set_ready(self, ready: bool) -> None:
@@ -173,7 +174,7 @@ class ServingMetrics(Collector):
         yield dropped
         limits = CounterMetricFamily(
             "mlci_limit_events",
-            "Connections closed or requests refused by a server limit (timeouts, connection cap).",
+            "Connections closed or requests refused by a server limit (timeouts, connection cap, body budget).",
             labels=["limit", "digest"],
         )
         for name, count in sorted(self.limits.items()):

@@ -137,6 +137,7 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> Non
     if settings.artifact is None:
         raise ConfigError("No artifact to serve: pass ARTIFACT to `mlci serve` or set MLCI_SERVE_ARTIFACT.")
     verify_artifact(settings.artifact)
+    settings.check()
     if settings.log_dir is not None:
         try:
             settings.log_dir.mkdir(parents=True, exist_ok=True)

@@ -62,6 +62,7 @@ _CASTS: dict[str, tuple[Callable[[str], Any], str]] = {
     "body_timeout_s": (_seconds, "a positive number of seconds"),
     "keep_alive_timeout_s": (_seconds, "a positive number of seconds"),
     "max_connections": (positive_int, "a positive int (connections)"),
+    "max_buffered_bytes": (positive_int, "a positive int (bytes)"),
 }
 
 
@@ -83,12 +84,22 @@ class Settings:
     batch_max_rows: int = 256
     graceful_timeout_s: float = 30.0
     log_level: str = "warning"
-    # Slow and greedy clients (see serving/http.py): each phase of a request is bounded in time, and open
-    # connections in number.
+    # Slow and greedy clients (see serving/http.py): each phase of a request is bounded in time, open
+    # connections in number, and the request bodies being received in bytes, across all connections.
     header_timeout_s: float = 10.0  # connection open / first byte of a request → its headers complete
     body_timeout_s: float = 30.0  # headers complete → the whole body received
     keep_alive_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this
     max_connections: int = 1024  # connections beyond it get a JSON 503 and are closed
+    max_buffered_bytes: int = 128 * 1024 * 1024  # request bodies being received, all connections together
+
+    def check(self) -> None:
+        """Refuse combinations no single field's cast can see."""
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise ConfigError(
+                f"--max-buffered-bytes ({self.max_buffered_bytes}) is below --max-body-bytes "
+                f"({self.max_body_bytes}): a body of the largest size allowed could never be received. "
+                "Raise --max-buffered-bytes or lower --max-body-bytes."
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], prefix: str = PREFIX) -> Settings:

@@ -1,11 +1,12 @@
 """Slow and greedy clients against a real server on 127.0.0.1, over raw sockets: header, body and idle
-timeouts, and the connection cap.
+timeouts, the connection cap, and the memory bound on buffered request bodies (RSS of `mlci serve`).
 
 Every wait is bounded: a server that holds a connection open fails the test in seconds, not by hanging.
 """
 
 from __future__ import annotations
 
+import asyncio
 import select
 import socket
 import time
@@ -247,3 +248,150 @@ def test_connection_cap_answers_json_503_and_keeps_serving_the_others(
                 sock.close()
     assert _sample(metrics, "mlci_limit_events_total", limit="max_connections") >= 1
     assert _sample(metrics, "mlci_requests_total", endpoint="other", status="503") >= 1
+
+
+def _vm(pid: int, field: str) -> int:
+    """A /proc/<pid>/status memory figure (VmRSS, VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"{field} not in /proc/{pid}/status")
+
+
+async def _answer(reader: asyncio.StreamReader) -> bytes:
+    """One whole HTTP response (head and Content-Length body) from ``reader``."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in head.lower().split(b"\r\n")
+            if line.startswith(b"content-length:")
+        ),
+        0,
+    )
+    return head + await reader.readexactly(length)
+
+
+async def _trickle(
+    address: tuple[str, int], clients: int, size: int, chunk: int, pause: float, wait: float, on_sent: Any
+) -> list[bytes | None]:
+    """``clients`` connections each declare a ``size``-byte body and send all of it but the last byte,
+    ``chunk`` bytes every ``pause`` seconds, stopping early if the server answers. ``on_sent`` runs once
+    every client has stopped sending; then each waits up to ``wait`` seconds for its answer."""
+    stopped = 0
+    all_stopped = asyncio.Event()
+
+    async def client() -> bytes | None:
+        nonlocal stopped
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(
+            f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {size}\r\n\r\n".encode()
+        )
+        answer = asyncio.ensure_future(_answer(reader))
+        sent = 0
+        try:
+            while sent < size - 1 and not answer.done():
+                n = min(chunk, size - 1 - sent)
+                writer.write(b" " * n)
+                await writer.drain()
+                sent += n
+                await asyncio.sleep(pause)
+        except ConnectionError:
+            pass
+        stopped += 1
+        if stopped == clients:
+            all_stopped.set()
+        try:
+            return await asyncio.wait_for(answer, wait)
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            return None
+        finally:
+            writer.close()
+
+    tasks = [asyncio.ensure_future(client()) for _ in range(clients)]
+    await asyncio.wait_for(all_stopped.wait(), 60)
+    on_sent()
+    return await asyncio.gather(*tasks)
+
+
+@pytest.mark.slow
+def test_slow_clients_cannot_push_rss_beyond_the_body_budget(
+    bc_artifact: Path, serve_subprocess: Any
+) -> None:
+    """64 clients each trickle (most of) a 4 MiB body into a real `mlci serve` with a 32 MiB budget for
+    buffered bodies: 8 bodies fit and are held until the body timeout (408); the other 56 get a JSON 503 at
+    once instead of growing the server's memory. Without the budget the server held all 256 MiB."""
+    clients, size, budget, body_timeout = 64, 4 << 20, 32 << 20, 6.0
+    margin = 32 << 20  # uvicorn's per-connection read buffers (64 KiB + a read each), allocator slack
+    options = ("--no-log", "--max-buffered-bytes", str(budget), "--body-timeout", f"{body_timeout:g}")
+    with serve_subprocess(bc_artifact, None, *options) as (proc, url):
+        before = _vm(proc.pid, "VmRSS")
+        seen: dict[str, int] = {}
+
+        def measure() -> None:
+            time.sleep(0.5)  # let the server take in what is in flight
+            seen["rss"], seen["peak"] = _vm(proc.pid, "VmRSS"), _vm(proc.pid, "VmHWM")
+
+        answers = asyncio.run(
+            _trickle(_address(url), clients, size, 256 << 10, 0.05, body_timeout + 5, measure)
+        )
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 200
+        assert proc.poll() is None
+    mib = 1 << 20
+    print(
+        f"RSS of mlci serve: {before / mib:.0f} MiB before, {seen['rss'] / mib:.0f} MiB with every slow body "
+        f"sent (peak {seen['peak'] / mib:.0f} MiB): +{(seen['peak'] - before) / mib:.0f} MiB against a "
+        f"{budget / mib:.0f} MiB budget ({clients} clients x {size / mib:.0f} MiB)"
+    )
+    assert seen["peak"] - before <= budget + margin
+    statuses = [int(a.split()[1]) if a else None for a in answers]
+    assert None not in statuses, f"{statuses.count(None)} slow clients got no answer"
+    assert sorted(statuses) == [408] * (budget // size) + [503] * (clients - budget // size)
+    refused = next(a for a in answers if a is not None and a.startswith(b"HTTP/1.1 503"))
+    assert b"--max-buffered-bytes" in refused and b"application/json" in refused
+
+
+def test_body_budget_refuses_with_503_and_is_given_back(
+    bc_artifact: Path, run_server: Any, bc_rows: list[dict[str, float]], make_body: Any
+) -> None:
+    """A slow body holds its whole Content-Length of the budget; a body that would not fit beside it gets a
+    JSON 503 with Retry-After (declared or chunked), its connection stays usable, and the budget comes back
+    when the slow body ends."""
+    settings = Settings(
+        artifact=bc_artifact, log_dir=None, max_body_bytes=2_000_000, max_buffered_bytes=2_000_000
+    )
+    row = orjson.dumps(make_body(bc_rows[:1]))
+    big = b" " * (1_000_000 - len(row)) + row  # valid JSON: leading whitespace
+    head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    with run_server(settings) as srv:
+        address = _address(srv.url)
+        with socket.create_connection(address, timeout=5) as slow:
+            slow.sendall(f"{head}Content-Length: 1500000\r\n\r\n".encode() + b" " * 1000)
+            deadline = time.monotonic() + 5
+            while srv.state.body_bytes != 1_500_000:
+                assert time.monotonic() < deadline, "the slow body reserved nothing"
+                time.sleep(0.01)
+            with socket.create_connection(address, timeout=5) as other:
+                other.sendall(f"{head}Content-Length: {len(big)}\r\n\r\n".encode() + big)
+                status, headers, body = _read_response(other)
+                assert status == 503 and headers["retry-after"] == "1", body
+                message = orjson.loads(body)["error"]
+                assert "--max-buffered-bytes" in message and "2000000" in message
+                other.sendall(f"{head}Content-Length: {len(row)}\r\n\r\n".encode() + row)
+                assert _read_response(other)[0] == 200  # the refused body was read and dropped
+                chunked = b"".join(
+                    b"%x\r\n%s\r\n" % (len(c), c)
+                    for c in [big[i : i + 100_000] for i in range(0, len(big), 100_000)]
+                )
+                other.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode() + chunked + b"0\r\n\r\n")
+                status, _, body = _read_response(other)
+                assert status == 503 and "--max-buffered-bytes" in orjson.loads(body)["error"]
+        deadline = time.monotonic() + 5  # the slow client left: its reservation is given back
+        while srv.state.body_bytes != 0:
+            assert time.monotonic() < deadline, f"{srv.state.body_bytes} bytes still reserved"
+            time.sleep(0.01)
+        response = httpx.post(f"{srv.url}{INFER}", content=big, headers={"content-type": "application/json"})
+        assert response.status_code == 200, response.text
+        metrics = httpx.get(f"{srv.url}/metrics").text
+    assert _sample(metrics, "mlci_limit_events_total", limit="max_buffered_bytes") == 2

@@ -158,6 +158,15 @@ def test_cli_refuses_unwritable_log_dir(bc_artifact: Path, tmp_path: Path) -> No
     assert "Cannot create the prediction log directory" in result.output
 
 
+def test_cli_refuses_a_body_budget_below_the_body_limit(bc_artifact: Path) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["serve", str(bc_artifact), "--no-log", "--max-body-bytes", "2000", "--max-buffered-bytes", "1000"],
+    )
+    assert result.exit_code == 2
+    assert "--max-buffered-bytes (1000) is below --max-body-bytes (2000)" in result.output
+
+
 def test_keep_freed_memory_sets_glibc_thresholds_or_says_it_cannot(monkeypatch: pytest.MonkeyPatch) -> None:
     import ctypes
 

@@ -29,6 +29,7 @@ def test_defaults_and_overrides() -> None:
             "MLCI_SERVE_BODY_TIMEOUT_S": "7",
             "MLCI_SERVE_KEEP_ALIVE_TIMEOUT_S": "1",
             "MLCI_SERVE_MAX_CONNECTIONS": "16",
+            "MLCI_SERVE_MAX_BUFFERED_BYTES": "9000000",
         }
     )
     assert (
@@ -36,10 +37,17 @@ def test_defaults_and_overrides() -> None:
         limits.body_timeout_s,
         limits.keep_alive_timeout_s,
         limits.max_connections,
-    ) == (2.5, 7.0, 1.0, 16)
+        limits.max_buffered_bytes,
+    ) == (2.5, 7.0, 1.0, 16, 9_000_000)
     default = Settings()
     assert (default.header_timeout_s, default.body_timeout_s, default.keep_alive_timeout_s) == (10, 30, 5)
-    assert default.max_connections == 1024
+    assert (default.max_connections, default.max_buffered_bytes) == (1024, 128 << 20)
+
+
+def test_body_budget_must_hold_the_largest_body() -> None:
+    Settings(max_body_bytes=10, max_buffered_bytes=10).check()
+    with pytest.raises(ConfigError, match=r"--max-buffered-bytes \(9\) is below --max-body-bytes \(10\)"):
+        Settings(max_body_bytes=10, max_buffered_bytes=9).check()
 
 
 @pytest.mark.parametrize(
@@ -59,6 +67,7 @@ def test_defaults_and_overrides() -> None:
         ({"MLCI_SERVE_BODY_TIMEOUT_S": "inf"}, "a positive number of seconds"),
         ({"MLCI_SERVE_KEEP_ALIVE_TIMEOUT_S": "nan"}, "a positive number of seconds"),
         ({"MLCI_SERVE_MAX_CONNECTIONS": "0"}, "expected a positive int"),
+        ({"MLCI_SERVE_MAX_BUFFERED_BYTES": "-5"}, "expected a positive int"),
     ],
 )
 def test_bad_values_name_key_and_value(env: dict[str, str], needle: str) -> None:
