@@ -245,7 +245,8 @@ def runs(config_path: Path, workspace: Path | None, limit: int, prometheus: bool
     "--log-dir",
     type=_dir_out,
     default=None,
-    help="Prediction log directory (default ./predictions, or MLCI_SERVE_LOG_DIR).",
+    help="Prediction log directory (default $XDG_STATE_HOME/mlci/<model>/predictions, else "
+    "~/.local/state/mlci/<model>/predictions; or MLCI_SERVE_LOG_DIR). The ready line names it.",
 )
 @click.option("--no-log", is_flag=True, help="Do not write the prediction log.")
 @click.option(
@@ -330,6 +331,8 @@ def serve(
     (every blob verified) into the local cache ($MLCI_CACHE_DIR, default ~/.cache/mlci/artifacts) first.
 
     The artifact's hashes and digest are verified first; a tampered artifact is refused (exit 2).
+    Once the model is loaded and warmed up, one line on stderr says what serves where:
+    `mlci serve: serving <model> <digest> at http://HOST:PORT (prediction log: <dir> | off)`.
     Every other setting can also come from MLCI_SERVE_* environment variables.
     """
     import dataclasses

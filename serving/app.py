@@ -72,6 +72,7 @@ class ServerState:
         self.log: PredictionLog | None = None
         self.on_load_error: Callable[[str], None] | None = None
         self.on_loaded: Callable[[], None] | None = None  # called once the model serves (the server tunes GC)
+        self.on_ready: Callable[[], None] | None = None  # called on the event loop once ready is true
         self.body_bytes = 0  # bytes reserved by request bodies being received (see reserve_body)
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
@@ -118,10 +119,11 @@ class ServerState:
         return size
 
     def open_log(self) -> None:
-        """Start the prediction log, unless disabled (``log_dir`` unset)."""
-        if self.settings.log_dir is not None:
+        """Start the prediction log, unless disabled (``log_dir`` None)."""
+        log_dir = self.settings.log_dir
+        if isinstance(log_dir, Path):
             self.log = PredictionLog(
-                self.settings.log_dir,
+                log_dir,
                 model=self.info.name,
                 digest=self.info.digest,
                 max_bytes=self.settings.log_max_bytes,
@@ -346,6 +348,7 @@ def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette
         raise ConfigError("No artifact to serve: pass ARTIFACT to `mlci serve` or set MLCI_SERVE_ARTIFACT.")
     artifact: Path = settings.artifact
     info = model_info(read_manifest(artifact))
+    settings = settings.for_model(info.name)
     settings.check()
     state = ServerState(
         settings,
@@ -373,10 +376,15 @@ def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette
         )
         return _json({"error": message}, status, headers)
 
+    def _loaded(_: asyncio.Future[None]) -> None:
+        if state.runtime is not None and state.on_ready is not None:
+            state.on_ready()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.open_log()
         loading = asyncio.get_running_loop().run_in_executor(None, state.load)
+        loading.add_done_callback(_loaded)
         try:
             yield
         finally:

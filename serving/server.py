@@ -10,23 +10,26 @@ httptools protocol is used through a subclass that adds header and body timeouts
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import gc
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from mlci.errors import CheckFailed, ConfigError
 from mlci.model.artifact import verify_artifact
-from mlci.serving.app import create_app
+from mlci.serving.app import ServerState, create_app
 from mlci.serving.http import protocol_class
 from mlci.serving.settings import Settings
 
 __all__ = [
+    "announce_when_ready",
     "build_server",
     "freeze_startup_objects",
     "keep_freed_memory",
@@ -108,6 +111,28 @@ def build_server(settings: Settings, app: Any = None) -> uvicorn.Server:
     return server
 
 
+def announce_when_ready(server: uvicorn.Server, state: ServerState) -> None:
+    """Print one line on stderr once the model serves and the socket listens (whichever comes last):
+    ``mlci serve: serving <model> <digest> at http://HOST:PORT (prediction log: <dir> | off)``."""
+
+    def announce() -> None:
+        if not server.started:  # the model loaded before uvicorn bound the socket: look again soon
+            asyncio.get_running_loop().call_later(0.01, announce)
+            return
+        host, port = server.servers[0].sockets[0].getsockname()[:2]
+        host = f"[{host}]" if ":" in host else host
+        log_dir = state.settings.log_dir
+        where = str(log_dir) if log_dir is not None else "off"
+        print(
+            f"mlci serve: serving {state.info.name} {state.info.digest} at http://{host}:{port} "
+            f"(prediction log: {where})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    state.on_ready = announce
+
+
 def _open_files_for(connections: int) -> None:
     """Raise the soft open-files limit so that ``connections`` sockets fit (up to the hard limit): past it,
     accept() fails and clients wait in the backlog instead of getting the cap's 503."""
@@ -136,18 +161,20 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> Non
     """Verify the artifact (refuse a tampered one before binding), then serve until told to stop."""
     if settings.artifact is None:
         raise ConfigError("No artifact to serve: pass ARTIFACT to `mlci serve` or set MLCI_SERVE_ARTIFACT.")
-    verify_artifact(settings.artifact)
+    manifest = verify_artifact(settings.artifact)
+    settings = settings.for_model(str(manifest["name"]))
     settings.check()
-    if settings.log_dir is not None:
+    log_dir = settings.log_dir
+    if isinstance(log_dir, Path):
         try:
-            settings.log_dir.mkdir(parents=True, exist_ok=True)
+            log_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(
-                f"Cannot create the prediction log directory '{settings.log_dir}': {exc}. Pick another --log-dir."
+                f"Cannot create the prediction log directory '{log_dir}': {exc}. Pick another --log-dir."
             ) from exc
-        if not os.access(settings.log_dir, os.W_OK):
+        if not os.access(log_dir, os.W_OK):
             raise ConfigError(
-                f"The prediction log directory '{settings.log_dir}' is not writable. Pick another --log-dir."
+                f"The prediction log directory '{log_dir}' is not writable. Pick another --log-dir."
             )
     keep_freed_memory()
     _open_files_for(settings.max_connections)
@@ -155,6 +182,7 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> Non
     server = build_server(settings, app)
     state = app.state.mlci
     state.on_loaded = freeze_startup_objects
+    announce_when_ready(server, state)
     server.run(sockets=sockets)
     if state.load_error:
         raise CheckFailed(f"The model could not be served: {state.load_error}")

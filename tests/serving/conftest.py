@@ -136,7 +136,8 @@ def running(
         assert state.loaded.wait(30), "model did not load within 30 s"
         assert state.runtime is not None, state.load_error
     try:
-        yield Running(url, state, settings.log_dir)
+        log_dir = state.settings.log_dir
+        yield Running(url, state, log_dir if isinstance(log_dir, Path) else None)
     finally:
         server.should_exit = True
         thread.join(30)
@@ -176,9 +177,16 @@ def free_port() -> int:
 
 @contextmanager
 def serve_process(
-    artifact: Path, log_dir: Path, *extra: str
+    artifact: Path,
+    log_dir: Path | None,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """`mlci serve` as a real subprocess; waits until ready; SIGKILLs it only if a test left it running."""
+    """`mlci serve` as a real subprocess; waits until ready; SIGKILLs it only if a test left it running.
+
+    ``log_dir`` None passes no ``--log-dir`` (the server picks its default); ``env`` is added to this
+    process's environment. The server's stdout and stderr are the process's ``stdout`` pipe."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -187,13 +195,13 @@ def serve_process(
             str(artifact),
             "--port",
             str(port),
-            "--log-dir",
-            str(log_dir),
+            *(["--log-dir", str(log_dir)] if log_dir is not None else []),
             *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        cwd=cwd,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

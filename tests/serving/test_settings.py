@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mlci.errors import ConfigError
-from mlci.serving.settings import Settings
+from mlci.serving.settings import DEFAULT_LOG_DIR, Settings, default_log_dir
 
 
 def test_defaults_and_overrides() -> None:
@@ -42,6 +42,21 @@ def test_defaults_and_overrides() -> None:
     default = Settings()
     assert (default.header_timeout_s, default.body_timeout_s, default.keep_alive_timeout_s) == (10, 30, 5)
     assert (default.max_connections, default.max_buffered_bytes) == (1024, 128 << 20)
+
+
+def test_default_log_dir_is_per_model_state_never_the_cwd() -> None:
+    assert Settings().log_dir == DEFAULT_LOG_DIR
+    env = {"XDG_STATE_HOME": "/st", "HOME": "/h"}
+    assert default_log_dir("bc", env) == Path("/st/mlci/bc/predictions")
+    for state in ("", "relative/dir"):  # empty or relative: ignored (XDG base directory spec)
+        assert default_log_dir("bc", {"XDG_STATE_HOME": state, "HOME": "/h"}) == Path(
+            "/h/.local/state/mlci/bc/predictions"
+        )
+    assert Settings().for_model("bc", env).log_dir == Path("/st/mlci/bc/predictions")
+    for given in (Path("/x"), None):  # an explicit directory, or no log: kept as they are
+        assert Settings(log_dir=given).for_model("bc", env).log_dir == given
+    with pytest.raises(ConfigError, match="cannot name a directory; pass --log-dir"):
+        default_log_dir("../up", env)
 
 
 def test_body_budget_must_hold_the_largest_body() -> None:
