@@ -245,7 +245,8 @@ def runs(config_path: Path, workspace: Path | None, limit: int, prometheus: bool
     "--log-dir",
     type=_dir_out,
     default=None,
-    help="Prediction log directory (default ./predictions, or MLCI_SERVE_LOG_DIR).",
+    help="Prediction log directory (default $XDG_STATE_HOME/mlci/<model>/predictions, else "
+    "~/.local/state/mlci/<model>/predictions; or MLCI_SERVE_LOG_DIR). The ready line names it.",
 )
 @click.option("--no-log", is_flag=True, help="Do not write the prediction log.")
 @click.option(
@@ -268,6 +269,41 @@ def runs(config_path: Path, workspace: Path | None, limit: int, prometheus: bool
     default=None,
     help="Rows concurrent requests may share in one onnxruntime call (default 256; 0 turns batching off).",
 )
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0, min_open=True, max=1e9),
+    default=None,
+    help="Seconds a request's headers may take, from the connection opening or the request's first byte; "
+    "then the connection is closed (default 10, or MLCI_SERVE_HEADER_TIMEOUT_S).",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(min=0, min_open=True, max=1e9),
+    default=None,
+    help="Seconds a request's whole body may take after its headers; then 408 and the connection is "
+    "closed (default 30, or MLCI_SERVE_BODY_TIMEOUT_S).",
+)
+@click.option(
+    "--keep-alive-timeout",
+    type=click.FloatRange(min=0, min_open=True, max=1e9),
+    default=None,
+    help="Seconds an idle keep-alive connection stays open (default 5, or MLCI_SERVE_KEEP_ALIVE_TIMEOUT_S).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Open connections served at once; a request on a connection beyond them gets 503 and the "
+    "connection is closed (default 1024, or MLCI_SERVE_MAX_CONNECTIONS).",
+)
+@click.option(
+    "--max-buffered-bytes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Request-body bytes the server holds while bodies arrive, all connections together; a body that "
+    "would pass it gets 503, retry later (default 128 MiB, or MLCI_SERVE_MAX_BUFFERED_BYTES; at least "
+    "--max-body-bytes).",
+)
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default=None)
 def serve(
     artifact: str,
@@ -282,6 +318,11 @@ def serve(
     max_body_bytes: int | None,
     threads: int | None,
     batch_max_rows: int | None,
+    header_timeout: float | None,
+    body_timeout: float | None,
+    keep_alive_timeout: float | None,
+    max_connections: int | None,
+    max_buffered_bytes: int | None,
     log_level: str | None,
 ) -> None:
     """Serve ARTIFACT over the Open Inference Protocol (KServe V2 REST) until SIGTERM.
@@ -290,6 +331,8 @@ def serve(
     (every blob verified) into the local cache ($MLCI_CACHE_DIR, default ~/.cache/mlci/artifacts) first.
 
     The artifact's hashes and digest are verified first; a tampered artifact is refused (exit 2).
+    Once the model is loaded and warmed up, one line on stderr says what serves where:
+    `mlci serve: serving <model> <digest> at http://HOST:PORT (prediction log: <dir> | off)`.
     Every other setting can also come from MLCI_SERVE_* environment variables.
     """
     import dataclasses
@@ -302,7 +345,9 @@ def serve(
     for key, value in (
         ("host", host), ("port", port), ("log_dir", log_dir), ("max_body_bytes", max_body_bytes),
         ("threads", threads), ("log_level", log_level), ("log_max_bytes", log_max_bytes), ("log_keep", log_keep),
-        ("batch_max_rows", batch_max_rows),
+        ("batch_max_rows", batch_max_rows), ("header_timeout_s", header_timeout), ("body_timeout_s", body_timeout),
+        ("keep_alive_timeout_s", keep_alive_timeout), ("max_connections", max_connections),
+        ("max_buffered_bytes", max_buffered_bytes),
     ):  # fmt: skip
         if value is not None:
             overrides[key] = value

@@ -35,10 +35,13 @@ from mlci.serving.errors import (
     ClientClosed,
     ModelNotFound,
     NotReady,
+    Overloaded,
     PayloadTooLarge,
+    RequestTimeout,
     ServingError,
     UnsupportedEncoding,
 )
+from mlci.serving.http import BODY_TIMEOUT
 from mlci.serving.metrics import CONTENT_TYPE, ServingMetrics
 from mlci.serving.predlog import PredictionLog
 from mlci.serving.protocol import encode_response
@@ -51,8 +54,8 @@ _JSON = "application/json"
 Loader = Callable[[], ModelRuntime]
 
 
-def _json(payload: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type=_JSON)
+def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, headers=headers, media_type=_JSON)
 
 
 class ServerState:
@@ -70,6 +73,8 @@ class ServerState:
         self.log: PredictionLog | None = None
         self.on_load_error: Callable[[str], None] | None = None
         self.on_loaded: Callable[[], None] | None = None  # called once the model serves (the server tunes GC)
+        self.on_ready: Callable[[], None] | None = None  # called on the event loop once ready is true
+        self.body_bytes = 0  # bytes reserved by request bodies being received (see reserve_body)
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
 
@@ -98,11 +103,28 @@ class ServerState:
         finally:
             self.loaded.set()
 
+    def reserve_body(self, size: int) -> int:
+        """Hold ``size`` bytes of the server-wide body budget (``max_buffered_bytes``), or refuse with 503.
+
+        Memory for bodies that arrive slowly is what N slow clients can make the server hold; the budget
+        bounds it across all connections. Runs on the event loop only, so a plain integer is enough.
+        """
+        budget = self.settings.max_buffered_bytes
+        if self.body_bytes + size > budget:
+            self.metrics.limit("max_buffered_bytes")
+            raise Overloaded(
+                f"The server is receiving {self.body_bytes} bytes of request bodies; this body's {size} "
+                f"would pass its limit of {budget} (--max-buffered-bytes). Retry in a moment."
+            )
+        self.body_bytes += size
+        return size
+
     def open_log(self) -> None:
-        """Start the prediction log, unless disabled (``log_dir`` unset)."""
-        if self.settings.log_dir is not None:
+        """Start the prediction log, unless disabled (``log_dir`` None)."""
+        log_dir = self.settings.log_dir
+        if isinstance(log_dir, Path):
             self.log = PredictionLog(
-                self.settings.log_dir,
+                log_dir,
                 model=self.info.name,
                 digest=self.info.digest,
                 max_bytes=self.settings.log_max_bytes,
@@ -198,36 +220,61 @@ def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
     raise BadRequest(f"The body is not valid {label} data ({error}); compress it again.")
 
 
-async def _read_body(request: Request, declared: int | None, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it (or its Content-Length) exceeds ``limit``."""
+async def _read_body(request: Request, declared: int | None, state: ServerState) -> bytes:
+    """The body, refused with 413 as soon as it (or its Content-Length) exceeds ``--max-body-bytes``.
+
+    A body that comes in one ASGI message (the common case: it arrived with the headers) is returned at
+    once. A longer one is received by :func:`_receive_rest` against the server-wide budget.
+    """
+    limit = state.settings.max_body_bytes
     if declared is not None and declared > limit:
         raise PayloadTooLarge(
             f"The body is {declared} bytes; this server accepts at most {limit} (--max-body-bytes). "
             "Split the batch into smaller requests."
         )
+    message = await request.receive()  # straight from the ASGI server: one message for a small body
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        body: bytes = message.get("body", b"")
+        if len(body) <= limit:
+            return body
+    return await _receive_rest(request, message, declared, state)
+
+
+async def _receive_rest(request: Request, message: Any, declared: int | None, state: ServerState) -> bytes:
+    """A body in several messages: its Content-Length (or, chunked, each chunk as it comes) is reserved
+    from the body budget first (503 when it would not fit), released when the body is complete or
+    refused; the protocol's body timeout shows as ``scope[BODY_TIMEOUT]`` and gets 408."""
+    limit = state.settings.max_body_bytes
     chunks: list[bytes] = []
-    size = 0
-    receive = request.receive  # straight from the ASGI server: one message for a small body
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientClosed(f"The client disconnected after {size} bytes of the body.")
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(
-                f"The body exceeds {limit} bytes (--max-body-bytes). Split the batch into smaller requests."
-            )
-        if not message.get("more_body", False):
-            if not chunks:
-                return chunk
+    size = reserved = 0
+    try:
+        while True:
+            if message["type"] == "http.disconnect":
+                raise ClientClosed(f"The client disconnected after {size} bytes of the body.")
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(
+                    f"The body exceeds {limit} bytes (--max-body-bytes). Split the batch into smaller requests."
+                )
             chunks.append(chunk)
-            return b"".join(chunks)
-        chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+            if request.scope.get(BODY_TIMEOUT):
+                of = "" if declared is None else f" of {declared}"
+                raise RequestTimeout(
+                    f"The request body did not arrive within {state.settings.body_timeout_s:g} s "
+                    f"(--body-timeout): {size}{of} bytes received. Send the whole body at once."
+                )
+            wanted = size if declared is None else declared
+            if wanted > reserved:
+                reserved += state.reserve_body(wanted - reserved)
+            message = await request.receive()
+    finally:
+        state.body_bytes -= reserved
 
 
 def _routes(state: ServerState) -> list[Route]:
-    settings = state.settings
     info = state.info
 
     async def infer(request: Request) -> Response:
@@ -235,9 +282,9 @@ def _routes(state: ServerState) -> list[Route]:
         start = request.scope["mlci.start"] = time.perf_counter()
         runtime = state.check_model(request)
         content_length, header_length, encoding = _infer_headers(request)
-        body = await _read_body(request, content_length, settings.max_body_bytes)
+        body = await _read_body(request, content_length, state)
         if encoding is not None:
-            body = _decompress(body, encoding, settings.max_body_bytes)
+            body = _decompress(body, encoding, state.settings.max_body_bytes)
         decoded = runtime.decoder.decode(body, header_length)
         batcher = state.batcher
         assert batcher is not None  # load() sets it before it publishes the runtime check_model returned
@@ -343,6 +390,8 @@ def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette
         raise ConfigError("No artifact to serve: pass ARTIFACT to `mlci serve` or set MLCI_SERVE_ARTIFACT.")
     artifact: Path = settings.artifact
     info = model_info(read_manifest(artifact))
+    settings = settings.for_model(info.name)
+    settings.check()
     state = ServerState(
         settings,
         info,
@@ -350,8 +399,9 @@ def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette
     )
 
     async def _error(request: Request, exc: Exception) -> Response:
+        headers = None
         if isinstance(exc, ServingError):
-            status, message = exc.status_code, str(exc)
+            status, message, headers = exc.status_code, str(exc), exc.headers
         elif isinstance(exc, HTTPException):
             status = exc.status_code
             message = f"{request.method} {request.url.path}: {exc.detail}. The server speaks the Open Inference Protocol under /v2."
@@ -366,12 +416,17 @@ def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette
             status,
             None if start is None else time.perf_counter() - start,
         )
-        return _json({"error": message}, status)
+        return _json({"error": message}, status, headers)
+
+    def _loaded(_: asyncio.Future[None]) -> None:
+        if state.runtime is not None and state.on_ready is not None:
+            state.on_ready()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.open_log()
         loading = asyncio.get_running_loop().run_in_executor(None, state.load)
+        loading.add_done_callback(_loaded)
         try:
             yield
         finally:

@@ -14,7 +14,9 @@ __all__ = [
     "InvalidInput",
     "ModelNotFound",
     "NotReady",
+    "Overloaded",
     "PayloadTooLarge",
+    "RequestTimeout",
     "ServingError",
     "UnsupportedEncoding",
 ]
@@ -24,6 +26,7 @@ class ServingError(MlciError):
     """Base error of the server; ``status_code`` is the HTTP status of the answer."""
 
     status_code = 400
+    headers: dict[str, str] | None = None  # extra response headers
 
 
 class BadRequest(ServingError):
@@ -56,6 +59,12 @@ class UnsupportedEncoding(ServingError):
     status_code = 415
 
 
+class RequestTimeout(ServingError):
+    """The body did not arrive within the body timeout (the connection is closed after the answer)."""
+
+    status_code = 408
+
+
 class ClientClosed(ServingError):
     """The client went away before sending its whole body (499, as nginx logs it; nobody reads the answer)."""
 
@@ -66,3 +75,10 @@ class NotReady(ServingError):
     """The model is still loading or warming up."""
 
     status_code = 503
+
+
+class Overloaded(ServingError):
+    """A limit on what the server holds for all clients together was reached; retrying later can succeed."""
+
+    status_code = 503
+    headers = {"Retry-After": "1"}  # noqa: RUF012 (read-only)

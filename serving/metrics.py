@@ -50,7 +50,8 @@ class _Histogram:
 
 
 class ServingMetrics(Collector):
-    """Request counts by endpoint and status, latency, batch sizes, predictions per class, log health, readiness."""
+    """Request counts by endpoint and status, latency, batch sizes, predictions per class, log health, limits
+    hit, readiness."""
 
     def __init__(self, *, model: str, digest: str, registry: CollectorRegistry | None = None) -> None:
         self.model = model
@@ -62,6 +63,7 @@ class ServingMetrics(Collector):
         self.predictions: dict[str, int] = {}
         self.log_lines = 0
         self.log_dropped = 0
+        self.limits: dict[str, int] = {}
         self.ready = 0
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -100,6 +102,11 @@ class ServingMetrics(Collector):
     def onnxruntime_call(self, rows: int) -> None:
         """One onnxruntime call of ``rows`` rows (several requests' rows when they were batched together)."""
         self.onnxruntime_rows.observe(rows)
+
+    def limit(self, name: str) -> None:
+        """A server limit cut a connection or a request off: header_timeout, body_timeout, max_connections,
+        max_buffered_bytes."""
+        self.limits[name] = self.limits.get(name, 0) + 1
 
     def set_ready(self, ready: bool) -> None:
         """Flip the readiness gauge."""
@@ -165,6 +172,14 @@ class ServingMetrics(Collector):
         )
         dropped.add_metric([d], self.log_dropped)
         yield dropped
+        limits = CounterMetricFamily(
+            "mlci_limit_events",
+            "Connections closed or requests refused by a server limit (timeouts, connection cap, body budget).",
+            labels=["limit", "digest"],
+        )
+        for name, count in sorted(self.limits.items()):
+            limits.add_metric([name, d], count)
+        yield limits
         ready = GaugeMetricFamily(
             "mlci_model_ready", "1 once the model is loaded and warmed up.", labels=["digest", "model"]
         )

@@ -3,16 +3,21 @@
 On SIGTERM uvicorn stops accepting connections, closes idle keep-alive connections, lets in-flight requests
 finish (up to ``graceful_timeout_s``), then runs the app's lifespan shutdown, which flushes the
 prediction log. Why this stack: uvicorn with httptools and uvloop is the fastest well-kept ASGI server
-for CPython; starlette adds routing and error mapping for a few microseconds a request.
+for CPython; starlette adds routing and error mapping for a few microseconds a request. Uvicorn's
+httptools protocol is used through a subclass that adds header and body timeouts and a connection cap
+(:mod:`mlci.serving.http`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import gc
 import os
 import socket
+import sys
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -20,10 +25,18 @@ import uvicorn
 from mlci.errors import CheckFailed, ConfigError
 from mlci.model.artifact import verify_artifact
 from mlci.model.onnxio import refuse_external_data
-from mlci.serving.app import create_app
+from mlci.serving.app import ServerState, create_app
+from mlci.serving.http import protocol_class
 from mlci.serving.settings import Settings
 
-__all__ = ["build_server", "freeze_startup_objects", "keep_freed_memory", "serve"]
+__all__ = [
+    "announce_when_ready",
+    "build_server",
+    "freeze_startup_objects",
+    "keep_freed_memory",
+    "serve",
+    "uvicorn_config",
+]
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
@@ -63,22 +76,33 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 
     )
 
 
-def build_server(settings: Settings, app: Any = None) -> uvicorn.Server:
-    """A configured ``uvicorn.Server`` for ``settings`` (the app is built from the artifact unless given)."""
-    app = app if app is not None else create_app(settings)
-    config = uvicorn.Config(
+def uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
+    """The uvicorn configuration for ``settings`` (shared by :func:`build_server` and the tests' servers).
+
+    ``limit_concurrency`` stays unset: the protocol class caps connections itself (see
+    :mod:`mlci.serving.http` for why), and WebSocket upgrades are off (this is an HTTP API only; the
+    protocol's timers assume the connection stays HTTP).
+    """
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=protocol_class(settings, app.state.mlci.metrics),
+        ws="none",
         lifespan="on",
         log_level=settings.log_level,
         access_log=False,
         server_header=False,
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]  # a float works
         timeout_graceful_shutdown=settings.graceful_timeout_s,
     )
-    server = uvicorn.Server(config)
+
+
+def build_server(settings: Settings, app: Any = None) -> uvicorn.Server:
+    """A configured ``uvicorn.Server`` for ``settings`` (the app is built from the artifact unless given)."""
+    app = app if app is not None else create_app(settings)
+    server = uvicorn.Server(uvicorn_config(settings, app))
     state = app.state.mlci
 
     def _stop(message: str) -> None:
@@ -88,31 +112,82 @@ def build_server(settings: Settings, app: Any = None) -> uvicorn.Server:
     return server
 
 
+def announce_when_ready(server: uvicorn.Server, state: ServerState) -> None:
+    """Print one line on stderr once the model serves and the socket listens (whichever comes last):
+    ``mlci serve: serving <model> <digest> at http://HOST:PORT (prediction log: <dir> | off)``."""
+
+    def announce() -> None:
+        if not server.started:  # the model loaded before uvicorn bound the socket: look again soon
+            asyncio.get_running_loop().call_later(0.01, announce)
+            return
+        host, port = server.servers[0].sockets[0].getsockname()[:2]
+        host = f"[{host}]" if ":" in host else host
+        log_dir = state.settings.log_dir
+        where = str(log_dir) if log_dir is not None else "off"
+        print(
+            f"mlci serve: serving {state.info.name} {state.info.digest} at http://{host}:{port} "
+            f"(prediction log: {where})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    state.on_ready = announce
+
+
+def _open_files_for(connections: int) -> None:
+    """Raise the soft open-files limit so that ``connections`` sockets fit (up to the hard limit): past it,
+    accept() fails and clients wait in the backlog instead of getting the cap's 503."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    wanted = connections + 64  # the listening socket, the log, the model, the interpreter's own files
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError):
+        target = soft
+    if target < wanted:
+        print(
+            f"mlci serve: warning: the open-files limit is {target}, too low for --max-connections "
+            f"{connections}; connections past it wait unanswered (raise `ulimit -n`).",
+            file=sys.stderr,
+        )
+
+
 def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> None:
     """Verify the artifact (refuse a tampered one before binding), then serve until told to stop."""
     if settings.artifact is None:
         raise ConfigError("No artifact to serve: pass ARTIFACT to `mlci serve` or set MLCI_SERVE_ARTIFACT.")
-    verify_artifact(settings.artifact)
+    manifest = verify_artifact(settings.artifact)
     # Before binding, like a tampered artifact: a model that would read files from this machine (the
     # runtime refuses it as well, for any other way in).
     refuse_external_data((settings.artifact / "model.onnx").read_bytes(), f"{settings.artifact}/model.onnx")
-    if settings.log_dir is not None:
+    settings = settings.for_model(str(manifest["name"]))
+    settings.check()
+    log_dir = settings.log_dir
+    if isinstance(log_dir, Path):
         try:
-            settings.log_dir.mkdir(parents=True, exist_ok=True)
+            log_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(
-                f"Cannot create the prediction log directory '{settings.log_dir}': {exc}. Pick another --log-dir."
+                f"Cannot create the prediction log directory '{log_dir}': {exc}. Pick another --log-dir."
             ) from exc
-        if not os.access(settings.log_dir, os.W_OK):
+        if not os.access(log_dir, os.W_OK):
             raise ConfigError(
-                f"The prediction log directory '{settings.log_dir}' is not writable. Pick another --log-dir."
+                f"The prediction log directory '{log_dir}' is not writable. Pick another --log-dir."
             )
     keep_freed_memory()
+    _open_files_for(settings.max_connections)
     app = create_app(settings)
     server = build_server(settings, app)
-    app.state.mlci.on_loaded = freeze_startup_objects
-    server.run(sockets=sockets)
     state = app.state.mlci
+    state.on_loaded = freeze_startup_objects
+    announce_when_ready(server, state)
+    server.run(sockets=sockets)
     if state.load_error:
         raise CheckFailed(f"The model could not be served: {state.load_error}")
     if not server.started:

@@ -14,6 +14,7 @@ def test_entrypoint_serves_the_baked_in_artifact_on_8080(call: Caller, engine: F
     entrypoint = g.one("withEntrypoint")["args"]
     opts = assert_cli_accepts(entrypoint)
     assert entrypoint[:2] == ["mlci", "serve"] and opts["host"] == "0.0.0.0" and opts["port"] == "8080"
+    assert opts["log_dir"] == "/var/lib/mlci/predictions"  # where the monitor image reads it
     (baked,) = [d for d in g.calls("withDirectory") if d["path"] == opts["artifact"]]
     # The artifact is the output of `train` (no --artifact given): the evaluate directory of the stage container.
     assert engine.graph(baked["source"]).steps[-1].args == {"path": "/mlci/out/artifact"}

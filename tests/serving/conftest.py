@@ -25,6 +25,7 @@ import uvicorn
 from mlci.config import load_config
 from mlci.pipeline import run_pipeline
 from mlci.serving.app import ServerState, create_app
+from mlci.serving.server import uvicorn_config
 from mlci.serving.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,11 +120,11 @@ class Running:
 def running(
     settings: Settings, loader: Callable[[], Any] | None = None, wait_ready: bool = True
 ) -> Iterator[Running]:
-    """Real uvicorn (uvloop + httptools) on 127.0.0.1 in a thread, like httpx's test server."""
+    """Real uvicorn (uvloop + httptools) on 127.0.0.1 in a thread, like httpx's test server; configured by
+    the same function as `mlci serve` (timeouts, connection cap), so the tests see the real settings."""
     sock = socket.create_server(("127.0.0.1", 0))
     app = create_app(settings, loader=loader)
-    config = uvicorn.Config(app, loop="uvloop", http="httptools", log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(settings, app))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
@@ -135,7 +136,8 @@ def running(
         assert state.loaded.wait(30), "model did not load within 30 s"
         assert state.runtime is not None, state.load_error
     try:
-        yield Running(url, state, settings.log_dir)
+        log_dir = state.settings.log_dir
+        yield Running(url, state, log_dir if isinstance(log_dir, Path) else None)
     finally:
         server.should_exit = True
         thread.join(30)
@@ -175,9 +177,16 @@ def free_port() -> int:
 
 @contextmanager
 def serve_process(
-    artifact: Path, log_dir: Path, *extra: str
+    artifact: Path,
+    log_dir: Path | None,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """`mlci serve` as a real subprocess; waits until ready; SIGKILLs it only if a test left it running."""
+    """`mlci serve` as a real subprocess; waits until ready; SIGKILLs it only if a test left it running.
+
+    ``log_dir`` None passes no ``--log-dir`` (the server picks its default); ``env`` is added to this
+    process's environment. The server's stdout and stderr are the process's ``stdout`` pipe."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -186,13 +195,13 @@ def serve_process(
             str(artifact),
             "--port",
             str(port),
-            "--log-dir",
-            str(log_dir),
+            *(["--log-dir", str(log_dir)] if log_dir is not None else []),
             *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        cwd=cwd,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

@@ -22,6 +22,9 @@ def test_counts_latency_batches_classes() -> None:
     m.inference(1, np.array(["yes"], dtype=object))
     m.inference(3, np.array(["no", "yes", "no"], dtype=object))
     m.set_ready(True)
+    m.limit("header_timeout")
+    m.limit("header_timeout")
+    m.limit("max_connections")
     text = m.render().decode()
     assert sample(text, "mlci_requests_total", status="200", endpoint="infer", digest="sha256:ab") == 2
     assert sample(text, "mlci_requests_total", status="422") == 1
@@ -30,6 +33,8 @@ def test_counts_latency_batches_classes() -> None:
     assert sample(text, "mlci_predictions_total", **{"class": "no"}) == 2
     assert sample(text, "mlci_batch_rows_sum") == 4
     assert sample(text, "mlci_model_ready", model="m") == 1
+    assert sample(text, "mlci_limit_events_total", limit="header_timeout", digest="sha256:ab") == 2
+    assert sample(text, "mlci_limit_events_total", limit="max_connections") == 1
 
 
 def test_regression_and_separate_registries() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import select
 import shutil
 import signal
 import subprocess
@@ -158,6 +160,15 @@ def test_cli_refuses_unwritable_log_dir(bc_artifact: Path, tmp_path: Path) -> No
     assert "Cannot create the prediction log directory" in result.output
 
 
+def test_cli_refuses_a_body_budget_below_the_body_limit(bc_artifact: Path) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["serve", str(bc_artifact), "--no-log", "--max-body-bytes", "2000", "--max-buffered-bytes", "1000"],
+    )
+    assert result.exit_code == 2
+    assert "--max-buffered-bytes (1000) is below --max-body-bytes (2000)" in result.output
+
+
 def test_keep_freed_memory_sets_glibc_thresholds_or_says_it_cannot(monkeypatch: pytest.MonkeyPatch) -> None:
     import ctypes
 
@@ -212,3 +223,60 @@ def test_cli_log_and_batching_options_take_effect_in_a_real_server(
     assert all(p.stat().st_size <= 3000 for p in [*rotated, log_dir / "predictions.jsonl"])
     bad = CliRunner().invoke(cli, ["serve", str(bc_artifact), "--log-keep", "-1"])
     assert bad.exit_code == 2 and "--log-keep" in bad.output and "-1" in bad.output
+
+
+def _read_line(proc: subprocess.Popen[bytes], prefix: str, seconds: float) -> str:
+    """The first line of the server's output that starts with ``prefix``, within ``seconds``."""
+    assert proc.stdout is not None
+    fd, data = proc.stdout.fileno(), b""
+    deadline = time.monotonic() + seconds
+    while True:
+        for line in data.decode(errors="replace").splitlines(keepends=True):
+            if line.startswith(prefix) and line.endswith("\n"):
+                return line.rstrip("\n")
+        left = deadline - time.monotonic()
+        assert left > 0 and select.select([fd], [], [], left)[0], f"no {prefix!r} line in {data!r}"
+        chunk = os.read(fd, 65536)
+        assert chunk, f"the server exited without a {prefix!r} line: {data!r}"
+        data += chunk
+
+
+@pytest.mark.parametrize("case", ["xdg", "home", "env", "off"])
+def test_ready_line_names_url_model_digest_and_log_dir_never_the_cwd(
+    bc_artifact: Path,
+    tmp_path: Path,
+    serve_subprocess: Any,
+    bc_rows: list[dict[str, float]],
+    make_body: Any,
+    case: str,
+) -> None:
+    """Without --log-dir the log goes under $XDG_STATE_HOME (else ~/.local/state), not into the current
+    directory (a user's repository); MLCI_SERVE_LOG_DIR and --no-log still decide; the ready line says where."""
+    from mlci.model.artifact import read_manifest
+
+    cwd, home, state = tmp_path / "repo", tmp_path / "home", tmp_path / "state"
+    cwd.mkdir()
+    env = {"HOME": str(home), "XDG_STATE_HOME": str(state)}
+    extra: tuple[str, ...] = ()
+    expected: Path | None = state / "mlci" / "breast-cancer" / "predictions"
+    if case == "home":
+        env["XDG_STATE_HOME"] = ""  # empty counts as unset (XDG base directory spec)
+        expected = home / ".local" / "state" / "mlci" / "breast-cancer" / "predictions"
+    elif case == "env":
+        expected = tmp_path / "from-env"
+        env["MLCI_SERVE_LOG_DIR"] = str(expected)
+    elif case == "off":
+        extra, expected = ("--no-log",), None
+    digest = read_manifest(bc_artifact)["digest"]
+    with serve_subprocess(bc_artifact, None, *extra, env=env, cwd=cwd) as (proc, url):
+        line = _read_line(proc, "mlci serve:", 10)
+        print(line)
+        where = "off" if expected is None else str(expected)
+        assert line == f"mlci serve: serving breast-cancer {digest} at {url} (prediction log: {where})"
+        body = make_body(bc_rows[:1], id="ready-1")
+        assert httpx.post(f"{url}/v2/models/breast-cancer/infer", json=body).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == -signal.SIGTERM
+    assert list(cwd.iterdir()) == []  # no predictions/ in the directory the server was started from
+    if expected is not None:
+        assert [r["id"] for r in read_lines(expected)] == ["ready-1"]

@@ -64,8 +64,9 @@ def train(config: str) -> list[list[str]]:
 
 
 def serve() -> list[str]:
-    """The serving image's entrypoint: the Open Inference Protocol server on all interfaces."""
-    return ["mlci", "serve", ARTIFACT, "--host", "0.0.0.0", "--port", str(PORT)]
+    """The serving image's entrypoint: the Open Inference Protocol server on all interfaces, writing its
+    prediction log where the monitor image reads it (given, not the server's per-user default)."""
+    return ["mlci", "serve", ARTIFACT, "--host", "0.0.0.0", "--port", str(PORT), "--log-dir", PREDICTIONS]
 
 
 def monitor(interval: float) -> list[str]:
