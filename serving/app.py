@@ -435,7 +435,10 @@ def create_app(settings: Settings, *, loader: Loader | None = None) -> Starlette
             if not loading.done():
                 await loading  # a load still running (e.g. SIGTERM during start-up) finishes first
             if state.log is not None:
-                state.log.close()
+                try:
+                    state.log.close()
+                except OSError as exc:  # the lines it lost are counted in mlci_prediction_log_dropped_total
+                    print(f"mlci serve: the prediction log's last write failed: {exc}", file=sys.stderr)
 
     app = Starlette(
         routes=_routes(state),

@@ -167,7 +167,7 @@ class ServingMetrics(Collector):
         yield lines
         dropped = CounterMetricFamily(
             "mlci_prediction_log_dropped",
-            "Records dropped because the log queue was full or closed.",
+            "Records dropped because the log queue was full or closed, or the disk refused their write.",
             labels=["digest"],
         )
         dropped.add_metric([d], self.log_dropped)

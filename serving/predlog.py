@@ -491,30 +491,41 @@ class PredictionLog:
                 return
             # A failed write loses its segment's queued lines, but every segment still starts where it
             # was planned, and every blob goes to its planned offset: what is written later stays right.
+            # Lost lines are counted as dropped, like the ones the queue refuses.
             error: OSError | None = None
-            lines: list[bytes | bytearray | memoryview] = []
+            lost = 0
+            lines: list[bytes | bytearray] = []
             blob: list[bytes | bytearray | memoryview] = []
             for chunk in queue:
                 if isinstance(chunk, str):
-                    error = self._write(blob, lines) or error
+                    failed, missing = self._write(blob, lines)
+                    error, lost = failed or error, lost + missing
                     blob, lines = [], []
                     self._rotate(chunk)
                 elif isinstance(chunk, memoryview):
                     blob.append(chunk)
                 else:
                     lines.append(chunk)
-            error = self._write(blob, lines) or error
+            failed, missing = self._write(blob, lines)
+            error, lost = failed or error, lost + missing
+            self.written += count - lost
+            if self._on_write is not None and count > lost:
+                self._on_write(count - lost)
+            if lost:
+                self.dropped += lost
+                if self._on_drop is not None:
+                    self._on_drop(lost)
             if error is not None:
                 raise error
-            self.written += count
-            if self._on_write is not None:
-                self._on_write(count)
 
     def _write(
-        self, blob: list[bytes | bytearray | memoryview], lines: list[bytes | bytearray | memoryview]
-    ) -> OSError | None:
+        self, blob: list[bytes | bytearray | memoryview], lines: list[bytes | bytearray]
+    ) -> tuple[OSError | None, int]:
         """The segment's blob bytes first, then the lines that point to them (not written if the blob
-        bytes could not be). Returns the error instead of raising it."""
+        bytes could not be). Returns the error instead of raising it, and how many lines were lost: a
+        line cut short (ENOSPC mid-write) is cut off the file again, so every line on disk is whole."""
+        fd = self._file.fileno()
+        start = None
         try:
             if blob:
                 offset = self._blob_offset
@@ -522,10 +533,21 @@ class PredictionLog:
                 if self._blob_fd is None:
                     self._blob_fd = self._open_blob(None)
                 _write_all(self._blob_fd, blob, offset)
-            _write_all(self._file.fileno(), lines)
+            if lines:
+                start = os.lseek(fd, 0, os.SEEK_END)
+                _write_all(fd, lines)
         except OSError as exc:
-            return exc
-        return None
+            total = sum(chunk.count(b"\n") for chunk in lines)
+            if start is None:
+                return exc, total
+            try:
+                written = b"".join(lines)[: os.lseek(fd, 0, os.SEEK_END) - start]
+                whole = written.rfind(b"\n") + 1
+                os.ftruncate(fd, start + whole)
+            except OSError:
+                return exc, total  # cannot tell or mend what reached the file: count it all as lost
+            return exc, total - written.count(b"\n", 0, whole)
+        return None, 0
 
     def _open_blob(self, recycled: Path | None) -> int:
         """The writing segment's blob file, new or ``recycled`` (a deleted segment's), positioned after
@@ -558,12 +580,14 @@ class PredictionLog:
             self._closed = True
         self._wake.set()
         self._thread.join()
-        self.flush()
-        with self._io_lock:
-            self._file.close()
-            if self._blob_fd is not None:
-                os.close(self._blob_fd)
-                self._blob_fd = None
+        try:
+            self.flush()  # an OSError (full disk) is raised after the files are closed; its lines are counted
+        finally:
+            with self._io_lock:
+                self._file.close()
+                if self._blob_fd is not None:
+                    os.close(self._blob_fd)
+                    self._blob_fd = None
 
     def _rotate(self, stem: str) -> None:
         """End the writing segment; start segment ``stem``; with ``keep``, drop the oldest segments."""
@@ -598,14 +622,27 @@ class PredictionLog:
             old.unlink(missing_ok=True)
 
     def _loop(self) -> None:
+        failing: str | None = None  # the error of the current run of failed writes: said once, not per tick
         while not self._closed:
             self._wake.wait(self.flush_interval_s)
             self._wake.clear()  # close() sets _closed before waking us, so the loop still ends
             try:
                 self.flush()
-            except Exception as exc:  # a full disk must not kill the writer; the records stay counted as lost
-                print(f"mlci serve: prediction log write failed: {exc!r}", file=sys.stderr)
+            except Exception as exc:  # a full disk must not kill the writer; the lost records are counted
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
+                if why != failing:
+                    failing = why
+                    print(
+                        f"mlci serve: the prediction log cannot write to '{self.directory}' ({why}); records are "
+                        "dropped and counted in mlci_prediction_log_dropped_total until it can. Free space "
+                        "there, or pass --log-keep / another --log-dir.",
+                        file=sys.stderr,
+                    )
                 time.sleep(self.flush_interval_s)
+            else:
+                if failing is not None:
+                    print(f"mlci serve: the prediction log writes again to '{self.directory}'.", file=sys.stderr)
+                    failing = None
 
 
 _IOV_MAX = 1024  # buffers per writev call (Linux's limit)
