@@ -16,7 +16,7 @@ import click
 
 from mlci import __version__
 from mlci.config import Config, load_config
-from mlci.errors import MlciError
+from mlci.errors import MlciError, storage_error
 
 __all__ = ["main"]
 
@@ -33,13 +33,18 @@ class _Failure(click.ClickException):
 
 
 class _Group(click.Group):
-    """Maps every MlciError to its exit code in one place."""
+    """Maps every MlciError (and every write the machine refuses) to its exit code in one place."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except MlciError as exc:
             raise _Failure(exc) from exc
+        except OSError as exc:  # a full disk, a read-only workspace, a denied write: named, not a traceback
+            named = storage_error(exc)
+            if named is None:
+                raise
+            raise _Failure(named) from exc
 
 
 def config_option(fn: F) -> F:

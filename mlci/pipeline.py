@@ -235,6 +235,8 @@ def run_pipeline(
                 failed = [f"{c['name']} ({c['reason']})" for c in verdict["checks"] if not c["passed"]]
                 raise CheckFailed(f"The gate failed for {digest[:19]}: " + "; ".join(failed))
     except BaseException as exc:  # a bug or Ctrl-C still leaves an honest record
+        if isinstance(exc, OSError) and not exc.filename:  # a write() on a full disk names no file: say where
+            exc.filename = str(runner.workspace.root)
         status, error = "failed", str(exc) if isinstance(exc, MlciError) else f"{type(exc).__name__}: {exc}"
         raise
     finally:
