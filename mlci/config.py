@@ -227,6 +227,26 @@ def load_config(path: Path | str = "mlci.toml", workspace: Path | str | None = N
     return parse_config(raw, path.resolve(), workspace)
 
 
+def _check_workspace(path: Path, root: Path, where: str) -> None:
+    """Refuse a workspace mlci would clobber: it deletes and replaces directories inside it (stage cache
+    entries on --no-cache), so it must be a directory of its own, below nothing it must not touch."""
+    resolved = path.expanduser().resolve()
+    why = None
+    if resolved == Path(resolved.anchor):
+        why = "is the filesystem root"
+    elif resolved == root.resolve():
+        why = "is the repository itself (the directory of mlci.toml)"
+    elif resolved in root.resolve().parents:
+        why = "holds the repository (it is a parent of the directory of mlci.toml)"
+    elif resolved.exists() and not resolved.is_dir():
+        why = "is a file"
+    if why is not None:
+        raise ConfigError(
+            f"{where} '{path}' {why}; mlci replaces directories inside its workspace, so it needs one of its "
+            "own. Use the default '.mlci' or another new directory (set [workspace] path or pass --workspace)."
+        )
+
+
 def parse_config(raw: Mapping[str, Any], path: Path, workspace: Path | str | None = None) -> Config:
     """Validate an already-parsed TOML mapping (``path`` anchors relative paths)."""
     _unknown_keys(raw, "")
@@ -310,6 +330,7 @@ def parse_config(raw: Mapping[str, Any], path: Path, workspace: Path | str | Non
 
     ws = _section(raw, "workspace")
     ws_path = Path(workspace) if workspace is not None else root / _get(ws, "workspace", "path", str, ".mlci")
+    _check_workspace(ws_path, root, "--workspace" if workspace is not None else "[workspace] path")
 
     gate_cfg = _parse_gate(_section(raw, "gate"), task)
     sm = _section(raw, "smoke")

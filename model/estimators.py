@@ -146,7 +146,21 @@ def _with_named_inputs(estimator: Any, schema: Schema, factory: str) -> Any:
 def build_estimator(spec: EstimatorConfig, schema: Schema, seed: int, root: Path) -> Any:
     """The unfitted estimator for ``spec``: preprocessing + model for a class, or whatever the factory returns."""
     if spec.factory is not None:
-        estimator = _load_factory(spec.factory, root)()
+        factory = _load_factory(spec.factory, root)
+        try:
+            required = [
+                p.name
+                for p in inspect.signature(factory).parameters.values()
+                if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            ]
+        except (TypeError, ValueError):  # no signature to read (some builtins): calling it will tell
+            required = []
+        if required:
+            raise ConfigError(
+                f"[estimator] factory {spec.factory!r} needs argument(s) {', '.join(required)}, but mlci calls it "
+                "with none. Name a function that takes no arguments and returns an unfitted estimator."
+            )
+        estimator = factory()
         if not hasattr(estimator, "fit"):
             raise ConfigError(
                 f"[estimator] factory {spec.factory!r} returned {type(estimator).__name__}, not an unfitted estimator with fit()."

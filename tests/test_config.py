@@ -88,3 +88,34 @@ def test_workspace_override(tmp_path: Path) -> None:
     path = tmp_path / "mlci.toml"
     path.write_text('[model]\nname="a"\ntask="regression"\n[data]\npath="x.csv"\ntarget="y"\n[estimator]\nclass="sklearn.linear_model.Ridge"\n')
     assert load_config(path, tmp_path / "elsewhere").workspace == tmp_path / "elsewhere"
+
+
+@pytest.mark.parametrize(
+    ("where", "needle"),
+    [
+        ("/", "the filesystem root"),
+        (".", "the repository itself"),
+        ("..", "holds the repository"),
+        ("data.csv", "is a file"),
+    ],
+)
+def test_workspace_that_mlci_would_clobber_is_refused(tmp_path: Path, where: str, needle: str) -> None:
+    """mlci deletes and replaces directories inside its workspace (stage cache entries on --no-cache): a
+    workspace at '/', at the repository root or above it, or on a file, is refused before anything runs."""
+    (tmp_path / "data.csv").write_text("x,y\n")
+    for raw, override in ((cfg(workspace__path=where), None), (cfg(), where)):
+        with pytest.raises(ConfigError, match=needle) as refused:
+            parse_config(raw, tmp_path / "mlci.toml", None if override is None else tmp_path / override)
+        assert "[workspace] path" in str(refused.value) or "--workspace" in str(refused.value)
+
+
+@pytest.mark.parametrize("spec", ["os:system", "builtins:open", "operator:add"])
+def test_factory_that_needs_arguments_is_a_config_error(tmp_path: Path, spec: str) -> None:
+    """A factory is called with no arguments; one that needs some (``os:system``) was a TypeError traceback
+    (exit 1) from inside training. It is now a ConfigError (exit 2) naming the factory and the fix."""
+    from mlci.model.data import Schema
+    from mlci.model.estimators import build_estimator
+
+    config = parse_config(cfg(estimator={"factory": spec}), tmp_path / "mlci.toml")
+    with pytest.raises(ConfigError, match=r"needs argument.*takes no arguments and returns an unfitted"):
+        build_estimator(config.estimator, Schema(task="classification", features=(), target="y"), 0, tmp_path)
