@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -21,10 +22,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from mlci.canonical import sha256_file
 from mlci.cli import cli
 from mlci.config import load_config
-from mlci.errors import ConfigError
+from mlci.errors import ConfigError, DataError
 from mlci.pipeline import run_pipeline
+from mlci.workspace import Workspace
 
 from .conftest import ProjectFactory, mixed_frame
 
@@ -186,6 +189,76 @@ def test_export_refuses_a_tree_whose_child_points_outside_it(make_project: Proje
     assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
     assert "child" in done.stderr and "estimator.skops" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --- the stage cache: a poisoned entry (e.g. a CI cache) is refused ----------------------------------
+
+
+def _poison_train_entry(example_project: Path, marker: Path) -> Path:
+    config = load_config(example_project)
+    first = run_pipeline(config, until="evaluate")
+    entry = Workspace(config.workspace).stage_dir("train", first.stages[0].key)
+    plant(entry / "estimator.skops", call_node("builtins", "exec", f"open({str(marker)!r}, 'w').close()"))
+    # A change to [export] only: training is a cache hit, export loads the cached estimator.skops.
+    example_project.write_text(example_project.read_text() + "\n[export]\nabs_tolerance = 1e-4\n")
+    return entry
+
+
+def _run_error(example_project: Path) -> str | None:
+    try:
+        run_pipeline(load_config(example_project), until="evaluate")
+    except DataError as exc:
+        return str(exc)
+    return None
+
+
+def test_a_modified_cache_entry_is_refused_with_how_to_clear_it(example_project: Path, tmp_path: Path) -> None:
+    """Attack: overwrite `.mlci/cache/train/<key>/estimator.skops`, change [export], `mlci run`.
+
+    The old pipeline took the entry as a cache hit and export ran the planted code. Each entry now
+    records the sha256 of its files, bound to its key, and a mismatch is refused.
+    """
+    marker = tmp_path / "cache-exec-ran"
+    entry = _poison_train_entry(example_project, marker)
+    error = _run_error(example_project)
+    assert not marker.exists(), "the poisoned cache entry ran code"
+    assert error is not None and "was modified" in error, error
+    assert "estimator.skops" in error and str(entry) in error and "--no-cache" in error, error
+    # Refusing loses nothing; --no-cache rebuilds the entry from the data and the config.
+    rebuilt = run_pipeline(load_config(example_project), use_cache=False, until="evaluate")
+    assert rebuilt.status == "ok" and not marker.exists()
+    assert run_pipeline(load_config(example_project), until="evaluate").stages[0].cache_hit
+
+
+def test_a_cache_entry_with_a_rewritten_record_is_still_refused(example_project: Path, tmp_path: Path) -> None:
+    """Attack: as above, and the entry's record of file digests rewritten to match the planted file.
+
+    The record lives in the workspace too, so it cannot be the only defence: the type check refuses.
+    """
+    marker = tmp_path / "cache-exec-ran"
+    entry = _poison_train_entry(example_project, marker)
+    record = json.loads((entry / "stage.json").read_text())
+    record.setdefault("files", {})["estimator.skops"] = sha256_file(entry / "estimator.skops")
+    (entry / "stage.json").write_text(json.dumps(record))
+    error = _run_error(example_project)
+    assert not marker.exists(), "the poisoned cache entry ran code"
+    assert error is not None and "builtins.exec" in error and "does not trust" in error, error
+
+
+def test_a_cache_entry_copied_under_another_key_is_refused(example_project: Path, tmp_path: Path) -> None:
+    """Attack: an entry (with its record) copied from another key: the record names the key it was written for."""
+    config = load_config(example_project)
+    first = run_pipeline(config, until="evaluate")
+    ws = Workspace(config.workspace)
+    entry = ws.stage_dir("export", first.stages[1].key)
+    example_project.write_text(example_project.read_text() + "\n[export]\nabs_tolerance = 1e-4\n")
+    config = load_config(example_project)
+    from mlci.stages import code_digest, factory_source, stage_keys
+
+    keys = stage_keys(config, sha256_file(config.data.path), code_digest(), factory_source(config))
+    shutil.copytree(entry, ws.stage_dir("export", keys["export"]))
+    error = _run_error(example_project)
+    assert error is not None and "was modified" in error and keys["export"] in error, error
 
 
 # --- what is trusted: the types mlci's own training writes, plus classes mlci.toml names --------------
