@@ -34,7 +34,11 @@ STEPS = ("evaluate", "smoke", "gate", "push", "deploy")
 
 @dataclass(frozen=True)
 class StageEvent:
-    """A stage starting (``status='running'``) or ending (``ok``/``failed``), for progress displays."""
+    """A stage starting (``status='running'``) or ending (``ok``/``failed``), for progress displays.
+
+    Before any stage, ``StageEvent('workspace', 'waiting', detail={'path', 'pid'})`` says the run waits
+    for another run (``pid``, None if unknown) to release the workspace.
+    """
 
     stage: str
     status: str
@@ -162,7 +166,9 @@ class _Runner:
             if cached is not None:
                 detail = cached
             else:
-                if out.exists():  # --no-cache, or a cache entry from an older layout
+                # --no-cache, or a cache entry from an older layout. Safe to delete: the workspace lock
+                # (see run_pipeline) means no other run is reading it.
+                if out.exists():
                     shutil.rmtree(out)
                 inputs = {n: self.outputs[n] for n in stage.needs} | (extra_inputs or {})
                 with atomic_dir(out) as tmp:
@@ -265,6 +271,18 @@ def run_pipeline(
     until = until or ("deploy" if config.deploy.continuous_deployment else "push")
     if until not in STEPS:
         raise MlciError(f"--until must be one of {', '.join(STEPS)}; got {until!r}.")
+    workspace = Workspace(config.workspace)
+
+    def waiting(pid: int | None) -> None:
+        on_event(StageEvent("workspace", "waiting", detail={"path": str(workspace.root), "pid": pid}))
+
+    # One run at a time per workspace: a stage rebuilt by one run deletes the entry another reads.
+    with workspace.lock(waiting):
+        return _run(config, use_cache, until, on_event)
+
+
+def _run(config: Config, use_cache: bool, until: str, on_event: Callable[[StageEvent], None]) -> RunResult:
+    """The run itself, with the workspace held."""
     runner = _Runner(config, use_cache, on_event)
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     started = time.perf_counter()
