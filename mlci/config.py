@@ -35,7 +35,7 @@ _KNOWN: dict[str, tuple[str, ...]] = {
     "model": ("name", "task"),
     "data": ("path", "target", "features", "drop"),
     "split": ("holdout", "seed"),
-    "estimator": ("class", "params", "scale", "factory"),
+    "estimator": ("class", "params", "scale", "factory", "trusted_types"),
     "export": ("target_opset", "abs_tolerance", "rel_tolerance"),
     "evaluate": ("latency_runs", "profile_bins", "outlier_estimators"),
     "workspace": ("path",),
@@ -108,12 +108,17 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class EstimatorConfig:
-    """Either a declarative spec (``class`` + ``params``) or a ``factory`` = ``module:function``."""
+    """Either a declarative spec (``class`` + ``params``) or a ``factory`` = ``module:function``.
+
+    ``trusted_types`` names the classes, beyond those mlci's own training writes, that the fitted
+    estimator may contain when it is loaded back from the workspace (see mlci.model.trust).
+    """
 
     class_path: str | None
     params: Mapping[str, Any]
     scale: bool
     factory: str | None
+    trusted_types: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -302,8 +307,14 @@ def parse_config(raw: Mapping[str, Any], path: Path, workspace: Path | str | Non
     params = _get(est, "estimator", "params", dict, {})
     if factory is not None and params:
         raise ConfigError("[estimator] params only apply to 'class'; a factory sets its own parameters.")
+    trusted = _get(est, "estimator", "trusted_types", list, [])
+    if not all(isinstance(t, str) for t in trusted):
+        raise ConfigError(
+            f"[estimator] trusted_types must be a list of class paths such as \"my_models.Clip\"; got {trusted!r}."
+        )
     est_cfg = EstimatorConfig(
-        class_path=class_path, params=dict(params), scale=_get(est, "estimator", "scale", bool, True), factory=factory
+        class_path=class_path, params=dict(params), scale=_get(est, "estimator", "scale", bool, True), factory=factory,
+        trusted_types=tuple(trusted),
     )
 
     exp = _section(raw, "export")

@@ -21,7 +21,7 @@ from typing import Any
 
 from mlci.canonical import digest_of, sha256_file, write_json
 from mlci.config import Config
-from mlci.errors import CheckFailed, MlciError
+from mlci.errors import CheckFailed, DataError, MlciError
 from mlci.runs import append_run
 from mlci.stages import RELEASE_STAGES, STAGES, Stage, code_digest, config_digest, factory_source, stage_keys
 from mlci.workspace import Workspace, atomic_dir
@@ -34,7 +34,11 @@ STEPS = ("evaluate", "smoke", "gate", "push", "deploy")
 
 @dataclass(frozen=True)
 class StageEvent:
-    """A stage starting (``status='running'``) or ending (``ok``/``failed``), for progress displays."""
+    """A stage starting (``status='running'``) or ending (``ok``/``failed``), for progress displays.
+
+    Before any stage, ``StageEvent('workspace', 'waiting', detail={'path', 'pid'})`` says the run waits
+    for another run (``pid``, None if unknown) to release the workspace.
+    """
 
     stage: str
     status: str
@@ -71,6 +75,57 @@ def _record(event: StageEvent) -> dict[str, Any]:
     }
 
 
+def _entry_files(entry: Path) -> dict[str, str]:
+    """sha256 of every file in a cache entry but its record, by relative path; a symlink or other oddity is named."""
+    files: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(entry):  # followlinks=False: a symlink is listed, never followed
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath, name)
+            relative = path.relative_to(entry).as_posix()
+            if relative == SUMMARY_FILE:
+                continue
+            if path.is_symlink() or not (path.is_dir() or path.is_file()):
+                files[relative] = "not a regular file"
+            elif path.is_file():
+                files[relative] = sha256_file(path)
+    return files
+
+
+def _seal(entry: Path, key: str, detail: dict[str, Any]) -> None:
+    """Write the entry's record: the stage's summary, the key it was built for and the sha256 of each file."""
+    write_json(entry / SUMMARY_FILE, {"key": key, "files": _entry_files(entry), "detail": detail})
+
+
+def _unseal(entry: Path, stage: str, key: str) -> dict[str, Any] | None:
+    """The summary of a cache entry whose files are still what its stage wrote for ``key``.
+
+    None for an entry from before records held digests (it is rebuilt). A modified entry is refused:
+    the cache may come from elsewhere (CI restores it), and a changed estimator.skops or model.onnx
+    under an unchanged key would be used as if this config had produced it.
+    """
+    try:
+        record = json.loads((entry / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        record = {"key": None, "files": {}}
+    if isinstance(record, dict) and "files" not in record and "key" not in record:
+        return None
+    recorded = record.get("files") if isinstance(record, dict) else None
+    recorded = recorded if isinstance(recorded, dict) else {}
+    actual = _entry_files(entry)
+    problems = [] if isinstance(record, dict) and record.get("key") == key else ["its record is not the one written for this key"]
+    problems += [f"{name} changed" for name in sorted(actual.keys() & recorded.keys()) if actual[name] != recorded[name]]
+    problems += [f"{name} added" for name in sorted(actual.keys() - recorded.keys())]
+    problems += [f"{name} missing" for name in sorted(recorded.keys() - actual.keys())]
+    if problems:
+        raise DataError(
+            f"The {stage} cache entry '{entry}' was modified after mlci wrote it: {'; '.join(problems)}. mlci does "
+            "not use a modified cache entry (it could make a stage load something this config never produced). "
+            f"Delete it (rm -rf '{entry}') or run `mlci run --no-cache`, which rebuilds every stage."
+        )
+    detail = record.get("detail")
+    return detail if isinstance(detail, dict) else {}
+
+
 def _publish(workspace: Workspace, evaluate_dir: Path) -> tuple[str, Path]:
     """Copy the evaluate output into the artifact store under its digest (no-op when already there)."""
     manifest = json.loads((evaluate_dir / "manifest.json").read_text())
@@ -104,17 +159,21 @@ class _Runner:
         out = self.workspace.stage_dir(stage.name, key)
         self.on_event(StageEvent(stage.name, "running", key=key))
         t0 = time.perf_counter()
-        hit = self.use_cache and (out / SUMMARY_FILE).is_file()
+        hit = False
         try:
-            if hit:
-                detail = json.loads((out / SUMMARY_FILE).read_text())
+            cached = _unseal(out, stage.name, key) if self.use_cache and (out / SUMMARY_FILE).is_file() else None
+            hit = cached is not None
+            if cached is not None:
+                detail = cached
             else:
-                if out.exists():  # --no-cache, or a cache entry from an older layout
+                # --no-cache, or a cache entry from an older layout. Safe to delete: the workspace lock
+                # (see run_pipeline) means no other run is reading it.
+                if out.exists():
                     shutil.rmtree(out)
                 inputs = {n: self.outputs[n] for n in stage.needs} | (extra_inputs or {})
                 with atomic_dir(out) as tmp:
                     detail = stage.fn(self.config, inputs, tmp)
-                    write_json(tmp / SUMMARY_FILE, detail)
+                    _seal(tmp, key, detail)
         except BaseException as exc:
             self._finish(StageEvent(stage.name, "failed", time.perf_counter() - t0, False, key, error=str(exc) or type(exc).__name__))
             raise
@@ -212,6 +271,18 @@ def run_pipeline(
     until = until or ("deploy" if config.deploy.continuous_deployment else "push")
     if until not in STEPS:
         raise MlciError(f"--until must be one of {', '.join(STEPS)}; got {until!r}.")
+    workspace = Workspace(config.workspace)
+
+    def waiting(pid: int | None) -> None:
+        on_event(StageEvent("workspace", "waiting", detail={"path": str(workspace.root), "pid": pid}))
+
+    # One run at a time per workspace: a stage rebuilt by one run deletes the entry another reads.
+    with workspace.lock(waiting):
+        return _run(config, use_cache, until, on_event)
+
+
+def _run(config: Config, use_cache: bool, until: str, on_event: Callable[[StageEvent], None]) -> RunResult:
+    """The run itself, with the workspace held."""
     runner = _Runner(config, use_cache, on_event)
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     started = time.perf_counter()

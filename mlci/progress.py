@@ -19,6 +19,14 @@ class Progress:
         self.tty = stream.isatty()
 
     def __call__(self, event: StageEvent) -> None:
+        if event.status == "waiting":
+            holder = f"pid {event.detail['pid']}" if event.detail.get("pid") else "another process"
+            self.stream.write(
+                f"[mlci] waiting: the workspace {event.detail['path']} is in use by another mlci run ({holder}); "
+                "this run starts when that one ends\n"
+            )
+            self.stream.flush()
+            return
         if event.status == "running":
             if self.tty:
                 self.stream.write(f"  … {event.stage:<10}")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,6 +48,33 @@ class Workspace:
     def artifact_dir(self, digest: str) -> Path:
         """Where the artifact with ``digest`` (``sha256:<hex>``) lives in the local store."""
         return self.root / "artifacts" / digest.replace(":", "-")
+
+    @contextmanager
+    def lock(self, on_wait: Callable[[int | None], None] = lambda _pid: None) -> Iterator[None]:
+        """Hold the workspace for the block, waiting while another process holds it.
+
+        A run that rebuilds a stage (``--no-cache``) deletes the entry another run may be reading; one
+        run at a time per workspace is what makes that safe. ``on_wait`` hears the holder's pid (None if
+        unknown) before the wait. The lock is an fcntl lock on `.mlci/lock`, which the kernel releases
+        when its holder exits or is killed, so a crashed run never leaves the workspace locked.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                on_wait(int(holder) if holder.isdigit() else None)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)  # a waiter never reads a pid that no longer holds the lock
+        finally:
+            os.close(fd)  # releases the lock
 
     @property
     def runs_file(self) -> Path:

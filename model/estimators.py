@@ -8,6 +8,7 @@ import inspect
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from sklearn.base import BaseEstimator, is_classifier, is_regressor
@@ -20,7 +21,7 @@ from mlci.config import EstimatorConfig
 from mlci.errors import ConfigError
 from mlci.model.data import Schema
 
-__all__ = ["build_estimator", "estimator_name", "float32_cast", "is_tree_model", "preprocessor"]
+__all__ = ["build_estimator", "estimator_name", "float32_cast", "import_class", "import_project_module", "is_tree_model", "preprocessor"]
 
 # Suggestions for a mistyped class path: estimators skl2onnx converts and people reach for first.
 KNOWN_ESTIMATORS = (
@@ -43,7 +44,8 @@ KNOWN_ESTIMATORS = (
 )
 
 
-def _import_class(path: str) -> type:
+def import_class(path: str) -> type:
+    """The scikit-learn estimator class ``[estimator] class`` names; a ConfigError with a suggestion otherwise."""
     module_name, _, attr = path.rpartition(".")
     hint = difflib.get_close_matches(path, KNOWN_ESTIMATORS, n=1, cutoff=0.6)
     did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
@@ -101,8 +103,11 @@ def preprocessor(schema: Schema, scale: bool) -> ColumnTransformer:
     return ColumnTransformer(steps, sparse_threshold=0.0)
 
 
-def _load_factory(spec: str, root: Path) -> Any:
-    module_name, _, func_name = spec.partition(":")
+def import_project_module(module_name: str, root: Path) -> ModuleType:
+    """Import ``module_name`` from the model repository (next to mlci.toml) first, then from sys.path.
+
+    Raises ImportError like importlib does.
+    """
     root_str = str(root)
     if root_str not in sys.path:
         sys.path.insert(0, root_str)
@@ -114,8 +119,13 @@ def _load_factory(spec: str, root: Path) -> Any:
         sys.path.insert(0, root_str)
         sys.modules.pop(module_name, None)
         importlib.invalidate_caches()
+    return importlib.import_module(module_name)
+
+
+def _load_factory(spec: str, root: Path) -> Any:
+    module_name, _, func_name = spec.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = import_project_module(module_name, root)
     except ImportError as exc:
         raise ConfigError(
             f"[estimator] factory {spec!r}: module {module_name!r} cannot be imported ({exc}). "
@@ -167,7 +177,7 @@ def build_estimator(spec: EstimatorConfig, schema: Schema, seed: int, root: Path
             )
         estimator = _with_named_inputs(estimator, schema, spec.factory)
     else:
-        cls = _import_class(spec.class_path or "")
+        cls = import_class(spec.class_path or "")
         _check_params(cls, spec.params)
         params = dict(spec.params)
         # A seeded run is a reproducible run: fill random_state from [split] seed unless given.

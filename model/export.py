@@ -133,7 +133,7 @@ class ExportResult:
 
 def run_export(config: Config, train_dir: Path, out_dir: Path) -> ExportResult:
     """Convert, then run sklearn and onnxruntime on the holdout; fail (exit 1) when they disagree."""
-    estimator, _summary, schema = load_trained(train_dir)
+    estimator, _summary, schema = load_trained(train_dir, config)
     onnx_bytes = convert(estimator, schema, config.name, config.export.target_opset)
 
     dataset = load_data(config)

@@ -1,7 +1,8 @@
 """Train stage: validate the data, split it the same way every run, fit the estimator.
 
-The fitted estimator crosses to the export stage as a skops file (a format that loads without running
-code, unlike pickle) and goes no further: the artifact, the registry and serving only ever see ONNX.
+The fitted estimator crosses to the export stage as a skops file and goes no further: the artifact, the
+registry and serving only ever see ONNX. skops runs no code of the file's choosing only when the types it
+may load are exact and not callable; mlci.model.trust says which, from mlci.toml alone.
 """
 
 from __future__ import annotations
@@ -21,14 +22,13 @@ from mlci.config import Config
 from mlci.errors import ConfigError, DataError
 from mlci.model.data import Dataset, Schema, holdout_mask, load_dataset
 from mlci.model.estimators import build_estimator, estimator_name
+from mlci.model.trust import describe, estimator_types, load_estimator, refused_types, trusted_types
 
 __all__ = ["TrainResult", "load_data", "load_split", "load_trained", "load_trained_summary", "run_train", "split_dataset"]
 
 ESTIMATOR_FILE = "estimator.skops"
 SPLIT_FILE = "split.json"
 TRAIN_FILE = "train.json"
-# Modules whose types the export stage accepts inside estimator.skops without asking.
-_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "collections.", "pandas.", "skl2onnx.sklapi.")
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,34 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+def _check_loadable(data: bytes, estimator: Any, schema: Schema, config: Config, trusted: frozenset[tuple[str, str]]) -> None:
+    """Refuse, at train time, a fitted estimator that export would refuse to load, saying what to do."""
+    refused = refused_types(estimator_types(data, ESTIMATOR_FILE), trusted)
+    if not refused:
+        return
+    from mlci.model.export import convert
+
+    # An estimator skl2onnx cannot convert is a dead end whatever is trusted: say that instead.
+    convert(estimator, schema, config.name, config.export.target_opset, optimise=False)
+    listable = [name for loader, name in refused if loader == "ObjectNode"]
+    if len(listable) == len(refused):
+        names = ", ".join(f'"{n}"' for n in [*config.estimator.trusted_types, *listable])
+        raise ConfigError(
+            f"The fitted {estimator_name(estimator)} contains classes mlci does not load by default: "
+            f"{', '.join(listable)}. estimator.skops is read back from the workspace, so mlci loads only "
+            "the types its own training writes and the classes mlci.toml names. If this code is yours or "
+            f"you trust it, add to [estimator] in mlci.toml: trusted_types = [{names}]"
+        )
+    raise ConfigError(
+        f"The fitted {estimator_name(estimator)} contains values mlci cannot load safely: {describe(refused)}. "
+        "Only classes stored as plain objects can be added to [estimator] trusted_types. Choose an estimator "
+        "from mlci's supported list (see the README) or keep such values out of the fitted model."
+    )
+
+
 def run_train(config: Config, out_dir: Path) -> TrainResult:
     """Load, validate, split and fit; write the fitted estimator, the split and a summary to ``out_dir``."""
+    trusted = trusted_types(config)  # a bad [estimator] trusted_types fails before any work
     dataset = load_data(config)
     mask = split_dataset(dataset, config)
     estimator = build_estimator(config.estimator, dataset.schema, config.seed, config.root)
@@ -98,8 +124,10 @@ def run_train(config: Config, out_dir: Path) -> TrainResult:
     except ValueError as exc:  # sklearn's InvalidParameterError is a ValueError
         raise ConfigError(f"Fitting {estimator_name(estimator)} failed: {exc}") from exc
 
+    data = sio.dumps(estimator)
+    _check_loadable(data, estimator, dataset.schema, config, trusted)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sio.dump(estimator, out_dir / ESTIMATOR_FILE)
+    (out_dir / ESTIMATOR_FILE).write_bytes(data)
     final = estimator
     while hasattr(final, "steps"):
         final = final.steps[-1][1]
@@ -119,7 +147,6 @@ def run_train(config: Config, out_dir: Path) -> TrainResult:
         {
             "schema": dataset.schema.to_json(),
             "classes": classes,
-            "factory_module": (config.estimator.factory or "").partition(":")[0] or None,
             "estimator": {
                 "class": f"{type(final).__module__}.{type(final).__qualname__}",
                 "name": estimator_name(estimator),
@@ -153,21 +180,10 @@ def load_trained_summary(train_dir: Path) -> tuple[dict[str, Any], Schema]:
     return summary, Schema.from_json(summary["schema"])
 
 
-def load_trained(train_dir: Path) -> tuple[Any, dict[str, Any], Schema]:
-    """The fitted estimator (skops, trusted types only), the train summary and the schema."""
+def load_trained(train_dir: Path, config: Config) -> tuple[Any, dict[str, Any], Schema]:
+    """The fitted estimator (only the types ``config`` trusts, see mlci.model.trust), the summary and the schema."""
     path = train_dir / ESTIMATOR_FILE
     if not path.is_file():
         raise DataError(f"'{train_dir}' holds no {ESTIMATOR_FILE}; expected the output of `mlci train`.")
-    untrusted = sio.get_untrusted_types(file=path)
-    refused = [t for t in untrusted if not t.startswith(_TRUSTED_PREFIXES)]
     summary, schema = load_trained_summary(train_dir)
-    factory_module = summary.get("factory_module")
-    if factory_module:
-        refused = [t for t in refused if not t.startswith(factory_module + ".")]
-    if refused:
-        raise DataError(
-            f"'{path}' contains types outside scikit-learn/numpy/scipy: {', '.join(refused)}. "
-            "mlci loads only trusted types; re-train with a supported estimator."
-        )
-    estimator = sio.load(path, trusted=untrusted)
-    return estimator, summary, schema
+    return load_estimator(path, config), summary, schema

@@ -226,3 +226,31 @@ def test_digest_is_the_same_across_processes_and_hash_seeds(example_project: Pat
         )
         digests.add(json.loads(done.stdout)["digest"])
     assert len(digests) == 1, digests
+
+
+def test_two_concurrent_no_cache_runs_share_a_workspace(example_project: Path) -> None:
+    """Two `mlci run --no-cache` in one workspace: the second deleted the cache entries the first was reading.
+
+    The first run crashed with FileNotFoundError on `.mlci/cache/train/<key>/split.json`. Real processes;
+    the second starts once the first has written its train entry, i.e. while it exports and evaluates.
+    """
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "mlci", "run", "-c", str(example_project), "--no-cache", "--until", "evaluate", "--json"]
+    train_cache = example_project.parent / ".mlci" / "cache" / "train"
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (train_cache.is_dir() and any(not p.name.startswith(".") for p in train_cache.iterdir())):
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "the first run never wrote its train entry"
+        time.sleep(0.02)
+    assert first.poll() is None, "the first run ended before the second could start: no overlap to test"
+    second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = [(*p.communicate(timeout=300), p.returncode) for p in (first, second)]
+    for _out, err, code in results:
+        assert code == 0 and "Traceback" not in err, err[-3000:]
+    assert "waiting: the workspace" in results[1][1], results[1][1]
+    digests = {json.loads(out)["digest"] for out, _err, _code in results}
+    assert len(digests) == 1, digests
