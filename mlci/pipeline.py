@@ -277,8 +277,13 @@ def run_pipeline(
         on_event(StageEvent("workspace", "waiting", detail={"path": str(workspace.root), "pid": pid}))
 
     # One run at a time per workspace: a stage rebuilt by one run deletes the entry another reads.
-    with workspace.lock(waiting):
-        return _run(config, use_cache, until, on_event)
+    try:
+        with workspace.lock(waiting):
+            return _run(config, use_cache, until, on_event)
+    except OSError as exc:
+        if not exc.filename:  # a write() on a full disk names no file: say where
+            exc.filename = str(workspace.root)
+        raise
 
 
 def _run(config: Config, use_cache: bool, until: str, on_event: Callable[[StageEvent], None]) -> RunResult:
@@ -306,8 +311,6 @@ def _run(config: Config, use_cache: bool, until: str, on_event: Callable[[StageE
                 failed = [f"{c['name']} ({c['reason']})" for c in verdict["checks"] if not c["passed"]]
                 raise CheckFailed(f"The gate failed for {digest[:19]}: " + "; ".join(failed))
     except BaseException as exc:  # a bug or Ctrl-C still leaves an honest record
-        if isinstance(exc, OSError) and not exc.filename:  # a write() on a full disk names no file: say where
-            exc.filename = str(runner.workspace.root)
         status, error = "failed", str(exc) if isinstance(exc, MlciError) else f"{type(exc).__name__}: {exc}"
         raise
     finally:
