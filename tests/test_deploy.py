@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,3 +150,41 @@ def test_kubernetes_target_renders_manifests_naming_the_digest(project: Path) ->
     assert code == 0, out
     (isvc,) = yaml.safe_load_all(Path(json.loads(out)["manifest"]).read_text())
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"
+
+
+def test_no_process_mlci_starts_inherits_the_registry_credentials(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: read the environment of what mlci starts: /proc/<pid>/environ of the deployed server, and the
+    environment git (provenance) and kubectl (the Kubernetes target) get. The registry password was in each."""
+    secret = "s3cret-Pa55word-do-not-leak"
+    dumps = tmp_path / "environments"
+    dumps.mkdir()
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    real_git = shutil.which("git") or "/usr/bin/git"
+    (shims / "git").write_text(f'#!/bin/sh\nenv > "{dumps}/git.$$"\nexec {real_git} "$@"\n')
+    (shims / "kubectl").write_text(
+        f'#!/bin/sh\nenv > "{dumps}/kubectl.$$"\n'
+        'if [ "$1" = config ]; then echo test-context; else cat >/dev/null; fi\n'
+    )
+    for shim in shims.iterdir():
+        shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("MLCI_REGISTRY_USERNAME", "ci-robot")
+    monkeypatch.setenv("MLCI_REGISTRY_PASSWORD", secret)
+
+    assert invoke("run", "-c", str(project))[0] == 0
+    code, out = invoke("promote", "staging", "-c", str(project), "--approve")
+    assert code == 0, out
+    live = running(load_config(project), "staging")
+    assert live is not None
+    server_env = Path(f"/proc/{live['pid']}/environ").read_bytes().decode(errors="replace")
+    project.write_text(project.read_text().replace("[deploy]\n", '[deploy]\ntarget = "kubernetes"\n'))
+    code, out = invoke("deploy", "staging", "-c", str(project), "--json")
+    assert code == 0 and json.loads(out)["applied_to"] == "test-context", out
+
+    seen = {"server": server_env.replace("\0", "\n")} | {p.name: p.read_text() for p in dumps.iterdir()}
+    assert any(name.startswith("git.") for name in seen) and any(name.startswith("kubectl.") for name in seen)
+    leaked = [name for name, text in seen.items() if "MLCI_REGISTRY_" in text or secret in text]
+    assert leaked == [], f"registry credentials reached {leaked}"

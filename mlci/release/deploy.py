@@ -214,13 +214,16 @@ def render_kubernetes(config: Config, env: str, digest: str) -> str:
 
 def apply_kubernetes(manifest: str) -> str | None:
     """`kubectl apply` the manifest when kubectl and a current context exist; None means render-only."""
+    from mlci.registry.settings import without_credentials
+
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         return None
-    context = subprocess.run([kubectl, "config", "current-context"], capture_output=True, text=True, check=False)
+    env = without_credentials(os.environ)  # kubectl needs its kubeconfig, never the registry's password
+    context = subprocess.run([kubectl, "config", "current-context"], capture_output=True, text=True, check=False, env=env)
     if context.returncode != 0 or not context.stdout.strip():
         return None
-    done = subprocess.run([kubectl, "apply", "-f", "-"], input=manifest, capture_output=True, text=True, check=False)
+    done = subprocess.run([kubectl, "apply", "-f", "-"], input=manifest, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise CheckFailed(f"kubectl apply failed ({done.returncode}): {done.stderr.strip()[:500]}")
     return context.stdout.strip()
