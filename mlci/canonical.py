@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
-__all__ = ["canonical_json", "digest_of", "sha256_bytes", "sha256_file", "write_json"]
+__all__ = ["atomic_write", "canonical_json", "digest_of", "sha256_bytes", "sha256_file", "write_json"]
 
 _CHUNK = 1 << 20
 
@@ -55,3 +57,22 @@ def sha256_file(path: Path) -> str:
 def write_json(path: Path, value: Any) -> None:
     """Write ``value`` as canonical JSON followed by a newline (stable bytes, diff-friendly enough)."""
     path.write_bytes(canonical_json(value) + b"\n")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
+
+    The bytes go to a fresh temporary file beside ``path`` (created exclusively, so a planted symlink is
+    never followed), are flushed to disk, and the file is renamed over ``path``. If anything fails (a full
+    disk, an interrupt) the temporary file is removed and ``path`` is untouched.
+    """
+    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        with tmp.open("xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

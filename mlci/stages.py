@@ -9,6 +9,7 @@ Heavy libraries (pandas, scikit-learn, onnxruntime) are imported inside the func
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -235,10 +236,13 @@ def factory_source(config: Config) -> bytes:
 
 def git_commit(root: Path) -> str | None:
     """HEAD of the git repository holding ``root`` (provenance only; not part of the digest)."""
+    from mlci.registry.settings import without_credentials
+
     try:
         done = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        )
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False,
+            env=without_credentials(os.environ),
+        )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout.strip() or None if done.returncode == 0 else None

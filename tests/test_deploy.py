@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -149,3 +156,245 @@ def test_kubernetes_target_renders_manifests_naming_the_digest(project: Path) ->
     assert code == 0, out
     (isvc,) = yaml.safe_load_all(Path(json.loads(out)["manifest"]).read_text())
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"
+
+
+def start_time_of(pid: int) -> int:
+    """Field 22 of /proc/<pid>/stat: when the process started, in clock ticks after boot."""
+    raw = Path(f"/proc/{pid}/stat").read_bytes()
+    return int(raw[raw.rindex(b")") + 2 :].split()[19])
+
+
+def mlci(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a process and session of its own, as a user's shell runs it (a stray signal hits only it)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlci", *args], capture_output=True, text=True, timeout=timeout, start_new_session=True
+    )
+
+
+def servers_under(folder: Path) -> list[int]:
+    """PIDs of live `mlci serve` processes whose command line names a path under ``folder``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_bytes()
+        except (OSError, ValueError):
+            continue
+        zombie = stat[stat.rindex(b")") + 2 :].split()[0] == b"Z"
+        if not zombie and b"serve" in argv and any(str(folder).encode() in arg for arg in argv):
+            found.append(int(entry.name))
+    return found
+
+
+def fill(path: Path) -> None:
+    """Write to ``path`` until its file system has not one byte left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    chunk = 1 << 20
+    try:
+        while chunk:
+            try:
+                os.write(fd, b"\0" * chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                chunk //= 2
+    finally:
+        os.close(fd)
+
+
+def test_stop_and_deploy_never_signal_a_process_the_state_file_only_names(project: Path) -> None:
+    """Attack: state.json names the PID of an unrelated process (a stale record after a crash, a reboot or PID reuse).
+
+    `mlci stop` SIGTERMed that PID's whole process group (the unrelated process died), `mlci deploy` did the
+    same before starting its server, and `mlci status` reported the stranger as the environment's server.
+    """
+    assert invoke("run", "-c", str(project))[0] == 0
+    assert invoke("promote", "staging", "-c", str(project), "--approve", "--no-deploy")[0] == 0
+    config = load_config(project)
+    state_file = config.workspace / "deploy" / "staging" / "state.json"
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    stranger = subprocess.Popen(["sleep", "600"], start_new_session=True)  # a process-group leader, as a server is
+    port = config.deploy.staging_port
+    stale = {
+        "pid": stranger.pid, "start_time": start_time_of(stranger.pid) - 1, "port": port,
+        "digest": "sha256:" + "0" * 64, "url": f"http://127.0.0.1:{port}", "artifact": str(state_file.parent),
+    }  # fmt: skip
+    try:
+        state_file.write_text(json.dumps(stale))
+        code, out = invoke("stop", "staging", "-c", str(project))
+        assert stranger.poll() is None, "mlci stop signalled a process it did not start"
+        assert code == 0 and "another process" in out and "nothing was signalled" in out, out
+        assert not state_file.exists()
+
+        state_file.write_text(json.dumps(stale))
+        code, out = invoke("status", "-c", str(project), "--json")
+        assert code == 0, out
+        staging = json.loads(out)["staging"]
+        assert staging["local_server"] is None and "another process" in staging["local_server_problem"]
+
+        code, out = invoke("deploy", "staging", "-c", str(project), "--json")
+        assert stranger.poll() is None, "mlci deploy signalled a process it did not start"
+        assert code == 0 and "another process" in json.loads(out)["note"], out
+        live = running(config, "staging")
+        assert live is not None and live["pid"] != stranger.pid and ready(live["url"])
+
+        # What a full disk left behind: an empty state file. Deploy says so and carries on.
+        assert invoke("stop", "staging", "-c", str(project)) == (0, f"staging: stopped its server (pid {live['pid']})\n")
+        state_file.write_bytes(b"")
+        code, out = invoke("deploy", "staging", "-c", str(project))
+        assert code == 0 and f"note: {state_file} is empty" in out, out
+        assert ready(running(config, "staging")["url"])  # type: ignore[index]
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+DAMAGED_STATES = {
+    "empty, as a full disk left it": b"",
+    "truncated": b'{"pid": 12',
+    "not an object": b"[1, 2]",
+    "pid 0, the caller's own process group": b'{"pid": 0, "start_time": 1, "port": 1, "digest": "d", "url": "u", "artifact": "a"}',
+    "pid -1, every process": b'{"pid": -1, "start_time": 1, "port": 1, "digest": "d", "url": "u", "artifact": "a"}',
+    # Never "1" here: the old code would have run killpg(1, SIGTERM), which is kill(-1): every process.
+    "pid as text": b'{"pid": "4194305", "start_time": 1, "port": 1, "digest": "d", "url": "u", "artifact": "a"}',
+    "deeply nested": b"[" * 100_000 + b"]" * 100_000,
+}
+
+
+@pytest.mark.parametrize("body", DAMAGED_STATES.values(), ids=list(DAMAGED_STATES))
+def test_a_damaged_state_file_is_reported_and_never_trusted(project: Path, body: bytes) -> None:
+    """Attack: state.json is empty (what a full disk during deploy left), truncated, of the wrong shape, or
+    names PID 0 or -1. `status` and `stop` crashed on it with a traceback, and for PID 0 `stop` SIGTERMed its
+    own process group (here only the `mlci` process: it runs in a session of its own)."""
+    state_file = load_config(project).workspace / "deploy" / "staging" / "state.json"
+    state_file.parent.mkdir(parents=True)
+    state_file.write_bytes(body)
+    try:
+        status = mlci("status", "-c", str(project), "--json")
+        assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
+        staging = json.loads(status.stdout)["staging"]
+        assert staging["local_server"] is None and str(state_file) in staging["local_server_problem"]
+        stopped = mlci("stop", "staging", "-c", str(project))
+        assert stopped.returncode == 0 and "Traceback" not in stopped.stderr, (stopped.returncode, stopped.stderr)
+        assert str(state_file) in stopped.stdout and "nothing was signalled" in stopped.stdout, stopped.stdout
+        assert not state_file.exists()
+    finally:  # the fixture's in-process stop must never read it (PID 0 would be this process group)
+        state_file.unlink(missing_ok=True)
+
+
+def test_deploy_next_to_an_untracked_server_refuses_and_moves_no_tag(project: Path) -> None:
+    """Attack: a process mlci does not track (the orphan an older mlci left, a developer's server) holds the
+    environment's port. The new server could not bind, its post-deploy check failed and deploy answered
+    with an automatic rollback (exit 1): the environment was judged by someone else's process."""
+    assert invoke("run", "-c", str(project))[0] == 0
+    assert invoke("promote", "staging", "-c", str(project), "--approve", "--no-deploy")[0] == 0
+    config = load_config(project)
+    store = open_registry(config)
+    before = (tag_digest(store, "staging"), history(store, "staging"))
+    folder = config.workspace / "deploy" / "staging"
+    port = config.deploy.staging_port
+    stranger = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while stranger.poll() is None and time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        deploy = mlci("deploy", "staging", "-c", str(project))
+        assert stranger.poll() is None
+        assert deploy.returncode == 2 and "Traceback" not in deploy.stderr, deploy.stderr
+        assert f"Port {port}" in deploy.stderr and "in use" in deploy.stderr and "staging_port" in deploy.stderr
+        assert (tag_digest(store, "staging"), history(store, "staging")) == before  # no rollback, no entry
+        assert servers_under(folder) == []
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_full_disk_during_deploy_leaves_no_server_and_no_broken_state(project: Path) -> None:
+    """Attack: the disk fills up while deploy records the server's state (a tmpfs filled to the last byte).
+
+    mlci left the new server running untracked (an orphan holding the port) and an empty state.json, on
+    which `status`, `stop` and `deploy` all crashed with a traceback.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("mounting the small file system this test fills needs root")
+    assert invoke("run", "-c", str(project))[0] == 0
+    assert invoke("promote", "staging", "-c", str(project), "--approve", "--no-deploy")[0] == 0
+    config = load_config(project)
+    folder = config.workspace / "deploy" / "staging"
+    folder.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)], check=True)
+    cfg = str(project)
+    try:
+        first = mlci("deploy", "staging", "-c", cfg)  # the artifact lands on the small disk
+        assert first.returncode == 0, first.stderr
+        assert mlci("stop", "staging", "-c", cfg).returncode == 0
+        (folder / "server.log").write_bytes(b"")  # so that reopening it frees nothing
+        fill(folder / "filler")
+
+        deploy = mlci("deploy", "staging", "-c", cfg)
+        assert servers_under(folder) == [], "a server runs that no state file records"
+        assert deploy.returncode == 2 and "Traceback" not in deploy.stderr, deploy.stderr
+        assert "No space left on device" in deploy.stderr and "was stopped" in deploy.stderr, deploy.stderr
+        assert not (folder / "state.json").exists()
+
+        status = mlci("status", "-c", cfg, "--json")
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["staging"]["local_server"] is None
+        stopped = mlci("stop", "staging", "-c", cfg)
+        assert stopped.returncode == 0 and "Traceback" not in stopped.stderr, stopped.stderr
+        again = mlci("deploy", "staging", "-c", cfg)
+        assert again.returncode == 2 and "No space left on device" in again.stderr and "Traceback" not in again.stderr
+        assert servers_under(folder) == []
+
+        (folder / "filler").unlink()  # space again: deploy works as before
+        assert mlci("deploy", "staging", "-c", cfg).returncode == 0
+        live = running(config, "staging")
+        assert live is not None and ready(live["url"])
+    finally:
+        for pid in servers_under(folder):  # the one deployed last, and orphans should the code under test leave any
+            os.kill(pid, signal.SIGKILL)
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_no_process_mlci_starts_inherits_the_registry_credentials(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: read the environment of what mlci starts: /proc/<pid>/environ of the deployed server, and the
+    environment git (provenance) and kubectl (the Kubernetes target) get. The registry password was in each."""
+    secret = "s3cret-Pa55word-do-not-leak"
+    dumps = tmp_path / "environments"
+    dumps.mkdir()
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    real_git = shutil.which("git") or "/usr/bin/git"
+    (shims / "git").write_text(f'#!/bin/sh\nenv > "{dumps}/git.$$"\nexec {real_git} "$@"\n')
+    (shims / "kubectl").write_text(
+        f'#!/bin/sh\nenv > "{dumps}/kubectl.$$"\n'
+        'if [ "$1" = config ]; then echo test-context; else cat >/dev/null; fi\n'
+    )
+    for shim in shims.iterdir():
+        shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("MLCI_REGISTRY_USERNAME", "ci-robot")
+    monkeypatch.setenv("MLCI_REGISTRY_PASSWORD", secret)
+
+    assert invoke("run", "-c", str(project))[0] == 0
+    code, out = invoke("promote", "staging", "-c", str(project), "--approve")
+    assert code == 0, out
+    live = running(load_config(project), "staging")
+    assert live is not None
+    server_env = Path(f"/proc/{live['pid']}/environ").read_bytes().decode(errors="replace")
+    project.write_text(project.read_text().replace("[deploy]\n", '[deploy]\ntarget = "kubernetes"\n'))
+    code, out = invoke("deploy", "staging", "-c", str(project), "--json")
+    assert code == 0 and json.loads(out)["applied_to"] == "test-context", out
+
+    seen = {"server": server_env.replace("\0", "\n")} | {p.name: p.read_text() for p in dumps.iterdir()}
+    assert any(name.startswith("git.") for name in seen) and any(name.startswith("kubectl.") for name in seen)
+    leaked = [name for name, text in seen.items() if "MLCI_REGISTRY_" in text or secret in text]
+    assert leaked == [], f"registry credentials reached {leaked}"

@@ -64,3 +64,31 @@ def test_server_that_cannot_load_the_model_fails_with_its_log(example: tuple[Pat
     with pytest.raises(CheckFailed) as info:
         run_smoke(broken, X, max_p99_ms=1000.0, timeout_s=20)
     assert "Server log (tail)" in str(info.value) or "not ready" in str(info.value)
+
+
+def _environ_of(pid: int) -> dict[str, str]:
+    """The environment the kernel holds for a live process, as anyone running as its user can read it."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def test_a_started_server_does_not_inherit_the_registry_credentials(
+    example: tuple[Path, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: read /proc/<pid>/environ of the smoke server mlci started; the registry password was in it.
+
+    The server needs its own settings (MLCI_SERVE_*), never the registry's username and password nor the
+    monitor's webhook URL.
+    """
+    artifact, _ = example
+    secret = "s3cret-Pa55word-do-not-leak"
+    monkeypatch.setenv("MLCI_REGISTRY_USERNAME", "ci-robot")
+    monkeypatch.setenv("MLCI_REGISTRY_PASSWORD", secret)
+    monkeypatch.setenv("MLCI_MONITOR_WEBHOOK", "https://hooks.example.test/services/T0/B0/xoxb-webhook-secret")
+    monkeypatch.setenv("MLCI_SERVE_LOG_KEEP", "3")
+    with serving(artifact, timeout=30) as server:
+        environ = _environ_of(server.process.pid)
+    leaked = sorted(k for k in environ if k.startswith("MLCI_REGISTRY_") or k == "MLCI_MONITOR_WEBHOOK")
+    assert leaked == [], f"the server's environment holds {leaked}"
+    assert not any(secret in value or "xoxb-webhook-secret" in value for value in environ.values())
+    assert environ.get("MLCI_SERVE_LOG_KEEP") == "3"  # the server's own settings still reach it

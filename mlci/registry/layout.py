@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mlci.canonical import atomic_write as _atomic_write
 from mlci.canonical import canonical_json
 from mlci.errors import RegistryError
 from mlci.registry.store import OCI_INDEX, check_digest, check_tag, digest_bytes, is_digest, verify_blob
@@ -25,20 +26,6 @@ __all__ = ["LayoutStore"]
 
 LAYOUT_VERSION = "1.0.0"
 REF_NAME = "org.opencontainers.image.ref.name"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
-    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
-    try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class LayoutStore:

@@ -10,10 +10,21 @@ from mlci.errors import ConfigError
 from mlci.registry.http import HttpStore
 from mlci.registry.layout import LayoutStore
 
-__all__ = ["PASSWORD_ENV", "USERNAME_ENV", "check_repository", "open_store", "registry_settings_from_env"]
+__all__ = [
+    "CREDENTIAL_ENV",
+    "PASSWORD_ENV",
+    "USERNAME_ENV",
+    "check_repository",
+    "open_store",
+    "registry_settings_from_env",
+    "without_credentials",
+]
 
 USERNAME_ENV = "MLCI_REGISTRY_USERNAME"
 PASSWORD_ENV = "MLCI_REGISTRY_PASSWORD"
+# Secrets mlci reads from the environment: every MLCI_REGISTRY_* variable, and the monitor's webhook URL
+# (a Slack or Teams incoming-webhook URL is itself the credential).
+CREDENTIAL_ENV = ("MLCI_REGISTRY_", "MLCI_MONITOR_WEBHOOK")
 
 _FORMS = (
     "accepted forms: 'oci-layout:<path>' or a plain path (an OCI layout directory), "
@@ -37,6 +48,16 @@ def registry_settings_from_env(environ: Mapping[str, str]) -> tuple[str | None, 
             f"{have} is set but {missing} is not. Set both, or neither for an anonymous registry."
         )
     return username, password
+
+
+def without_credentials(environ: Mapping[str, str]) -> dict[str, str]:
+    """A copy of ``environ`` for a process mlci starts (a server, kubectl, git), without the secrets in it.
+
+    None of those processes needs the registry credentials, and a process's environment is readable by
+    anything running as the same user (``/proc/<pid>/environ``), ends up in crash reports, and is visible
+    to all the code the process loads.
+    """
+    return {key: value for key, value in environ.items() if not key.startswith(CREDENTIAL_ENV)}
 
 
 def check_repository(repository: str) -> str:

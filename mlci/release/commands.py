@@ -49,6 +49,10 @@ def register(
         username, password = registry_settings_from_env(os.environ)
         return open_store(registry, repository, username=username, password=password)
 
+    def note_of(deployed: dict[str, Any] | None) -> str:
+        """The deploy's note on a stale or damaged state file it replaced, as a line of its own."""
+        return f"\nnote: {deployed['note']}" if deployed and deployed.get("note") else ""
+
     def release_of() -> Any:
         from mlci.release.promote import Release
 
@@ -187,7 +191,10 @@ def register(
         release = release_of()
         entry = do_promote(store, env, digest, release=release, approve=approve, continuous=config.deploy.continuous_deployment, reason=reason)
         deployed = deploy_environment(config, store, env, release) if then_deploy else None
-        emit(as_json, {"promotion": entry, "deployed": deployed}, f"{env} → {digest}" + (f" (serving at {deployed.get('url') or deployed.get('manifest')})" if deployed else ""))
+        emit(
+            as_json, {"promotion": entry, "deployed": deployed},
+            f"{env} → {digest}" + (f" (serving at {deployed.get('url') or deployed.get('manifest')})" if deployed else "") + note_of(deployed),
+        )  # fmt: skip
 
     @group.command()
     @click.argument("env", type=_ENV)
@@ -199,7 +206,7 @@ def register(
 
         config = load(config_path, workspace)
         result = deploy_environment(config, store_of(config), env, release_of())
-        emit(as_json, result, f"{env} serves {result['digest']} ({result.get('url') or result.get('manifest')})")
+        emit(as_json, result, f"{env} serves {result['digest']} ({result.get('url') or result.get('manifest')})" + note_of(result))
 
     @group.command()
     @click.argument("env", type=_ENV)
@@ -238,7 +245,7 @@ def register(
     @json_option
     def status(config_path: Path, workspace: Path | None, limit: int, as_json: bool) -> None:
         """What each environment serves (registry tags and local servers) and the history of its moves."""
-        from mlci.release.deploy import running
+        from mlci.release.deploy import local_state
         from mlci.release.promote import status as registry_status
 
         config = load(config_path, workspace)
@@ -246,10 +253,12 @@ def register(
         lines = [f"candidate   {report['candidate']['digest'] or '-'}"]
         for env in ("staging", "production"):
             info = report[env]
-            info["local_server"] = running(config, env)
+            info["local_server"], info["local_server_problem"] = local_state(config, env)
             server = f"  serving at {info['local_server']['url']}" if info["local_server"] else ""
             warn = "" if info["consistent"] else "  (tag moved outside mlci or history write interrupted)"
             lines.append(f"{env:<11} {info['digest'] or '-'}{server}{warn}")
+            if info["local_server_problem"]:
+                lines.append(f"    local server: {info['local_server_problem']}; `mlci stop {env}` clears the record")
             for e in info["history"][-limit:]:
                 lines.append(f"    {e['at']}  {e['action']:<8} {str(e['from'])[:19]:<19} → {e['to'][:19]}  by {e['by']}: {e['why']}")
         emit(as_json, report, "\n".join(lines))
@@ -261,5 +270,4 @@ def register(
         """Stop ENV's local server (graceful: drains requests and flushes the prediction log)."""
         from mlci.release.deploy import stop as stop_server
 
-        stop_server(load(config_path, workspace), env)
-        click.echo(f"{env}: stopped")
+        click.echo(f"{env}: {stop_server(load(config_path, workspace), env)}")

@@ -1,31 +1,41 @@
 """Deploy targets: run an environment's tagged artifact locally (a supervised `mlci serve` process), or
 render Kubernetes manifests for it (applied with kubectl when a context is configured).
 
-A local deploy pulls the tagged artifact, replaces the environment's server process (pid file + state
-file under the workspace), then runs the post-deploy check: readiness and a smoke test against the live
-endpoint. If the check fails, the environment is rolled back to its previous version, that version is
-started again, and the deploy fails with the reason (exit 1).
+A local deploy pulls the tagged artifact, replaces the environment's server process (state file under
+the workspace), then runs the post-deploy check: readiness and a smoke test against the live endpoint. If
+the check fails, the environment is rolled back to its previous version, that version is started again,
+and the deploy fails with the reason (exit 1).
+
+The state file is a record, not an authority: it names the server by PID *and* start time (field 22 of
+``/proc/<pid>/stat``), and mlci signals a process only while both still match and it leads its own process
+group, so a stale record never hits a process that merely reuses the PID. The file is written atomically
+(old or new, never empty), a damaged one is reported and never trusted, and deploys and stops of one
+environment take turns (an exclusive lock beside the state file).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from mlci.canonical import atomic_write
 from mlci.config import Config
 from mlci.errors import CheckFailed, MlciError
 from mlci.release.promote import Release, rollback
 from mlci.release.smoke import ServerProcess, start_server, wait_ready
 
-__all__ = ["DeployResult", "deploy", "render_kubernetes", "running", "stop"]
+__all__ = ["DeployResult", "deploy", "local_state", "process_start_time", "render_kubernetes", "running", "stop"]
 
 Checker = Callable[[Path, str], Any]  # (artifact dir, live url) -> SmokeReport-like with .passed/.reason
 
@@ -40,47 +50,169 @@ class DeployResult:
     pid: int
     rolled_back_from: str | None = None
     reason: str = ""
+    note: str | None = None  # what was wrong with the previous state file, if anything
 
 
 def _env_dir(config: Config, env: str) -> Path:
     return config.workspace / "deploy" / env
 
 
-def running(config: Config, env: str) -> dict[str, Any] | None:
-    """The state of the environment's server if its process is alive (pid, port, digest, url)."""
-    state_file = _env_dir(config, env) / "state.json"
-    if not state_file.is_file():
-        return None
-    state = json.loads(state_file.read_text())
+def _state_file(config: Config, env: str) -> Path:
+    return _env_dir(config, env) / "state.json"
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks after boot) of process ``pid`` from /proc, or None if absent."""
     try:
-        os.kill(int(state["pid"]), 0)
-    except (ProcessLookupError, PermissionError, ValueError):
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
         return None
-    return dict(state)
+    # Field 2 (the command name, in parentheses) may itself hold spaces and ')': fields 3.. follow the last ')'.
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    try:
+        return fields[0].decode(), int(fields[19])
+    except (IndexError, ValueError, UnicodeDecodeError):
+        return None
 
 
-def stop(config: Config, env: str, timeout: float = 15.0) -> None:
-    """SIGTERM the environment's server (graceful drain, log flush) and wait; SIGKILL if it hangs."""
-    state = running(config, env)
-    if state is None:
-        return
-    pid = int(state["pid"])
-    os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def process_start_time(pid: int) -> int | None:
+    """When process ``pid`` started (field 22 of /proc/<pid>/stat); with the PID, it names one process for good."""
+    stat = _proc_stat(pid)
+    return None if stat is None else stat[1]
+
+
+def _is_alive(pid: int, start_time: int) -> bool:
+    """Whether ``pid`` is still the process that started at ``start_time`` and has not exited."""
+    stat = _proc_stat(pid)
+    return stat is not None and stat[1] == start_time and stat[0] not in ("Z", "X")
+
+
+def _state_problem(state: Any) -> str | None:
+    """What makes a parsed state file unusable, or None. PID 0, -1 or 1 must never reach kill()."""
+    if not isinstance(state, dict):
+        return f"holds a JSON {type(state).__name__}, not an object"
+    pid, start_time = state.get("pid"), state.get("start_time")
+    if type(pid) is not int or pid <= 1:
+        return f"records pid {pid!r}, which is not the PID of a server (expected an integer above 1)"
+    if type(start_time) is not int or start_time < 0:
+        return f"records no valid start time for pid {pid} ({start_time!r}), so it cannot say which process that is"
+    for key in ("url", "digest", "artifact"):
+        if not isinstance(state.get(key), str):
+            return f"has no {key!r} text"
+    return None
+
+
+def local_state(config: Config, env: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(state of the environment's live server, None), or (None, why the state file names no live server).
+
+    (None, None) when there is no state file. A state file is trusted only when it is well formed and its
+    PID is still the process it recorded: same start time, alive, leading its own process group.
+    """
+    path = _state_file(config, env)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"{path} cannot be read ({exc.strerror}); nothing was signalled"
+    try:
+        state = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        what = "is empty" if not raw.strip() else f"is not valid JSON ({str(exc)[:80]})"
+        return None, f"{path} {what}; nothing was signalled. If a server still runs for {env}, stop it by hand"
+    problem = _state_problem(state)
+    if problem is not None:
+        return None, f"{path} {problem}; nothing was signalled. If a server still runs for {env}, stop it by hand"
+    pid, recorded = state["pid"], state["start_time"]
+    stat = _proc_stat(pid)
+    if stat is None or stat[0] in ("Z", "X"):
+        return None, f"{path} records server pid {pid}, which is no longer running; nothing was signalled"
+    if stat[1] != recorded:
+        return None, (
+            f"{path} records server pid {pid} started at tick {recorded}, but pid {pid} is now another process "
+            f"(started at tick {stat[1]}): the recorded server is gone; nothing was signalled"
+        )
+    try:
+        leads_group = os.getpgid(pid) == pid
+    except ProcessLookupError:
+        leads_group = False
+    if not leads_group:
+        return None, f"{path} records pid {pid}, which does not lead its own process group as mlci's servers do; nothing was signalled"
+    return dict(state), None
+
+
+def running(config: Config, env: str) -> dict[str, Any] | None:
+    """The state of the environment's server if its recorded process is alive (pid, start_time, port, digest, url)."""
+    return local_state(config, env)[0]
+
+
+@contextlib.contextmanager
+def _env_lock(config: Config, env: str) -> Iterator[None]:
+    """Deploys and stops of one environment take turns: each holds an exclusive lock on its `.lock` file."""
+    folder = _env_dir(config, env)
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".lock").open("ab") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
-            os.kill(pid, 0)
-            # Reap it if it is our child (a zombie would still answer kill 0).
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                break
-        except ChildProcessError:
-            pass
-        except ProcessLookupError:
-            break
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _wait_gone(pid: int, start_time: int, timeout: float) -> bool:
+    """Wait until the process is gone (reaping it if it is our child); False if it still runs at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(ChildProcessError):  # not our child: its parent reaps it
+            os.waitpid(pid, os.WNOHANG)  # a child of ours stays a zombie until reaped
+        if not _is_alive(pid, start_time):
+            return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.05)
-    else:
-        os.killpg(pid, signal.SIGKILL)
-    (_env_dir(config, env) / "state.json").unlink(missing_ok=True)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass  # it exited in between
+    except PermissionError as exc:
+        raise MlciError(
+            f"Not allowed to signal the server (pid {pid}); it runs as another user. Stop it as that user."
+        ) from exc
+
+
+def _stop_recorded(config: Config, env: str, timeout: float) -> tuple[int | None, str | None]:
+    """Stop the server if it is the process the state file recorded, then remove the file.
+
+    Returns (the PID stopped or None, a note on why the state file named no live server, or None).
+    """
+    state, note = local_state(config, env)
+    pid = None
+    if state is not None:
+        pid, start_time = state["pid"], state["start_time"]
+        _signal_group(pid, signal.SIGTERM)
+        if not _wait_gone(pid, start_time, timeout) and _is_alive(pid, start_time):
+            _signal_group(pid, signal.SIGKILL)
+            _wait_gone(pid, start_time, 5.0)
+    _state_file(config, env).unlink(missing_ok=True)
+    return pid, note
+
+
+def stop(config: Config, env: str, timeout: float = 15.0) -> str:
+    """SIGTERM the environment's server (graceful drain, log flush) and wait; SIGKILL if it hangs.
+
+    Only the process the state file recorded is signalled; a state file that names no live server of
+    mlci's is removed. Returns what happened, in a sentence.
+    """
+    if not _env_dir(config, env).is_dir():
+        return "no local server was running"
+    with _env_lock(config, env):
+        pid, note = _stop_recorded(config, env, timeout)
+    if note is not None:
+        return f"{note}. Removed the state file."
+    return f"stopped its server (pid {pid})" if pid is not None else "no local server was running"
 
 
 def _materialise(store: Any, config: Config, env: str, digest: str) -> Path:
@@ -91,13 +223,49 @@ def _materialise(store: Any, config: Config, env: str, digest: str) -> Path:
     return target
 
 
+def _require_free_port(host: str, port: int, env: str) -> None:
+    """Refuse to start when something else listens on the port: the new server could not bind, and its
+    failed post-deploy check would roll the environment back because of a process that is not ours."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+            probe.bind(address)
+    except OSError as exc:
+        raise MlciError(
+            f"Port {port} on {host} ({env}'s port) is in use by another process ({exc.strerror or exc}), one mlci "
+            f"did not start or no longer tracks; nothing was deployed. Stop it (`ss -ltnp 'sport = :{port}'` "
+            f"shows which), or set [deploy] {env}_port to a free port, then deploy again."
+        ) from exc
+
+
+def _record(path: Path, server: ServerProcess, state: dict[str, Any], env: str) -> None:
+    """Write the state file atomically; if that fails, stop the server so that none runs untracked."""
+    try:
+        atomic_write(path, (json.dumps(state, indent=2) + "\n").encode())
+    except BaseException as exc:
+        server.stop()
+        if not isinstance(exc, OSError):
+            raise
+        raise MlciError(
+            f"Cannot record {env}'s server in {path}: {exc.strerror or exc}. The server was stopped so that "
+            f"none runs untracked; nothing serves {env} now. Free space in {path.parent} (or fix its "
+            f"permissions), then run `mlci deploy {env}` again."
+        ) from exc
+
+
 def _start(config: Config, env: str, artifact: Path, digest: str) -> ServerProcess:
     port = config.deploy.staging_port if env == "staging" else config.deploy.production_port
     folder = _env_dir(config, env)
     folder.mkdir(parents=True, exist_ok=True)
+    _require_free_port(config.deploy.host, port, env)
     server = start_server(artifact, port, folder / "server.log", host=config.deploy.host, log_dir=folder / "predictions")
-    state = {"pid": server.process.pid, "port": port, "digest": digest, "url": server.url, "artifact": str(artifact)}
-    (folder / "state.json").write_text(json.dumps(state, indent=2))
+    pid = server.process.pid
+    state = {
+        "pid": pid, "start_time": process_start_time(pid), "port": port, "digest": digest,
+        "url": server.url, "artifact": str(artifact),
+    }  # fmt: skip
+    _record(_state_file(config, env), server, state, env)
     return server
 
 
@@ -119,18 +287,25 @@ def deploy(config: Config, store: Any, env: str, *, release: Release, checker: C
     if digest is None:
         raise MlciError(f"{env} has no artifact yet; promote one first (`mlci promote {env} --approve`).")
     artifact = _materialise(store, config, env, digest)
-    stop(config, env)
-    server = _start(config, env, artifact, digest)
-    problem = _check(server, artifact, config, checker)
-    if problem is None:
-        return DeployResult(env, digest, server.url, server.process.pid)
+    with _env_lock(config, env):
+        _, note = _stop_recorded(config, env, 15.0)
+        server = _start(config, env, artifact, digest)
+        problem = _check(server, artifact, config, checker)
+        if problem is not None:
+            _roll_back(config, store, env, release, server, digest, problem, checker)
+    return DeployResult(env, digest, server.url, server.process.pid, note=note)
 
+
+def _roll_back(
+    config: Config, store: Any, env: str, release: Release, server: ServerProcess, digest: str, problem: str, checker: Checker
+) -> NoReturn:
+    """The post-deploy check failed: stop the new server, move the tag back, start the previous version; raise."""
     server.stop()
+    _state_file(config, env).unlink(missing_ok=True)
     tail = server.log_tail()
     try:
         entry = rollback(store, env, release=release, reason=f"post-deploy check failed for {digest[:19]}: {problem[:200]}")
     except MlciError as exc:
-        (_env_dir(config, env) / "state.json").unlink(missing_ok=True)
         raise CheckFailed(
             f"Deploy of {digest[:19]} to {env} failed its post-deploy check ({problem}) and there is no earlier "
             f"version to roll back to ({exc}). Nothing serves {env} now.\nServer log (tail):\n{tail}"
@@ -214,13 +389,16 @@ def render_kubernetes(config: Config, env: str, digest: str) -> str:
 
 def apply_kubernetes(manifest: str) -> str | None:
     """`kubectl apply` the manifest when kubectl and a current context exist; None means render-only."""
+    from mlci.registry.settings import without_credentials
+
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         return None
-    context = subprocess.run([kubectl, "config", "current-context"], capture_output=True, text=True, check=False)
+    env = without_credentials(os.environ)  # kubectl needs its kubeconfig, never the registry's password
+    context = subprocess.run([kubectl, "config", "current-context"], capture_output=True, text=True, check=False, env=env)
     if context.returncode != 0 or not context.stdout.strip():
         return None
-    done = subprocess.run([kubectl, "apply", "-f", "-"], input=manifest, capture_output=True, text=True, check=False)
+    done = subprocess.run([kubectl, "apply", "-f", "-"], input=manifest, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise CheckFailed(f"kubectl apply failed ({done.returncode}): {done.stderr.strip()[:500]}")
     return context.stdout.strip()

@@ -46,7 +46,7 @@ def deploy_environment(config: Config, store: Any, env: str, release: Release) -
     from mlci.release.deploy import deploy
 
     result = deploy(config, store, env, release=release, checker=live_checker(config))
-    return {"target": "local", "digest": result.digest, "url": result.url, "pid": result.pid}
+    return {"target": "local", "digest": result.digest, "url": result.url, "pid": result.pid, "note": result.note}
 
 
 def hotfix(config: Config, store: Any, env: str, release: Release, reason: str = "") -> dict[str, Any]:

@@ -1,22 +1,32 @@
 """Environments are registry tags; every move goes through here, and here only a passing verdict moves one.
 
 The registry holds the truth and survives the machine: the environment tags (`staging`, `production`),
-one verdict document per artifact (`verdict-sha256-<hex>`) and one history document per environment
-(`history-<env>`, who/when/from/to/why of every move). The tag moves first and the history entry is
-written second: if a process dies in between, the tag still points at a complete artifact and
-`status` reports the move as untracked instead of the history claiming a move that did not happen.
+one verdict document per artifact (`verdict-sha256-<hex>`) and one history document per move
+(`history-<env>-<UTC time to the nanosecond>Z-<random>`: who/when/from/to/why). A registry has no
+compare-and-swap, so a history kept in one document loses the entry of one of two concurrent moves (both
+read, both append, the later write wins); a document of its own per move is never rewritten, and the
+history is every such document in the order of its tag. (The one document per environment that mlci
+wrote before, `history-<env>`, is still read, as the oldest entries.)
+
+The history is read, and checked, before a tag moves: a damaged history refuses the move with a clear
+error. The tag moves first and the history entry is written second: if a process dies in between, the
+tag still points at a complete artifact and `status` reports the move as untracked instead of the
+history claiming a move that did not happen.
 """
 
 from __future__ import annotations
 
 import getpass
 import os
+import re
+import secrets
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from mlci.errors import CheckFailed, MlciError
+from mlci.errors import CheckFailed, MlciError, RegistryError
 
 __all__ = [
     "ENVIRONMENTS",
@@ -46,7 +56,25 @@ def verdict_tag(digest: str) -> str:
 
 
 def _history_tag(env: str) -> str:
+    """The one history document per environment that mlci wrote before it wrote one per move."""
     return f"history-{env}"
+
+
+def _move_tag(env: str) -> str:
+    """A new, unique tag for one move's record; tags of one environment sort in the order they were made."""
+    now = time.time_ns()
+    stamp = datetime.fromtimestamp(now // 10**9, UTC).strftime("%Y%m%dT%H%M%S")
+    return f"history-{env}-{stamp}.{now % 10**9:09d}Z-{secrets.token_hex(4)}"
+
+
+def _is_move_tag(env: str, tag: str) -> bool:
+    return re.fullmatch(rf"history-{re.escape(env)}-\d{{8}}T\d{{6}}\.\d{{9}}Z-[0-9a-f]{{8}}", tag) is not None
+
+
+# What every history entry holds, and of which JSON types.
+_ENTRY_FIELDS: dict[str, tuple[type, ...]] = {
+    "action": (str,), "from": (str, type(None)), "to": (str,), "by": (str,), "at": (str,), "why": (str,),
+}  # fmt: skip
 
 
 def current_actor(environ: Mapping[str, str]) -> str:
@@ -91,25 +119,59 @@ def store_verdict(store: Any, verdict: Mapping[str, Any]) -> None:
 
 def verdict_for(store: Any, digest: str) -> dict[str, Any] | None:
     """The stored verdict of ``digest``, or None."""
+    return _document(store, verdict_tag(digest), "verdict")
+
+
+def _document(store: Any, tag: str, what: str = "history") -> dict[str, Any] | None:
+    """The document under ``tag``, or None; a damaged one is a RegistryError naming the tag.
+
+    get_document parses what the registry holds: invalid JSON, nesting deeper than the parser's recursion
+    limit, or a manifest of the wrong shape (a list where an object belongs) surface here as Python errors.
+    """
     from mlci.registry import get_document
 
-    return get_document(store, verdict_tag(digest))
+    try:
+        return get_document(store, tag)
+    except (ValueError, RecursionError, TypeError, KeyError, AttributeError) as exc:
+        raise _damaged(store, tag, f"it cannot be read ({type(exc).__name__}: {str(exc)[:120]})", what) from exc
+
+
+def _damaged(store: Any, tag: str, why: str, what: str = "history") -> RegistryError:
+    return RegistryError(
+        f"The {what} document {tag!r} in {store!r} is damaged: {why}. Nothing was moved. Restore that tag "
+        "from a backup of the registry, or delete it (what it records is then forgotten), and try again."
+    )
+
+
+def _checked_entry(store: Any, tag: str, entry: Any) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        raise _damaged(store, tag, f"an entry is a JSON {type(entry).__name__}, not an object")
+    for key, types in _ENTRY_FIELDS.items():
+        if not isinstance(entry.get(key), types):
+            raise _damaged(store, tag, f"an entry's {key!r} is {entry.get(key)!r:.80}")
+    return dict(entry)
 
 
 def history(store: Any, env: str) -> list[dict[str, Any]]:
-    """Every recorded move of ``env``, oldest first."""
-    from mlci.registry import get_document
-
-    doc = get_document(store, _history_tag(env))
-    return list(doc["entries"]) if doc else []
+    """Every recorded move of ``env``, oldest first (raises RegistryError on a damaged record)."""
+    entries: list[dict[str, Any]] = []
+    legacy = _document(store, _history_tag(env))
+    if legacy is not None:
+        if not isinstance(legacy.get("entries"), list):
+            raise _damaged(store, _history_tag(env), "it has no 'entries' list")
+        entries += [_checked_entry(store, _history_tag(env), e) for e in legacy["entries"]]
+    for tag in sorted(t for t in store.tags() if _is_move_tag(env, t)):
+        doc = _document(store, tag)
+        if doc is not None:  # gone since the listing
+            entries.append(_checked_entry(store, tag, doc.get("entry")))
+    return entries
 
 
 def record_move(store: Any, env: str, entry: dict[str, Any]) -> None:
-    """Append one entry to the environment's history document in the registry."""
+    """Record one move of ``env`` in the registry: a new document of its own, so no other move's is lost."""
     from mlci.registry import put_document
 
-    entries = [*history(store, env), entry]
-    put_document(store, _history_tag(env), {"environment": env, "entries": entries}, "history")
+    put_document(store, _move_tag(env), {"environment": env, "entry": entry}, "history")
 
 
 def _require_passing(store: Any, digest: str) -> dict[str, Any]:
@@ -151,6 +213,7 @@ def promote(
             f"Promoting {digest[:19]} to {env} needs a human's approval: re-run with --approve, "
             "or set [deploy] continuous_deployment = true to promote automatically after a passing gate."
         )
+    history(store, env)  # a damaged history refuses the move here, before the tag moves without its entry
     previous = tag_digest(store, env)
     tag_artifact(store, env, digest)
     entry = {
