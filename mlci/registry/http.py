@@ -2,7 +2,9 @@
 
 Auth follows the registry's ``WWW-Authenticate`` challenge: Basic, or the Bearer token flow (ask the
 ``realm`` for a token for ``service`` and ``scope``, with Basic credentials when given). Credentials
-live only inside the auth object; they are never part of a URL, a repr or an error message.
+live only inside the auth object; they are never part of a URL, a repr or an error message, and they
+go only to the registry's own origin and to an https token realm (plain http only where the registry
+itself is on this machine, or with ``insecure``).
 """
 
 from __future__ import annotations
@@ -24,10 +26,41 @@ from mlci.registry.store import (
     verify_blob,
 )
 
-__all__ = ["HttpStore", "parse_challenge"]
+__all__ = ["HttpStore", "LOOPBACK_HOSTS", "credentials_allowed", "is_loopback", "parse_challenge", "same_origin"]
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 _PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^,\s]*))')
 _NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or address, IPv6 with or without brackets) is this machine's loopback."""
+    return host.strip("[]").lower() in LOOPBACK_HOSTS
+
+
+def same_origin(url: httpx.URL, other: httpx.URL) -> bool:
+    """Same scheme, host and port (the default port spelled out or not)."""
+    return (
+        url.scheme == other.scheme
+        and url.host == other.host
+        and (url.port or _DEFAULT_PORTS.get(url.scheme)) == (other.port or _DEFAULT_PORTS.get(other.scheme))
+    )
+
+
+def credentials_allowed(realm: httpx.URL, registry: httpx.URL, insecure: bool) -> bool:
+    """Whether a Bearer ``realm`` named by ``registry`` may receive the Basic credentials.
+
+    Over https, yes (GHCR's and Docker Hub's realms are other hosts). Over plain http only when nothing
+    leaves the machine (a registry and realm both on loopback, as in a local test setup), or when the
+    user said clear text is fine with ``insecure``. Any other scheme, never.
+    """
+    if realm.scheme == "https":
+        return True
+    if realm.scheme != "http":
+        return False
+    return insecure or (registry.scheme == "http" and is_loopback(registry.host) and is_loopback(realm.host))
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -37,14 +70,21 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 
 
 class _RegistryAuth(httpx.Auth):
-    """Answers a registry's 401 challenge; keeps the last bearer token for later requests."""
+    """Answers the registry's own 401 challenges; keeps the last bearer token for later requests.
+
+    Credentials are added only to requests for the registry's origin, and only a 401 from that origin
+    is answered: a page link or a redirect to another host (object storage) gets neither the credentials
+    nor the chance to ask for them.
+    """
 
     requires_response_body = True
 
-    def __init__(self, username: str | None, password: str | None) -> None:
+    def __init__(self, username: str | None, password: str | None, origin: httpx.URL, insecure: bool) -> None:
         self._basic = (
             httpx.BasicAuth(username, password) if username is not None and password is not None else None
         )
+        self._origin = origin
+        self._insecure = insecure
         self._token: str | None = None
         self._use_basic = False
 
@@ -52,6 +92,8 @@ class _RegistryAuth(httpx.Auth):
         return "<registry auth>"
 
     def _apply(self, request: httpx.Request) -> httpx.Request:
+        if not same_origin(request.url, self._origin):
+            return request
         if self._token is not None:
             request.headers["Authorization"] = f"Bearer {self._token}"
         elif self._use_basic and self._basic is not None:
@@ -60,14 +102,27 @@ class _RegistryAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         response = yield self._apply(request)
-        if response.status_code != 401:
+        if response.status_code != 401 or not same_origin(response.url, self._origin):
             return
         scheme, params = parse_challenge(response.headers.get("www-authenticate", ""))
         if scheme == "basic" and self._basic is not None and not self._use_basic:
             self._use_basic = True
         elif scheme == "bearer" and "realm" in params:
             query: dict[str, str] = {k: params[k] for k in ("service", "scope") if k in params}
-            token_request = httpx.Request("GET", params["realm"], params=query)
+            try:
+                token_request = httpx.Request("GET", params["realm"], params=query)
+            except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as exc:
+                raise RegistryError(
+                    f"The registry at {self._origin} named a token service that is not a URL "
+                    f"({params['realm']!r}: {exc})."
+                ) from exc
+            if self._basic is not None and not credentials_allowed(token_request.url, self._origin, self._insecure):
+                raise RegistryError(
+                    f"The registry at {self._origin} asks for the credentials to be sent to the token service "
+                    f"{params['realm']}, which is plain http (or not http at all): they would cross the network "
+                    "in clear text, so mlci did not send them. A real registry's token service is https; if this "
+                    "one is really meant to run without TLS, set [registry] insecure = true."
+                )
             if self._basic is not None:
                 token_request = next(self._basic.auth_flow(token_request))
             token_response = yield token_request
@@ -77,7 +132,12 @@ class _RegistryAuth(httpx.Auth):
                     f"{params.get('scope', '(none)')!r}. Check MLCI_REGISTRY_USERNAME and MLCI_REGISTRY_PASSWORD "
                     "(for GHCR a token with write:packages, for ECR the output of `aws ecr get-login-password`)."
                 )
-            body = token_response.json()
+            try:
+                body = token_response.json()
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                body = None
+            if not isinstance(body, dict):
+                raise RegistryError(f"The token service {params['realm']} answered something other than a JSON object.")
             token = body.get("token") or body.get("access_token")
             if not isinstance(token, str) or not token:
                 raise RegistryError(f"The token service {params['realm']} answered without a token.")
@@ -102,9 +162,10 @@ class HttpStore:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.repository = repository
+        self._origin = httpx.URL(self.base_url)
         self._has_credentials = username is not None and password is not None
         self._client = httpx.Client(
-            auth=_RegistryAuth(username, password),
+            auth=_RegistryAuth(username, password, self._origin, insecure),
             verify=not insecure,
             timeout=timeout,
             transport=transport,
@@ -146,6 +207,9 @@ class HttpStore:
     def _refusal(self, method: str, response: httpx.Response) -> str:
         where = (
             f"The registry at {self.base_url} answered {response.status_code} to {method} {response.url.path}"
+            if same_origin(response.url, self._origin)
+            else f"The registry at {self.base_url} redirected {method} to {response.url.scheme}://"
+            f"{response.url.netloc.decode()}{response.url.path}, which answered {response.status_code}"
         )
         if response.status_code == 401:
             fix = (
@@ -233,7 +297,7 @@ class HttpStore:
         return data, media_type, digest_bytes(data)
 
     def tags(self) -> list[str]:
-        """Every tag (following ``Link: rel=next`` pages); [] for a repository that does not exist yet."""
+        """Every tag (following ``Link: rel=next`` pages on this registry); [] for a repository not created yet."""
         found: list[str] = []
         url: str | httpx.URL = self._url("tags/list?n=1000")
         while True:
@@ -244,4 +308,18 @@ class HttpStore:
             link = _NEXT.search(response.headers.get("link", ""))
             if link is None:
                 return sorted(set(found))
-            url = httpx.URL(self.base_url).join(link[1])
+            url = self._next_page(link[1])
+
+    def _next_page(self, link: str) -> httpx.URL:
+        """Where the ``rel=next`` link leads, which must be the registry's own origin."""
+        try:
+            target = self._origin.join(link)
+        except httpx.InvalidURL as exc:
+            raise RegistryError(f"The registry at {self.base_url} sent a tag-list link that is no URL: {link!r}.") from exc
+        if not same_origin(target, self._origin):
+            shown = f"{target.scheme}://{target.netloc.decode()}"
+            raise RegistryError(
+                f"The registry at {self.base_url} links its next tag-list page to another origin ({shown}); "
+                "mlci follows links only within the registry, which alone gets its credentials. Refusing it."
+            )
+        return target
