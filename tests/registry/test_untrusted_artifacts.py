@@ -20,9 +20,9 @@ from click.testing import CliRunner
 
 from mlci.canonical import sha256_file
 from mlci.cli import cli
-from mlci.errors import DataError
+from mlci.errors import DataError, RegistryError
 from mlci.model.artifact import manifest_digest, verify_artifact
-from mlci.registry import LayoutStore, push_artifact
+from mlci.registry import LayoutStore, Store, fetch, pull_artifact, push_artifact
 from mlci.registry.store import digest_bytes
 from tests.registry.test_artifacts import Counting
 from tests.serving.test_external_data import externalise, reseal
@@ -127,3 +127,17 @@ def test_mlci_verify_refuses_onnx_external_data(artifact_a: Path, tmp_path: Path
     reseal(outlier)
     code, out = mlci("verify", str(outlier))
     assert code == 2 and "outlier.onnx" in out and "external files" in out, out
+
+
+def test_pull_refuses_onnx_external_data(store: Store, artifact_a: Path, tmp_path: Path) -> None:
+    """The crafted artifact pushed to a real registry (push checks hashes only): the old `pull` wrote it
+    out and returned it, and `mlci serve --registry` cached it."""
+    crafted, _ = externalise(artifact_a, tmp_path / "crafted", ".env")
+    digest = push_artifact(store, crafted).artifact_digest
+    with pytest.raises(RegistryError, match=r"external files.*\.env") as info:
+        pull_artifact(store, "candidate", tmp_path / "out" / "pulled")
+    assert digest in str(info.value) or "candidate" in str(info.value)
+    assert not (tmp_path / "out" / "pulled").exists()
+    with pytest.raises(RegistryError, match="external files"):
+        fetch(store, "candidate", tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
