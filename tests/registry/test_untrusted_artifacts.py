@@ -141,3 +141,17 @@ def test_pull_refuses_onnx_external_data(store: Store, artifact_a: Path, tmp_pat
     with pytest.raises(RegistryError, match="external files"):
         fetch(store, "candidate", tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_cache_entry_holding_something_else_is_replaced(
+    store: Store, artifact_a: Path, artifact_b: Path, tmp_path: Path
+) -> None:
+    """The cache directory named for artifact A holds artifact B (self-consistent, so it verifies): the
+    old fetch returned it as A, and `mlci serve --registry` served B under the name the user asked for."""
+    digest = push_artifact(store, artifact_a).artifact_digest
+    cache = tmp_path / "cache"
+    shutil.copytree(artifact_b, cache / digest.replace(":", "-"))
+    served = fetch(store, "candidate", cache)
+    assert served == cache / digest.replace(":", "-")
+    assert verify_artifact(served)["digest"] == digest
+    assert sorted(p.name for p in cache.iterdir()) == [served.name]
