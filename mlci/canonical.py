@@ -7,10 +7,11 @@ import json
 import math
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-__all__ = ["atomic_write", "canonical_json", "digest_of", "sha256_bytes", "sha256_file", "write_json"]
+__all__ = ["atomic_fill", "atomic_write", "canonical_json", "digest_of", "sha256_bytes", "sha256_file", "write_json"]
 
 _CHUNK = 1 << 20
 
@@ -60,16 +61,22 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
+    atomic_fill(path, lambda fh: fh.write(data))
+
+
+def atomic_fill(path: Path, fill: Callable[[BinaryIO], object]) -> None:
+    """Let ``fill`` write ``path``'s new content (streamed, never whole in memory), atomically.
 
     The bytes go to a fresh temporary file beside ``path`` (created exclusively, so a planted symlink is
     never followed), are flushed to disk, and the file is renamed over ``path``. If anything fails (a full
-    disk, an interrupt) the temporary file is removed and ``path`` is untouched.
+    disk, an interrupt, ``fill`` refusing what it reads) the temporary file is removed and ``path`` is
+    untouched.
     """
     tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
     try:
         with tmp.open("xb") as fh:
-            fh.write(data)
+            fill(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -199,10 +199,12 @@ def evaluate(config_path: Path, workspace: Path | None, train_dir: Path, export_
 @click.argument("artifact", type=_dir_in)
 @json_option
 def verify(artifact: Path, as_json: bool) -> None:
-    """Check an artifact directory: every file's sha256 and the manifest digest."""
-    from mlci.model.artifact import verify_artifact
+    """Check an artifact directory: exactly the artifact's files, each one's sha256, the manifest digest,
+    and ONNX models that keep no tensor data in external files."""
+    from mlci.model.artifact import check_models, verify_artifact
 
     manifest = verify_artifact(artifact)
+    check_models(artifact)
     _emit(as_json, {"digest": manifest["digest"], "ok": True}, f"ok {manifest['digest']}")
 
 

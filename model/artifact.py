@@ -3,12 +3,17 @@
 The digest is sha256 over the canonical JSON of the manifest without its ``digest`` and ``runtime``
 keys; the manifest lists every file's sha256, so the digest covers the bytes of every file. ``runtime``
 holds what differs between two identical trainings (wall-clock latency, creation time, git commit).
+
+An artifact is exactly ARTIFACT_FILES plus the manifest, regular files in one directory: a manifest that
+lists anything else (``/etc/hostname``, ``../x``) or leaves a file out is refused, so the digest always
+covers the model and nothing outside the directory is ever read on the manifest's say-so.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import re
 import shutil
 from collections.abc import Mapping
 from importlib import metadata
@@ -21,8 +26,10 @@ from mlci.errors import DataError
 __all__ = [
     "ARTIFACT_FILES",
     "MANIFEST_FILE",
+    "ONNX_FILES",
     "UNHASHED_KEYS",
     "assemble",
+    "check_models",
     "library_versions",
     "manifest_digest",
     "read_manifest",
@@ -32,8 +39,10 @@ __all__ = [
 
 MANIFEST_FILE = "manifest.json"
 ARTIFACT_FILES = ("model.onnx", "outlier.onnx", "profile.json")
+ONNX_FILES = ("model.onnx", "outlier.onnx")
 UNHASHED_KEYS = ("digest", "runtime")
 SCHEMA_VERSION = 1
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _LIBRARIES = ("mlci", "scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy", "pandas")
 
 
@@ -91,11 +100,46 @@ def read_manifest(artifact: Path) -> dict[str, Any]:
     return manifest
 
 
+def _listed_files(artifact: Path, manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The manifest's ``files``, checked to be exactly ARTIFACT_FILES, each with a sha256 (and maybe a size)."""
+    files = manifest["files"]
+    fix = "Rebuild or re-pull the artifact."
+    if not isinstance(files, dict):
+        raise DataError(
+            f"The manifest of '{artifact}' has 'files' as a {type(files).__name__}; expected an object giving "
+            f"the sha256 and size of each of {', '.join(ARTIFACT_FILES)}. {fix}"
+        )
+    missing = [name for name in ARTIFACT_FILES if name not in files]
+    extra = sorted(set(files) - set(ARTIFACT_FILES))
+    if missing or extra:
+        problems = [f"does not list {', '.join(map(repr, missing))}"] if missing else []
+        problems += [f"lists {', '.join(map(repr, extra))}, which no mlci artifact has"] if extra else []
+        raise DataError(
+            f"The manifest of '{artifact}' {' and '.join(problems)}: an mlci artifact holds exactly "
+            f"{', '.join(ARTIFACT_FILES)} and {MANIFEST_FILE}, side by side. {fix}"
+        )
+    for name in ARTIFACT_FILES:
+        entry = files[name]
+        sha = entry.get("sha256") if isinstance(entry, dict) else None
+        size = entry.get("size", 0) if isinstance(entry, dict) else None
+        if not isinstance(sha, str) or _SHA256.fullmatch(sha) is None or type(size) is not int or size < 0:
+            raise DataError(
+                f"The manifest of '{artifact}' gives {name} as {json.dumps(entry)[:120]}; expected "
+                f'{{"sha256": "<64 lowercase hex>", "size": <bytes>}}. {fix}'
+            )
+    return files
+
+
 def verify_artifact(artifact: Path) -> dict[str, Any]:
     """Recompute every file hash and the manifest digest; raise on any mismatch, return the manifest."""
     manifest = read_manifest(artifact)
-    for name, entry in manifest["files"].items():
+    for name, entry in _listed_files(artifact, manifest).items():
         path = artifact / name
+        if path.is_symlink():
+            raise DataError(
+                f"{name} in '{artifact}' is a symbolic link; an artifact's files must be regular files in its "
+                "directory. Rebuild or re-pull the artifact."
+            )
         if not path.is_file():
             raise DataError(f"Artifact '{artifact}' is missing {name}, which its manifest lists.")
         actual = sha256_file(path)
@@ -111,6 +155,18 @@ def verify_artifact(artifact: Path) -> dict[str, Any]:
             f"{manifest['digest']}. Rebuild or re-pull the artifact."
         )
     return manifest
+
+
+def check_models(artifact: Path) -> None:
+    """Refuse the artifact if an ONNX file keeps tensor data in external files (see onnxio.refuse_external_data).
+
+    Hashes cannot tell: a crafted artifact is self-consistent. For an artifact mlci did not just write
+    (a directory handed to `mlci verify`, a pull), after :func:`verify_artifact`.
+    """
+    from mlci.model.onnxio import refuse_external_data
+
+    for name in ONNX_FILES:
+        refuse_external_data((artifact / name).read_bytes(), f"{name} in '{artifact}'")
 
 
 def short(digest: str) -> str:

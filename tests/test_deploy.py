@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import onnx
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -63,11 +64,14 @@ def test_promote_deploys_and_a_broken_release_rolls_back_by_itself(project: Path
     live = running(config, "staging")
     assert live is not None and live["digest"] == good and ready(live["url"])
 
-    # A broken artifact that somehow passed its gate (e.g. a model that only fails inside the server).
+    # A broken artifact that somehow passed its gate: a valid ONNX model (so `pull` takes it) that only
+    # fails inside the server, whose inputs are not the schema's.
     artifact = Path(json.loads((config.workspace / "latest.json").read_text())["path"])
     broken = tmp_path / "broken"
     shutil.copytree(artifact, broken)
-    (broken / "model.onnx").write_bytes(b"\x08\x07garbage")
+    x, y = (onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [None, 1]) for n in ("x", "y"))
+    wrong = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "wrong-inputs", [x], [y])
+    (broken / "model.onnx").write_bytes(onnx.helper.make_model(wrong).SerializeToString())
     bad = reseal(broken)
     store = open_registry(config)
     push_artifact(store, broken)

@@ -5,6 +5,10 @@ the artifact's manifest.json and each file is one layer titled with its file nam
 holds no timestamp, so pushing the same artifact twice gives the same manifest digest. Tags are moved
 only after every blob and the manifest (by digest) are stored: an interrupted push never leaves a tag
 pointing at something incomplete.
+
+Files move between disk and store piece by piece, in both directions. A pull takes exactly the
+artifact's files, each at most its declared size (itself capped by MAX_FILE_BYTES), and checks the
+result like any artifact mlci did not write: hashes, digest, and no ONNX external data.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from typing import Any
 
 from mlci.canonical import canonical_json
 from mlci.errors import ConfigError, MlciError, RegistryError
-from mlci.model.artifact import ARTIFACT_FILES, MANIFEST_FILE, verify_artifact
-from mlci.registry.store import OCI_MANIFEST, Store, check_tag, digest_bytes, is_digest
+from mlci.model.artifact import ARTIFACT_FILES, MANIFEST_FILE, check_models, verify_artifact
+from mlci.registry.store import MAX_SMALL_BLOB_BYTES, OCI_MANIFEST, Store, check_tag, digest_bytes, is_digest
 from mlci.workspace import atomic_dir
 
 __all__ = [
     "CONFIG_MEDIA_TYPE",
     "LAYER_MEDIA_TYPES",
+    "MAX_FILE_BYTES",
     "MODEL_ARTIFACT_TYPE",
     "PushResult",
     "digest_tag",
@@ -52,6 +57,15 @@ KIND_KEY = "dev.mlci.kind"
 # The OCI 1.1 "empty" config for artifacts that need none (documents).
 EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
 EMPTY_DATA = b"{}"
+# The most each pulled file may declare: an ONNX model without external data cannot pass protobuf's
+# 2 GiB, and the JSON files are read whole into memory (by verify, serve and the monitor).
+MAX_FILE_BYTES = {
+    "model.onnx": 2 << 30,
+    "outlier.onnx": 2 << 30,
+    "profile.json": MAX_SMALL_BLOB_BYTES,
+    MANIFEST_FILE: MAX_SMALL_BLOB_BYTES,
+}
+_FILES = (*ARTIFACT_FILES, MANIFEST_FILE)
 _KIND = re.compile(r"[a-z0-9][a-z0-9-]*")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -71,7 +85,11 @@ def digest_tag(artifact_digest: str) -> str:
 
 
 def _descriptor(media_type: str, data: bytes, title: str | None = None) -> dict[str, Any]:
-    entry: dict[str, Any] = {"mediaType": media_type, "digest": digest_bytes(data), "size": len(data)}
+    return _described(media_type, digest_bytes(data), len(data), title)
+
+
+def _described(media_type: str, digest: str, size: int, title: str | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": size}
     if title is not None:
         entry["annotations"] = {TITLE: title}
     return entry
@@ -88,27 +106,38 @@ def _annotations(mlci_manifest: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def model_manifest(artifact_dir: Path, mlci_manifest: Mapping[str, Any]) -> tuple[bytes, dict[str, bytes]]:
-    """The OCI manifest bytes for an artifact directory, and every blob it references by digest."""
-    names = [n for n in ARTIFACT_FILES if n in mlci_manifest["files"]]
-    names += [*sorted(set(mlci_manifest["files"]) - set(names)), MANIFEST_FILE]
-    files = {name: (artifact_dir / name).read_bytes() for name in names}
-    layers = [_descriptor(LAYER_MEDIA_TYPES.get(n, "application/vnd.mlci.file"), files[n], n) for n in names]
+def model_manifest(artifact_dir: Path, mlci_manifest: Mapping[str, Any]) -> tuple[bytes, dict[str, Path]]:
+    """The OCI manifest bytes for a verified artifact directory, and the file of every blob it references.
+
+    The files' digests are the (verified) manifest's own; the stores check each blob against its digest
+    again as they write it, so a file changed since is refused rather than stored.
+    """
+    files = mlci_manifest["files"]
+    config = _descriptor(CONFIG_MEDIA_TYPE, (artifact_dir / MANIFEST_FILE).read_bytes())
+    digests = {MANIFEST_FILE: config["digest"], **{n: f"sha256:{files[n]['sha256']}" for n in ARTIFACT_FILES}}
+    layers = [
+        _described(LAYER_MEDIA_TYPES[n], digests[n], (artifact_dir / n).stat().st_size, n) for n in _FILES
+    ]
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "artifactType": MODEL_ARTIFACT_TYPE,
-        "config": _descriptor(CONFIG_MEDIA_TYPE, files[MANIFEST_FILE]),
+        "config": config,
         "layers": layers,
         "annotations": _annotations(mlci_manifest),
     }
-    return canonical_json(manifest), {digest_bytes(data): data for data in files.values()}
+    return canonical_json(manifest), {digests[n]: artifact_dir / n for n in _FILES}
 
 
-def _upload(store: Store, blobs: Mapping[str, bytes]) -> None:
-    for digest, data in blobs.items():
-        if not store.has_blob(digest):
-            store.put_blob(data, digest)
+def _upload(store: Store, blobs: Mapping[str, bytes | Path]) -> None:
+    """Store each blob the store lacks: files streamed from disk, small documents from memory."""
+    for digest, blob in blobs.items():
+        if store.has_blob(digest):
+            continue
+        if isinstance(blob, Path):
+            store.put_blob_file(blob, digest)
+        else:
+            store.put_blob(blob, digest)
 
 
 def push_artifact(
@@ -173,6 +202,7 @@ def _already_there(dest: Path, artifact_digest: str) -> bool:
         return False
     try:
         held = verify_artifact(dest)["digest"]
+        check_models(dest)
     except MlciError:
         held = None
     if held == artifact_digest:
@@ -183,31 +213,63 @@ def _already_there(dest: Path, artifact_digest: str) -> bool:
     )
 
 
+def _model_layers(manifest: Mapping[str, Any], ref: str, store: Store) -> dict[str, tuple[str, int]]:
+    """Each file's (digest, declared size), from layers that must be exactly the artifact's files."""
+    layers = manifest.get("layers")
+    if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
+        raise RegistryError(f"The manifest of {ref!r} in {store!r} has no list of layers; it is not an mlci model.")
+    found: dict[str, tuple[str, int]] = {}
+    for layer in layers:
+        notes = layer.get("annotations")
+        name = notes.get(TITLE, "") if isinstance(notes, dict) else ""
+        if not isinstance(name, str) or _SAFE_NAME.fullmatch(name) is None or name in found:
+            raise RegistryError(
+                f"A layer of {ref!r} has an unsafe or repeated file name {name!r}; refusing to write it."
+            )
+        digest, size = layer.get("digest"), layer.get("size")
+        if not isinstance(digest, str) or not is_digest(digest) or type(size) is not int or size < 0:
+            raise RegistryError(
+                f"The layer {name!r} of {ref!r} in {store!r} has no valid digest and size "
+                f"(got {str(digest)[:80]!r} and {str(size)[:20]!r}); refusing it."
+            )
+        found[name] = (digest, size)
+    extra, missing = sorted(set(found) - set(_FILES)), [n for n in _FILES if n not in found]
+    if extra or missing:
+        problems = [f"it has {', '.join(map(repr, extra))}, which no mlci artifact has"] if extra else []
+        problems += [f"it lacks {', '.join(map(repr, missing))}"] if missing else []
+        raise RegistryError(
+            f"{ref!r} in {store!r} is not a whole mlci model: {'; '.join(problems)}. An mlci model has exactly "
+            f"the layers {', '.join(sorted(_FILES))}; nothing was pulled. Re-push the artifact with `mlci push`."
+        )
+    for name, (_, size) in found.items():
+        if size > MAX_FILE_BYTES[name]:
+            raise RegistryError(
+                f"{name} of {ref!r} in {store!r} declares {size:,} bytes, more than the {MAX_FILE_BYTES[name]:,} "
+                "an mlci artifact's file may have (MAX_FILE_BYTES); refusing it."
+            )
+    return found
+
+
 def pull_artifact(store: Store, ref: str, dest: Path) -> dict[str, Any]:
     """Download the artifact ``ref`` into ``dest`` (all or nothing), verified blob by blob; return its manifest."""
     manifest = _model_manifest_of(store, ref)
-    artifact_digest = str(manifest.get("annotations", {}).get(DIGEST_KEY, ""))
+    notes = manifest.get("annotations")
+    artifact_digest = str(notes.get(DIGEST_KEY, "")) if isinstance(notes, dict) else ""
     if _already_there(dest, artifact_digest):
         held: dict[str, Any] = verify_artifact(dest)
         return held
+    layers = _model_layers(manifest, ref, store)
     with atomic_dir(dest) as tmp:
-        for layer in manifest.get("layers", []):
-            name = layer.get("annotations", {}).get(TITLE, "")
-            if _SAFE_NAME.fullmatch(name) is None or (tmp / name).exists():
-                raise RegistryError(
-                    f"A layer of {ref!r} has an unsafe or repeated file name {name!r}; refusing to write it."
-                )
+        for name in _FILES:
+            digest, size = layers[name]
             try:
-                data = store.get_blob(layer["digest"])
+                with (tmp / name).open("xb") as out:
+                    store.fetch_blob(digest, size, out)
             except RegistryError as exc:
                 raise RegistryError(f"Cannot pull {name} of {ref!r}: {exc}") from exc
-            if len(data) != layer.get("size"):
-                raise RegistryError(
-                    f"{name} of {ref!r} has {len(data)} bytes; the manifest says {layer.get('size')}."
-                )
-            (tmp / name).write_bytes(data)
         try:
             pulled: dict[str, Any] = verify_artifact(tmp)
+            check_models(tmp)
         except MlciError as exc:
             raise RegistryError(f"The artifact pulled as {ref!r} does not verify: {exc}") from exc
         if pulled["digest"] != artifact_digest:

@@ -15,12 +15,25 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from mlci.canonical import atomic_fill as _atomic_fill
 from mlci.canonical import atomic_write as _atomic_write
 from mlci.canonical import canonical_json
 from mlci.errors import RegistryError
-from mlci.registry.store import OCI_INDEX, check_digest, check_tag, digest_bytes, is_digest, verify_blob
+from mlci.registry.store import (
+    MAX_MANIFEST_BYTES,
+    MAX_SMALL_BLOB_BYTES,
+    OCI_INDEX,
+    check_digest,
+    check_tag,
+    copy_verified,
+    digest_bytes,
+    file_chunks,
+    is_digest,
+    too_large,
+    verify_blob,
+)
 
 __all__ = ["LayoutStore"]
 
@@ -93,6 +106,11 @@ class LayoutStore:
         path = self.root / "index.json"
         if not path.is_file():
             return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+        if path.stat().st_size > MAX_SMALL_BLOB_BYTES:
+            raise too_large(
+                "index.json", f"'{self.root}'", MAX_SMALL_BLOB_BYTES, "mlci's limit for an OCI layout's index",
+                f"it has {path.stat().st_size:,}", "The layout is damaged or not one mlci wrote.",
+            )
         try:
             index = json.loads(path.read_bytes())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -125,15 +143,38 @@ class LayoutStore:
         if not path.is_file():
             _atomic_write(path, data)
 
-    def get_blob(self, digest: str) -> bytes:
-        """The blob's bytes, verified."""
+    def put_blob_file(self, path: Path, digest: str) -> None:
+        """Copy the file in as the blob (hashed while copied, renamed into place once it checks); a no-op if present."""
+        target = self._blob_path(digest)
+        self._ensure()
+        if not target.is_file():
+            size = path.stat().st_size
+            _atomic_fill(target, lambda fh: copy_verified(file_chunks(path), digest, size, fh, f"'{path}'"))
+
+    def _existing_blob(self, digest: str) -> Path:
         path = self._blob_path(digest)
         if not path.is_file():
             raise RegistryError(
                 f"Blob {digest} is missing from the OCI layout '{self.root}'. "
                 "The registry's storage is corrupted; re-push the artifact."
             )
+        return path
+
+    def get_blob(self, digest: str, max_size: int = MAX_SMALL_BLOB_BYTES) -> bytes:
+        """The blob's bytes, verified; refused unread when the file is larger than ``max_size``."""
+        path = self._existing_blob(digest)
+        size = path.stat().st_size
+        if size > max_size:
+            raise too_large(
+                f"Blob {digest}", f"'{path}'", max_size, "the most mlci reads whole for this kind of blob",
+                f"it has {size:,}", "The layout holds something other than an mlci manifest or document here.",
+            )
         return verify_blob(path.read_bytes(), digest, f"'{path}'")
+
+    def fetch_blob(self, digest: str, size: int, out: BinaryIO) -> None:
+        """Copy the blob to ``out`` piece by piece, checking its size and digest."""
+        path = self._existing_blob(digest)
+        copy_verified(file_chunks(path), digest, size, out, f"'{path}'")
 
     def put_manifest(self, data: bytes, media_type: str, ref: str) -> str:
         """Store the manifest blob and point an index entry (tagged, or untagged for a digest) at it."""
@@ -167,9 +208,13 @@ class LayoutStore:
         if entry is None:
             if not is_digest(ref) or not self.has_blob(ref):
                 return None
-            data = self.get_blob(ref)
-            return data, str(json.loads(data).get("mediaType", "")), ref
-        data = self.get_blob(entry["digest"])
+            data = self.get_blob(ref, MAX_MANIFEST_BYTES)
+            try:
+                media_type = json.loads(data).get("mediaType", "")
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                media_type = ""  # not a manifest: the caller's parse says so, with the ref in the message
+            return data, str(media_type), ref
+        data = self.get_blob(str(entry.get("digest")), MAX_MANIFEST_BYTES)
         return data, str(entry.get("mediaType", "")), str(entry["digest"])
 
     def tags(self) -> list[str]:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mlci.errors import ConfigError
-from mlci.registry.http import HttpStore
+from mlci.registry.http import HttpStore, is_loopback
 from mlci.registry.layout import LayoutStore
 
 __all__ = [
@@ -35,7 +35,6 @@ _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _HOST_PORT = re.compile(r"[A-Za-z0-9.-]+:\d+(?:/.*)?")
 _USERINFO = re.compile(r"://[^/@]*@")
-_LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 
 
 def registry_settings_from_env(environ: Mapping[str, str]) -> tuple[str | None, str | None]:
@@ -101,7 +100,7 @@ def open_store(
             scheme == "http"
             and username is not None
             and not insecure
-            and host.rsplit(":", 1)[0] not in _LOOPBACK
+            and not is_loopback(host.rsplit(":", 1)[0])
         ):
             raise ConfigError(
                 f"[registry] url {url!r} is plain http, so the credentials would cross the network unencrypted. "
