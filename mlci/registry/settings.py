@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -69,6 +70,36 @@ def check_repository(repository: str) -> str:
     return repository
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_if_risky(url: str, scheme: str, loopback: bool, credentials: bool, insecure: bool) -> None:
+    """Say, once per process, what a registry setting gives away: nothing here is silent."""
+    if scheme == "https" and insecure:
+        risk = (
+            f"[registry] url {url!r} with insecure = true: TLS certificates are not verified, so anyone on the "
+            "path can pose as the registry"
+            + (" and take the credentials" if credentials else "")
+            + ". For a self-signed registry, trust its CA instead (SSL_CERT_FILE=/path/to/ca.pem) and drop insecure."
+        )
+    elif scheme == "http" and not loopback and credentials:  # insecure = true, or open_store refused it
+        risk = (
+            f"[registry] url {url!r} is plain http: the credentials cross the network in clear text "
+            "(insecure = true allows it). Use https."
+        )
+    elif scheme == "http" and not loopback and not insecure:
+        risk = (
+            f"[registry] url {url!r} is plain http to a host that is not this machine: tags and documents "
+            "travel unauthenticated and can be changed on the way (blobs are still checked against their "
+            "digests). Use https, or set [registry] insecure = true to say this is intended."
+        )
+    else:
+        return
+    if risk not in _WARNED:
+        _WARNED.add(risk)
+        print(f"mlci: warning: {risk}", file=sys.stderr)
+
+
 def open_store(
     url: str,
     repository: str,
@@ -106,6 +137,7 @@ def open_store(
                 f"[registry] url {url!r} is plain http, so the credentials would cross the network unencrypted. "
                 "Use https, or set [registry] insecure = true if that is really intended."
             )
+        _warn_if_risky(url, scheme, is_loopback(host.rsplit(":", 1)[0]), username is not None, insecure)
         return HttpStore(f"{scheme}://{host}", repository, username, password, insecure=insecure)
     path_text = url.removeprefix("oci-layout:")
     if not path_text:

@@ -82,3 +82,34 @@ def test_credentials_from_env() -> None:
     assert "tok" not in str(info.value)
     with pytest.raises(ConfigError, match="MLCI_REGISTRY_USERNAME is set but MLCI_REGISTRY_PASSWORD is not"):
         registry_settings_from_env({"MLCI_REGISTRY_USERNAME": "robot"})
+
+
+@pytest.mark.parametrize(
+    ("url", "username", "insecure", "needles"),
+    [
+        ("http://registry.example:5000", None, False, ["plain http", "not this machine", "https"]),
+        ("http://registry.example:5000", "u", True, ["clear text", "insecure = true"]),
+        ("https://registry.example", None, True, ["certificate", "SSL_CERT_FILE"]),
+        ("https://registry.example", "u", True, ["certificate", "SSL_CERT_FILE"]),
+    ],
+)
+def test_risky_registry_settings_are_said_out_loud(
+    capsys: pytest.CaptureFixture[str], url: str, username: str | None, insecure: bool, needles: list[str]
+) -> None:
+    """`insecure = true` used to allow clear-text credentials and unverified TLS silently, and a plain-http
+    registry on another host was accepted without a word: each now prints a warning with the fix."""
+    open_store(url, "acme/bc", username=username, password="p" if username else None, insecure=insecure)
+    err = capsys.readouterr().err
+    assert err.startswith("mlci: warning: [registry]"), err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert "p\n" not in err and "'p'" not in err  # the password is never echoed
+
+
+@pytest.mark.parametrize(
+    ("url", "insecure"),
+    [("https://registry.example", False), ("http://127.0.0.1:5000", False), ("http://localhost:5000", True)],
+)
+def test_safe_registry_settings_say_nothing(capsys: pytest.CaptureFixture[str], url: str, insecure: bool) -> None:
+    open_store(url, "acme/bc", username="u", password="p", insecure=insecure)
+    assert capsys.readouterr().err == ""
