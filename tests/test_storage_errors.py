@@ -55,13 +55,17 @@ def _run(cwd: Path, *args: str, user: int | None = None) -> subprocess.Completed
 
 
 def _fill(directory: Path) -> None:
-    """Take every free byte of the filesystem ``directory`` is on."""
-    with (directory / "filler").open("wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-        except OSError:
-            pass
+    """Take every free byte of the filesystem ``directory`` is on (halving the write size down to 1 byte)."""
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    chunk = 1 << 20
+    try:
+        while chunk:
+            try:
+                os.write(fd, b"\0" * chunk)
+            except OSError:
+                chunk //= 2
+    finally:
+        os.close(fd)
 
 
 def test_full_disk_is_named_and_loses_nothing(tmp_path: Path, mount) -> None:  # type: ignore[no-untyped-def]
