@@ -6,15 +6,17 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
-# Debian packages the tests start for real (an OCI registry on 127.0.0.1, skopeo to read it back).
-APT_PACKAGES ?= git docker-registry skopeo
+# Debian packages the tests start for real (an OCI registry on 127.0.0.1, skopeo to read it back), and the
+# graph executor's tools (tests/dagger/executor: mmdebstrap builds the stand-in image, bwrap sandboxes each
+# exec, iproute2 gives every service its own network namespace).
+APT_PACKAGES ?= git docker-registry skopeo mmdebstrap bubblewrap iproute2
 # kserve's client, in a venv of its own: kserve 0.21.0 needs protobuf<7 and pandas<3, which constraints.txt
 # pins newer (see tests/serving/kserve-requirements.txt). tests/serving/test_kserve_client.py runs it.
 KSERVE_VENV  ?= .venv-kserve
 KSERVE_REQS  := tests/serving/kserve-requirements.txt
 KSERVE_STAMP := $(KSERVE_VENV)/.installed
 
-.PHONY: demo test venv kserve-venv system-deps bench lint typecheck clean
+.PHONY: demo test test-executed test-all venv kserve-venv system-deps bench lint typecheck clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,9 +57,17 @@ system-deps:
 
 # pytest exits 5 when it collects no test: that is a failure (nothing was checked), said in so many words.
 # MLCI_KSERVE_PYTHON: the kserve venv's interpreter, for tests/serving/test_kserve_client.py.
+# `make test` leaves out the executed Dagger graphs (marker `executor`); `make test-executed` runs only them
+# (they build a Debian root filesystem and run every container in a bwrap sandbox: root needed).
 test: $(STAMP) $(KSERVE_STAMP) system-deps
-	@MLCI_KSERVE_PYTHON=$(abspath $(KSERVE_VENV)/bin/python) $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@MLCI_KSERVE_PYTHON=$(abspath $(KSERVE_VENV)/bin/python) $(BIN)/python -m pytest -m "not executor" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): nothing was checked"; fi; exit $$rc
+
+test-executed: $(STAMP) system-deps
+	@$(BIN)/python -m pytest -m executor $(PYTEST_ARGS) tests/dagger; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-executed: pytest collected no tests (exit 5): nothing was checked"; fi; exit $$rc
+
+test-all: test test-executed
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_pipeline.py
