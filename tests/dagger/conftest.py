@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMA = Path(os.environ.get("MLCI_DAGGER_SCHEMA", REPO.parent / "shared" / "dagger" / "schema-v0.21.8.graphqls"))
+SCHEMA = Path(
+    os.environ.get("MLCI_DAGGER_SCHEMA", REPO.parent / "shared" / "dagger" / "schema-v0.21.8.graphqls")
+)
 MODULE_FILE = Path(tempfile.mkdtemp(prefix="mlci-dagger-")) / "module.json"  # where register() writes
 atexit.register(shutil.rmtree, MODULE_FILE.parent, True)
 
@@ -29,7 +31,9 @@ os.environ.setdefault("DAGGER_MAIN_OBJECT", "Mlci")
 os.environ.setdefault("DAGGER_DEFAULT_PYTHON_PACKAGE", "mlci_dagger")
 os.environ.setdefault("DAGGER_MODULE_FILE", str(MODULE_FILE))
 sys.path.insert(0, str(REPO / "ci" / "src"))
-pytest.importorskip("dagger", reason="the Dagger Python SDK is not installed: pip install 'mlci[dagger]' (dagger-io 0.21.x)")
+pytest.importorskip(
+    "dagger", reason="the Dagger Python SDK is not installed: pip install 'mlci[dagger]' (dagger-io 0.21.x)"
+)
 
 import anyio  # noqa: E402
 import graphql  # noqa: E402
@@ -77,7 +81,11 @@ def call(engine: FakeEngine) -> Caller:
     def run(function: str, *, ctor: dict[str, Any] | None = None, **inputs: Any) -> Any:
         async def go() -> Any:
             mod = default_module()
-            constructor_inputs = {"source": await source_id(), "mlci_source": await source_id(), **(ctor or {})}
+            constructor_inputs = {
+                "source": await source_id(),
+                "mlci_source": await source_id(),
+                **(ctor or {}),
+            }
             state = await mod.get_result("Mlci", {}, "", constructor_inputs)
             return await mod.get_result("Mlci", state, function, inputs)
 
@@ -106,7 +114,11 @@ def manifest(engine: FakeEngine) -> dict[str, Any]:
     import json
 
     def respond(chain: list[Any], _: FakeEngine) -> str | None:
-        if chain[-1].field == "contents" and chain[-2].field == "file" and chain[-2].args.get("path") == "manifest.json":
+        if (
+            chain[-1].field == "contents"
+            and chain[-2].field == "file"
+            and chain[-2].args.get("path") == "manifest.json"
+        ):
             return json.dumps(MANIFEST)
         return None
 
@@ -138,3 +150,71 @@ def registered(engine: FakeEngine) -> tuple[str, dict[str, Fn], Fn]:
     functions = dict(function_of(engine, c["function"]) for c in typedef.calls("withFunction"))
     _, ctor = function_of(engine, typedef.one("withConstructor")["function"])
     return module.one("withDescription")["description"], functions, ctor
+
+
+# -- the graph executor (tests marked `executor`; `make test-executed`) -----------------------------------
+
+
+def _executor_prerequisites() -> str | None:
+    """Why the executor cannot run here, or None. Its tests fail (not skip) on a machine set up by make."""
+    if os.geteuid() != 0:
+        return "the graph executor needs root (overlayfs mounts, network namespaces)"
+    missing = [tool for tool in ("bwrap", "mmdebstrap", "unshare", "ip") if shutil.which(tool) is None]
+    if missing:
+        return f"the graph executor needs {', '.join(missing)}: sudo apt-get install -y bubblewrap mmdebstrap iproute2 (make system-deps)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def executor_store() -> Iterator[dict[str, Any]]:
+    """One layer store and one evaluation memo for the session (the engine dedupes identical operations)."""
+    why = _executor_prerequisites()
+    if why:
+        pytest.fail(why)
+    from .executor.rootfs import cache_root
+
+    root = cache_root() / "work"
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"s{os.getpid()}-", dir=root))
+    try:
+        yield {"work": work, "memo": {}}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def executed(engine: FakeEngine, executor_store: dict[str, Any]) -> Any:
+    """The FakeEngine with the executor plugged in: value queries are answered by running the graph."""
+    from .executor import network
+    from .executor.evaluate import Executor
+
+    return Executor(engine, executor_store["work"], network=network, memo=executor_store["memo"])
+
+
+@pytest.fixture
+def xcall(executed: Any, registered: tuple[str, dict[str, Fn], Fn]) -> Caller:
+    """`dagger call` against the executor: --source/--mlci-source loaded as the engine loads a DefaultPath
+    argument (the repository, filtered by the argument's Ignore patterns: core/modfunc.go), then the function."""
+    import mlci_dagger  # noqa: F401
+    from dagger import dag
+    from dagger.mod import default_module
+
+    _, _, ctor = registered
+
+    def run(
+        function: str, *, ctor_args: dict[str, Any] | None = None, source: Path = REPO, **inputs: Any
+    ) -> Any:
+        async def go() -> Any:
+            ids = {
+                name: await dag.host()
+                .directory(str(source if name == "source" else REPO), exclude=ctor.args[name].ignore or [])
+                .id()
+                for name in ("source", "mlci_source")
+            }
+            mod = default_module()
+            state = await mod.get_result("Mlci", {}, "", {**ids, **(ctor_args or {})})
+            return await mod.get_result("Mlci", state, function, inputs)
+
+        return anyio.run(go)
+
+    return run
