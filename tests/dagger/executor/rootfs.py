@@ -46,7 +46,7 @@ class Recipe:
     stands_in_for: tuple[str, ...] = field(default=())
 
     def key(self) -> str:
-        spec = json.dumps([self.name, self.packages, self.customize, "bookworm", "minbase", 1])
+        spec = json.dumps([self.name, self.packages, self.customize, "bookworm", "minbase", 2])
         return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
@@ -118,6 +118,9 @@ def build(recipe: Recipe) -> Path:
                 staging, filter="fully_trusted"
             )  # our own mmdebstrap output: devices, owners as built
         tmp_tar.unlink()
+        # An image's /dev is empty (the runtime mounts one); mmdebstrap leaves device nodes there.
+        for node in (staging / "dev").iterdir():
+            shutil.rmtree(node) if node.is_dir() and not node.is_symlink() else node.unlink()
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
         target.with_name(target.name + ".complete").write_text(
