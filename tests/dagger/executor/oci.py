@@ -74,7 +74,9 @@ OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
 OVERLAY_XATTRS = "trusted.overlay."
 PAX_XATTR = "SCHILY.xattr."
-COMPRESSLEVEL = 1  # zlib level for layer blobs; see the module's measurements in test_executor_oci.py
+# zlib level for layer blobs. Measured on a 258 MB tree (mmdebstrap bookworm minbase + 80 MB of Python), 2 shared
+# cores: level 1 gives 100 MB in 9 s, level 6 gives 90 MB in 16 s (zlib is ~80% of the time). Level 1 it is.
+COMPRESSLEVEL = 1
 CHUNK = 1 << 20
 
 # The distribution reference grammar (github.com/distribution/reference, regexp.go).
@@ -252,8 +254,9 @@ def layer_blob(layer: Path, out_dir: Path, *, compresslevel: int = COMPRESSLEVEL
                 filename="", mode="wb", fileobj=compressed, compresslevel=compresslevel, mtime=0
             ) as gz:
                 plain = _HashingWriter(gz)  # type: ignore[arg-type]
-                with tarfile.open(fileobj=plain, mode="w", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-                    tar.copybufsize = CHUNK
+                with tarfile.TarFile(
+                    fileobj=plain, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK
+                ) as tar:
                     _add_tree(tar, layer)
         digest = "sha256:" + compressed.sha.hexdigest()
         path = out_dir / (digest.removeprefix("sha256:") + ".tar.gz")
@@ -698,7 +701,7 @@ def pull_image(
     return out, config
 
 
-def _open_layer(blob: Path, media_type: str) -> IO[bytes]:
+def _open_layer(blob: Path, media_type: str) -> io.BufferedIOBase:
     if media_type in GZIP_LAYERS:
         return gzip.open(blob, "rb")
     if media_type in (OCI_LAYER_TAR, "application/vnd.docker.image.rootfs.diff.tar"):
@@ -709,7 +712,9 @@ def _open_layer(blob: Path, media_type: str) -> IO[bytes]:
 
 
 class _HashingReader(io.RawIOBase):
-    def __init__(self, source: IO[bytes]) -> None:
+    """Pass reads through from `source`, hashing the bytes (the diff_id of a layer being unpacked)."""
+
+    def __init__(self, source: io.BufferedIOBase) -> None:
         self.source, self.sha = source, hashlib.sha256()
 
     def readable(self) -> bool:
@@ -729,7 +734,7 @@ def unpack_layer(blob: Path, out: Path, media_type: str = OCI_LAYER_GZIP, diff_i
     try:
         with _open_layer(blob, media_type) as source:
             reader = _HashingReader(source)
-            with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=reader, mode="r|") as tar:
                 _Extractor(tar, out).run()
             while reader.read(CHUNK):
                 pass
@@ -866,10 +871,10 @@ class _Extractor:
                 shutil.copyfileobj(source, out, CHUNK)
         else:
             raise self.refuse(member, f"unsupported tar entry type {member.type!r}")
-        self.xattrs(member, path)
         os.chown(path, member.uid, member.gid, follow_symlinks=False)
         if not member.issym():
             os.chmod(path, member.mode & 0o7777)
+        self.xattrs(member, path)  # after chown, which drops security.capability
         os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
 
     def xattrs(self, member: tarfile.TarInfo, path: Path) -> None:
