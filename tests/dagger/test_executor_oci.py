@@ -42,6 +42,7 @@ from .executor.oci import (
     push_image,
     push_index,
     push_layers,
+    unpack_layer,
 )
 
 pytestmark = pytest.mark.executor
@@ -229,25 +230,20 @@ def test_docker_media_types_and_a_skopeo_written_image_pull(
 
 def test_same_layer_twice_is_not_uploaded_again(registry: Registry, two_layers: list[Path]) -> None:
     """Blobs are deterministic, so a second push only HEADs them (200) and puts the manifest."""
-    requests: list[tuple[str, str]] = []
+    exchanges: list[tuple[str, str, int]] = []
 
-    def record(request: httpx.Request) -> None:
-        requests.append((request.method, request.url.path))
+    def record(response: httpx.Response) -> None:
+        exchanges.append((response.request.method, response.request.url.path, response.status_code))
 
-    with httpx.Client(event_hooks={"request": [record]}) as client:
+    with httpx.Client(event_hooks={"response": [record]}) as client:
         first = push_image(host(registry), "acme/twice", "a", two_layers, CONFIG, client=client)
-        uploads = [r for r in requests if r[0] in ("POST", "PATCH") or (r[0] == "PUT" and "/blobs/" in r[1])]
-        assert len(uploads) == 2 * 3  # POST + PUT for two layers and the config
-        requests.clear()
+        assert [(m, s) for m, _, s in exchanges] == [("HEAD", 404), ("POST", 202), ("PUT", 201)] * 3 + [
+            ("PUT", 201)
+        ]
+        exchanges.clear()
         second = push_image(host(registry), "acme/twice", "b", two_layers, CONFIG, client=client)
-    assert requests == [
-        *[
-            ("HEAD", r)
-            for r in sorted({p for m, p in requests if m == "HEAD"}, key=[p for _, p in requests].index)
-        ],
-        ("PUT", "/v2/acme/twice/manifests/b"),
-    ]
-    assert len(requests) == 4
+    assert [(m, s) for m, _, s in exchanges] == [("HEAD", 200)] * 3 + [("PUT", 201)]
+    assert exchanges[-1][1] == "/v2/acme/twice/manifests/b"
     assert first.rsplit("@", 1)[1] == second.rsplit("@", 1)[1]
 
 
@@ -429,3 +425,22 @@ def test_bad_input_is_refused_with_what_to_do(registry: Registry, tmp_path: Path
         pull_image(f"{host(registry)}/acme/img", tmp_path / "x")
     with pytest.raises(OCIError, match=r"answered HTTP 404"):
         pull_image(f"{host(registry)}/acme/absent:v1", tmp_path / "x")
+
+
+def test_xattrs_and_file_capabilities_survive_the_round_trip(tmp_path: Path) -> None:
+    """PAX SCHILY.xattr records carry xattrs; security.capability (ping's cap_net_raw) outlives the chown."""
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    ping = layer / "ping"
+    ping.write_bytes(b"\x7fELF")
+    os.chown(ping, 1000, 1000)  # before the capability: chown drops it
+    cap_net_raw = bytes.fromhex(
+        "0100000200200000000000000000000000000000"
+    )  # vfs cap v2, permitted: cap_net_raw
+    os.setxattr(ping, "security.capability", cap_net_raw)
+    os.setxattr(ping, "user.mlci", b"\xff\x00binary")
+    blob = layer_blob(layer, tmp_path / "blobs")
+    out = unpack_layer(blob.path, tmp_path / "out", diff_id=blob.diff_id)
+    assert os.getxattr(out / "ping", "user.mlci") == b"\xff\x00binary"
+    assert os.getxattr(out / "ping", "security.capability") == cap_net_raw
+    assert (os.lstat(out / "ping").st_uid, os.lstat(out / "ping").st_gid) == (1000, 1000)
