@@ -304,3 +304,20 @@ def load_in_venv(python: Path, env: dict[str, str], schema: Path, module_file: P
     ]
     done = run(argv, python.parent, {**env, "DAGGER_MODULE_FILE": str(module_file)}, timeout=300)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def relock(work: Path) -> Path:
+    """Write ci/uv.lock as the runtime's ``uv lock`` writes it (the SDK from the mirror if present, else PyPI)."""
+    cache = cache_dir()
+    sdk = sdk_from_mirror(work) if (MIRROR / "HEAD").is_file() else sdk_from_pypi(cache, work)
+    mod = module_dir(work, sdk, lock=True)
+    run([str(uv_tool(cache)), "lock"], mod, runtime_env(cache, work / "opt-venv"))
+    shutil.copyfile(mod / "uv.lock", REPO / "ci" / "uv.lock")
+    return REPO / "ci" / "uv.lock"
+
+
+if __name__ == "__main__":  # python -m tests.dagger.module_runtime: regenerate ci/uv.lock
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"wrote {relock(Path(tmp))} with uv {UV_VERSION}")
