@@ -216,15 +216,20 @@ def sdk_from_pypi(cache: Path, work: Path) -> Path:
     with tarfile.open(pypi_sdist(cache)) as tar:
         tar.extractall(work / "sdist", filter="data")
     shutil.copytree(work / "sdist" / "dagger_io-0.21.8", out)
-    pyproject = out / "pyproject.toml"
+    set_engine_version(out / "pyproject.toml")
+    write_tree({"codegen/pyproject.toml": CODEGEN_PYPROJECT.encode()}, out)
+    return out
+
+
+def set_engine_version(pyproject: Path) -> None:
+    """Set the sdist's ``version = "0.21.8"`` back to the ``0.0.0`` of sdk/python/pyproject.toml at the tag."""
     text = pyproject.read_text()
     if text.count('\nversion = "0.21.8"\n') != 1:
         raise StepFailed(
-            f'{pyproject}: expected one line `version = "0.21.8"` to set back to the engine copy\'s 0.0.0'
+            f'{pyproject}: expected one line `version = "0.21.8"` to set to the engine copy\'s "0.0.0", '
+            f"got {text.count('version = ')} version lines: is this dagger-io 0.21.8's sdist?"
         )
     pyproject.write_text(text.replace('\nversion = "0.21.8"\n', '\nversion = "0.0.0"\n'))
-    write_tree({"codegen/pyproject.toml": CODEGEN_PYPROJECT.encode()}, out)
-    return out
 
 
 def mirror_show(path: str) -> str:

@@ -135,3 +135,40 @@ def test_the_committed_lock_is_current_with_the_engines_own_sdk(uv: Path, tmp_pa
     mod = rt.module_dir(tmp_path, rt.sdk_from_mirror(tmp_path), lock=True)
     assert (mod / "uv.lock").is_file(), "ci/uv.lock is not committed"
     rt.run([str(uv), "lock", "--locked"], mod, rt.runtime_env(rt.cache_dir(), tmp_path / "opt-venv"))
+
+
+def test_the_vendoring_filter_keeps_what_the_runtime_keeps(tmp_path: Path) -> None:
+    """sdk.go's bundle and main.go's +ignore together: sources and metadata in, engine provisioning out."""
+    kept = ["pyproject.toml", "README.md", "src/dagger/__init__.py", "src/dagger/py.typed", "codegen/pyproject.toml", "codegen/src/codegen/cli.py"]  # fmt: skip
+    dropped = ["src/dagger/_engine/conn.py", "src/dagger/provisioning/x.py", "tests/test_x.py", "dist/uv", "runtime/main.go", "codegen/README.md", "PKG-INFO"]  # fmt: skip
+    rt.write_tree(dict.fromkeys(kept + dropped, b"x"), tmp_path)
+    assert sorted(rt.vendored_files(tmp_path)) == sorted(kept)
+
+
+def test_a_tampered_sdist_in_the_cache_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "dagger-io-0.21.8-sdist").mkdir()
+    (tmp_path / "dagger-io-0.21.8-sdist" / rt.SDIST).write_bytes(b"not the sdist")
+    with pytest.raises(rt.StepFailed, match=f"expected sha256 {rt.SDIST_SHA256}, got [0-9a-f]{{64}}: delete"):
+        rt.pypi_sdist(tmp_path)
+
+
+def test_an_sdist_of_another_version_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "dagger-io"\nversion = "0.22.0"\n')
+    with pytest.raises(rt.StepFailed, match=r'expected one line `version = "0.21.8"`.*got 1 version lines'):
+        rt.set_engine_version(tmp_path / "pyproject.toml")
+
+
+def test_a_cached_uv_of_another_version_is_refused(tmp_path: Path) -> None:
+    fake = tmp_path / f"uv-{rt.UV_VERSION}" / "bin" / "uv"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("#!/bin/sh\necho 'uv 0.9.0'\n")
+    fake.chmod(0o755)
+    with pytest.raises(
+        rt.StepFailed, match=f"expected uv {rt.UV_VERSION} in .*, got uv 0.9.0: delete that directory"
+    ):
+        rt.uv_tool(tmp_path)
+
+
+def test_a_failed_step_says_which_command_and_why(tmp_path: Path) -> None:
+    with pytest.raises(rt.StepFailed, match=r"(?s)`sh -c echo nope >&2; exit 3` exited 3:\nnope"):
+        rt.run(["sh", "-c", "echo nope >&2; exit 3"], tmp_path, {})
