@@ -83,7 +83,10 @@ def test_the_sdk_runtime_finds_the_package_and_main_object() -> None:
     pyproject = tomllib.loads((REPO / "ci" / "pyproject.toml").read_text())
     package = pyproject["project"]["name"].replace("-", "_")
     assert (REPO / "ci" / "src" / package / "__init__.py").is_file()
-    assert pyproject["project"]["dependencies"] == ["dagger-io>=0.21,<0.22"]
+    # As the runtime's template (sdk/python/runtime/template/pyproject.toml at v0.21.8): no version, since the
+    # SDK it vendors into ./sdk is 0.0.0, and the vendored copy as the source of dagger-io (main.go VendorConfig).
+    assert pyproject["project"]["dependencies"] == ["dagger-io"]
+    assert pyproject["tool"]["uv"]["sources"] == {"dagger-io": {"path": "sdk", "editable": True}}
     assert pyproject["project"]["entry-points"]["dagger.mod"]["main_object"] == f"{package}:Mlci"
     module_name = json.loads((REPO / "dagger.json").read_text())["name"]
     assert module_name[:1].upper() + module_name[1:] == "Mlci"  # strcase.ToCamel of the module name
