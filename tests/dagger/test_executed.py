@@ -45,6 +45,13 @@ def export_dir(directory_id: str, dest: Path) -> Path:
     return dest
 
 
+def file_contents(file_id: str) -> str:
+    async def go() -> str:
+        return await load(dagger.File, file_id).contents()
+
+    return anyio.run(go)
+
+
 def local_digest(tmp_path: Path) -> str:
     """The artifact digest `mlci run` gives on this commit, in a copy of the bundled example."""
     src = tmp_path / "local"
@@ -66,3 +73,11 @@ def test_train_gives_the_digest_mlci_run_gives(xcall: Caller, executed: Any, tmp
     manifest = json.loads((out / "manifest.json").read_text())
     assert sorted(p.name for p in out.iterdir()) >= ["manifest.json", "model.onnx"]
     assert manifest["digest"] == local_digest(tmp_path)
+
+
+def test_smoke_sends_holdout_rows_to_the_serving_image_as_a_service(xcall: Caller, executed: Any, tmp_path: Path) -> None:
+    """`dagger call smoke`: the serving image started as a service in its own network namespace, reached
+    by its alias from the client container, real holdout rows compared with in-process predictions."""
+    smoke = json.loads(file_contents(xcall("smoke", ctor_args={"config": CONFIG})))
+    assert smoke["passed"] is True, smoke
+    assert any(e.get("argv", [])[:2] == ["mlci", "smoke"] for e in executed.log)
