@@ -19,9 +19,11 @@ a query asks for a value (``stdout``, ``contents``, ``sync``, ``export``, ``publ
 - ``publish`` → a real OCI image pushed to a registry on 127.0.0.1 (or a registry service);
 - ``Host.directory(exclude, include)`` and module ``Ignore`` → ``patterns.py`` (``internal/fsutil/filter.go``).
 
-Evaluation is memoised per chain within a test session, as the engine's cache dedupes identical
-operations; there is no persistent exec cache (that, and everything else about BuildKit's cache, only a
-real engine shows).
+Evaluation is memoised per chain within a test session, as the engine dedupes identical operations, and
+exec results are kept between runs by a content key (``ExecCache``: the parent's key, the field, its
+arguments with object arguments replaced by their content keys, host directories by their files), as
+BuildKit keeps them; execs bound to services always run. BuildKit's own cache keys, pruning and sharing
+across engines only a real engine shows.
 """
 
 from __future__ import annotations
@@ -185,7 +187,7 @@ class Executor:
         self.registries = registries or {}  # address host as the module names it -> 127.0.0.1:PORT
         self.memo: dict[Any, Any] = {} if memo is None else memo
         self.exec_cache = ExecCache(rootfs.cache_root() / "execs")
-        self.cache_service_execs = True
+        self.cache_service_execs = False  # execs bound to services always run: what they test is the wiring
         self._ckey = "root"
         self.log: list[dict[str, Any]] = []  # one entry per exec: argv, exit code, seconds (for the tests)
         engine.responders.insert(0, self.respond)

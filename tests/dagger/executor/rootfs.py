@@ -69,11 +69,31 @@ PYTHON = Recipe(
     stands_in_for=("python:3.11-slim-bookworm", "docker.io/library/python:3.11-slim-bookworm"),
 )
 
-# registry:2 (the CNCF distribution registry) as Debian packages it: docker-registry, listening on :5000 with
-# its storage under /var/lib/docker-registry (Debian's /etc/docker/registry/config.yml).
+# registry:2 (the CNCF distribution registry) as Debian packages it: docker-registry, with the image's own
+# config.yml (no auth, storage under /var/lib/registry, :5000) in place of Debian's htpasswd one.
+REGISTRY_CONFIG = """version: 0.1
+log:
+  fields:
+    service: registry
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: /var/lib/registry
+http:
+  addr: :5000
+  headers:
+    X-Content-Type-Options: [nosniff]
+health:
+  storagedriver:
+    enabled: true
+    interval: 10s
+    threshold: 3
+"""
 REGISTRY = Recipe(
     name="registry-2",
     packages=("docker-registry", "ca-certificates"),
+    customize=f"printf '%s' '{REGISTRY_CONFIG}' > \"$1/etc/docker/registry/config.yml\" && mkdir -p \"$1/var/lib/registry\"",
     env=(f"PATH={PATH}",),
     entrypoint=("/usr/bin/docker-registry", "serve"),
     cmd=("/etc/docker/registry/config.yml",),

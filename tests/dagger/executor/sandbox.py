@@ -104,7 +104,7 @@ def command(
         "--bind", str(merged), "/",
         "--proc", "/proc", "--dev", "/dev",
         "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "dagger",
-        "--die-with-parent", "--new-session",
+        "--die-with-parent",
     ]  # fmt: skip
     bwrap += _host_settings()
     if hosts is not None:
