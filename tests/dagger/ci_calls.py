@@ -28,7 +28,6 @@ What is modelled, and from where:
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -122,7 +121,9 @@ GITHUB = {
     "push-main-unconfigured": Scenario("push"),
     "pull-request": Scenario("pull_request", branch="feature", variables=REGISTRY_VARS, secrets=SECRET),
     "fork-pull-request": Scenario("pull_request", branch="feature", fork=True, variables=REGISTRY_VARS),
-    "pull-request-empty-verdict": Scenario("pull_request", branch="feature", variables=REGISTRY_VARS, secrets=SECRET, gate_md=""),
+    "pull-request-empty-verdict": Scenario(
+        "pull_request", branch="feature", variables=REGISTRY_VARS, secrets=SECRET, gate_md=""
+    ),
     "pull-request-gate-report-fails": Scenario(
         "pull_request", branch="feature", variables=REGISTRY_VARS, secrets=SECRET, gate_md="", gate_exit=1
     ),
@@ -256,7 +257,9 @@ def _as_text(value: Any) -> str:
 
 
 def _interpolate(value: Any, contexts: Mapping[str, Any], status: Mapping[str, Callable[[], bool]]) -> str:
-    return re.sub(r"\$\{\{(.*?)\}\}", lambda m: _as_text(evaluate(m.group(1), contexts, status)), _as_text(value))
+    return re.sub(
+        r"\$\{\{(.*?)\}\}", lambda m: _as_text(evaluate(m.group(1), contexts, status)), _as_text(value)
+    )
 
 
 def _condition(value: Any) -> str:
@@ -303,7 +306,12 @@ def _github_contexts(scenario: Scenario) -> dict[str, Any]:
     repository = "acme/churn"
     pull = scenario.event == "pull_request"
     event = (
-        {"pull_request": {"number": 42, "head": {"repo": {"full_name": "someone/churn" if scenario.fork else repository}}}}
+        {
+            "pull_request": {
+                "number": 42,
+                "head": {"repo": {"full_name": "someone/churn" if scenario.fork else repository}},
+            }
+        }
         if pull
         else {}
     )
@@ -322,7 +330,12 @@ def _run_github(config: Path, scenario: Scenario, root: Path) -> Run:
     data = yaml.safe_load(config.read_text())
     contexts = _github_contexts(scenario)
     failed = False
-    status = {"success": lambda: not failed, "failure": lambda: failed, "always": lambda: True, "cancelled": lambda: False}
+    status = {
+        "success": lambda: not failed,
+        "failure": lambda: failed,
+        "always": lambda: True,
+        "cancelled": lambda: False,
+    }
     shell = data.get("defaults", {}).get("run", {}).get("shell")
     env = _base_env(root, scenario) | {
         "GITHUB_EVENT_NAME": scenario.event, "GITHUB_SHA": SHA, "GITHUB_REPOSITORY": "acme/churn",
@@ -363,7 +376,9 @@ def _stand_in(step: Mapping[str, Any], workdir: Path, uploaded: list[str]) -> bo
     if action == "actions/checkout":
         return True
     if action == "dagger/dagger-for-github":
-        runs_a_command = {"call", "args", "shell", "check"} & set(inputs) or inputs.get("verb", "call") != "call"
+        runs_a_command = {"call", "args", "shell", "check"} & set(inputs) or inputs.get(
+            "verb", "call"
+        ) != "call"
         assert not runs_a_command, f"dagger-for-github is meant to install the CLI only here; got {inputs}"
         return True
     if action == "actions/upload-artifact":
@@ -380,7 +395,8 @@ _RULE = re.compile(r'\s*\$(\w+)\s*(==|!=)\s*(?:"([^"]*)"|\$(\w+))\s*')
 def _rule_matches(expression: str, variables: Mapping[str, str]) -> bool:
     """A GitLab ``rules: if:`` of comparisons joined by && or ||."""
     return any(
-        all(_compare(part, variables) for part in alternative.split("&&")) for alternative in expression.split("||")
+        all(_compare(part, variables) for part in alternative.split("&&"))
+        for alternative in expression.split("||")
     )
 
 
@@ -421,7 +437,11 @@ def _run_gitlab(config: Path, scenario: Scenario, root: Path) -> Run:
     env = _base_env(root, scenario) | variables
     ok = subprocess.run(["sh", str(script)], cwd=workdir, env=env, capture_output=True).returncode == 0
     artifacts = job.get("artifacts", {})
-    uploaded = [p for p in artifacts.get("paths", []) if (workdir / p).exists()] if ok or artifacts.get("when") == "always" else []
+    uploaded = (
+        [p for p in artifacts.get("paths", []) if (workdir / p).exists()]
+        if ok or artifacts.get("when") == "always"
+        else []
+    )
     return Run(_calls(root), {"mlci": "success" if ok else "failure"}, ok, uploaded, workdir)
 
 

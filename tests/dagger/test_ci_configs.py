@@ -38,7 +38,9 @@ def user_repo(tmp: Path, pyproject: bool) -> dict[str, Path]:
     (tmp / "data.csv").write_text("x,target\n" + "".join(f"{i},{i % 2}\n" for i in range(20)))
     if pyproject:
         (tmp / "pyproject.toml").write_text('[project]\nname = "churn"\nversion = "0"\n')
-    result = CliRunner().invoke(cli, ["init", str(tmp / "data.csv"), "--dir", str(tmp)], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli, ["init", str(tmp / "data.csv"), "--dir", str(tmp)], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     return {"github": tmp / ".github" / "workflows" / "mlci.yml", "gitlab": tmp / ".gitlab-ci.yml"}
 
@@ -160,17 +162,28 @@ def test_a_passing_pipeline_json_passes_and_a_missing_one_fails(vendor: str, tmp
     """The verdict check reads ok itself: true passes; the string "false" or no file at all does not."""
     config = yaml.safe_load(OWN[vendor].read_text())
     if vendor == "github":
-        script = next(s["run"] for s in config["jobs"]["pipeline"]["steps"] if s.get("name", "").startswith("Verdict"))
+        script = next(
+            s["run"] for s in config["jobs"]["pipeline"]["steps"] if s.get("name", "").startswith("Verdict")
+        )
     else:
-        script = next(line for line in config["mlci"]["script"] if "pipeline.json" in line and "dagger" not in line)
-    for content, passes in [('{"ok": true}', True), ('{"ok": false}', False), ('{"ok": "false"}', False), (None, False)]:
+        script = next(
+            line for line in config["mlci"]["script"] if "pipeline.json" in line and "dagger" not in line
+        )
+    for content, passes in [
+        ('{"ok": true}', True),
+        ('{"ok": false}', False),
+        ('{"ok": "false"}', False),
+        (None, False),
+    ]:
         out = tmp_path / "mlci-out"
         out.mkdir(exist_ok=True)
         (out / "pipeline.json").unlink(missing_ok=True)
         if content is not None:
             (out / "pipeline.json").write_text(content)
         env = {"PATH": "/usr/bin:/bin", "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md")}
-        rc = subprocess.run(["bash", "-eo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True).returncode
+        rc = subprocess.run(
+            ["bash", "-eo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True
+        ).returncode
         assert (rc == 0) is passes, (content, rc)
 
 
@@ -191,7 +204,12 @@ def test_every_flag_is_one_the_module_registers(registered: tuple[str, dict[str,
     """The calls the configs really make (all scenarios) use only functions and flags the module has."""
     _, functions, ctor = registered
     scenarios = {"github": GITHUB, "gitlab": GITLAB}
-    calls = [argv for vendor, cfg in OWN.items() for name in scenarios[vendor] for argv in ci_calls.dagger_calls(cfg, name)]
+    calls = [
+        argv
+        for vendor, cfg in OWN.items()
+        for name in scenarios[vendor]
+        for argv in ci_calls.dagger_calls(cfg, name)
+    ]
     called = set()
     for argv in calls:
         assert argv[:2] == ["call", "-m"]
@@ -217,14 +235,18 @@ ACTION = re.compile(r"^\s*(?:-\s+)?uses:\s*(\S+)@(\S+)(?:\s+#\s*(\S+))?\s*$")
 
 def test_every_github_action_is_pinned_to_a_commit_with_its_release_named(case: tuple) -> None:
     configs, *_ = case
-    lines = [line for line in configs["github"].read_text().splitlines() if re.match(r"^\s*(-\s+)?uses:", line)]
+    lines = [
+        line for line in configs["github"].read_text().splitlines() if re.match(r"^\s*(-\s+)?uses:", line)
+    ]
     assert lines
     for line in lines:
         m = ACTION.match(line)
         assert m, line
         action, ref, release = m.groups()
         assert re.fullmatch(r"[0-9a-f]{40}", ref), f"{action} is not pinned to a commit: @{ref}"
-        assert release and re.fullmatch(r"v\d+\.\d+\.\d+", release), f"{action}@{ref} has no '# vX.Y.Z' comment"
+        assert release and re.fullmatch(r"v\d+\.\d+\.\d+", release), (
+            f"{action}@{ref} has no '# vX.Y.Z' comment"
+        )
 
 
 def test_the_dagger_cli_comes_from_the_vendor_action_at_the_engine_version(case: tuple) -> None:
@@ -247,7 +269,9 @@ def test_gitlab_pins_the_cli_and_the_docker_images(case: tuple) -> None:
     images = [job["image"], *(s if isinstance(s, str) else s["name"] for s in job["services"])]
     for image in images:
         assert re.fullmatch(r"docker:\d+\.\d+\.\d+-(cli|dind)", image), f"{image} is not pinned to a release"
-    assert job["artifacts"]["when"] == "always" and job["artifacts"]["reports"]["junit"] == "mlci-out/junit.xml"
+    assert (
+        job["artifacts"]["when"] == "always" and job["artifacts"]["reports"]["junit"] == "mlci-out/junit.xml"
+    )
 
 
 def test_pull_requests_cancel_their_previous_run_and_main_never_does(case: tuple) -> None:
