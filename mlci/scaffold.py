@@ -16,7 +16,15 @@ from typing import Any
 
 import click
 
-__all__ = ["CI_FILES", "register", "render_config", "template"]
+__all__ = [
+    "CI_FILES",
+    "MODULE_REPOSITORY",
+    "default_module",
+    "register",
+    "render_ci",
+    "render_config",
+    "template",
+]
 
 # Where each vendor's config goes in a repository, and the template it is a copy of.
 CI_FILES = {
@@ -24,11 +32,81 @@ CI_FILES = {
     "gitlab": (Path(".gitlab-ci.yml"), "gitlab-ci.yml"),
 }
 _MAX_CLASSES = 20  # an integer target with at most this many distinct values is read as class labels
+# Where mlci's Dagger module is published (dagger.json at the repository root), as Dagger's module
+# reference: host/owner/repo, to which `@<version>` is added (core/modulerefs.go, ParseGitRefString).
+MODULE_REPOSITORY = "github.com/ORG/mlci"
+# A git module reference pinned at a ref: an optional scheme, a host with a dot, a path, '@' and the ref. Only
+# characters that need no quoting in YAML, a GitHub expression string or the shell.
+_GIT_MODULE = re.compile(
+    r"(?:https://|ssh://|git@)?[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+[/:][A-Za-z0-9._~/-]+(?:@[A-Za-z0-9._~/+-]+)?"
+)
+_LOCAL_MODULE = re.compile(r"\.{1,2}(?:/[A-Za-z0-9._~-]+)*/?")
+_PLACEHOLDER = re.compile(r"@MLCI_[A-Z]+@")
+
+
+def default_module() -> str:
+    """The mlci Dagger module at the release of the installed mlci: what generated CI calls by default."""
+    from mlci import __version__
+
+    return f"{MODULE_REPOSITORY}@v{__version__}"
 
 
 def template(name: str) -> str:
     """The text of one of mlci's bundled templates."""
     return resources.files("mlci").joinpath("templates", name).read_text(encoding="utf-8")
+
+
+def render_ci(name: str, *, module: str, config: str, checks: bool) -> str:
+    """A CI template with its defaults filled in: the Dagger module, the mlci.toml path, lint + test on/off."""
+    values = {
+        "@MLCI_MODULE@": module,
+        "@MLCI_CONFIG@": config,
+        "@MLCI_CHECKS@": "true" if checks else "false",
+    }
+    text = template(name)
+    for placeholder, value in values.items():
+        if placeholder not in text:
+            raise ValueError(
+                f"mlci/templates/{name} has no {placeholder}; every CI template takes all of {sorted(values)}."
+            )
+        text = text.replace(placeholder, value)
+    left = _PLACEHOLDER.findall(text)
+    if left:
+        raise ValueError(f"mlci/templates/{name} has placeholders nothing fills: {sorted(set(left))}.")
+    return text
+
+
+def check_module(module: str, root: Path) -> str:
+    """``module`` if CI in ``root`` can call it: a pinned git reference, or a directory of the repository
+    holding a dagger.json. A click.BadParameter that says what was expected otherwise."""
+    example = f"e.g. {default_module()}"
+    if _LOCAL_MODULE.fullmatch(module):
+        if not (root / module / "dagger.json").is_file():
+            raise click.BadParameter(
+                f"'{module}' has no dagger.json in '{root}': CI runs in your repository's checkout, where that "
+                f"path holds no Dagger module. Pass the mlci module's git address pinned at a release, {example}, "
+                "or the path of a vendored copy of it.",
+                param_hint="--module",
+            )
+        return module
+    if not _GIT_MODULE.fullmatch(module):
+        raise click.BadParameter(
+            f"expected a Dagger module address, host/owner/repo[/subdir]@ref ({example}) or a './path' in the "
+            f"repository; got {module!r}.",
+            param_hint="--module",
+        )
+    if "@" not in module.split("/", 1)[-1]:
+        raise click.BadParameter(
+            f"'{module}' is not pinned: without @<tag or commit> every CI run takes whatever the default branch "
+            f"holds then. Add the release, {module}@v…, {example}.",
+            param_hint="--module",
+        )
+    return module
+
+
+def _is_python_project(root: Path) -> bool:
+    """Whether ``root`` has a Python project definition, which the module's lint + test need."""
+    return any((root / name).is_file() for name in ("pyproject.toml", "setup.py"))
 
 
 def _model_name(text: str) -> str:
@@ -93,23 +171,33 @@ def _infer(path: Path, data: Path, target: str | None, task: str | None) -> tupl
     frame = read_table(path)
     columns = [str(c) for c in frame.columns]
     if len(frame) == 0:
-        raise click.ClickException(f"'{data}' has a header but no data rows; mlci init needs rows to infer types from.")
+        raise click.ClickException(
+            f"'{data}' has a header but no data rows; mlci init needs rows to infer types from."
+        )
     if target is None:
         if "target" not in columns:
-            raise click.UsageError(f"Which column is the target? Pass --target; '{data}' has columns {columns}.")
+            raise click.UsageError(
+                f"Which column is the target? Pass --target; '{data}' has columns {columns}."
+            )
         target = "target"
     if target not in columns:
         hint = difflib.get_close_matches(target, columns, n=1)
         did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
-        raise click.BadParameter(f"'{data}' has no column {target!r}.{did_you_mean} Columns: {columns}.", param_hint="--target")
+        raise click.BadParameter(
+            f"'{data}' has no column {target!r}.{did_you_mean} Columns: {columns}.", param_hint="--target"
+        )
     features = {col: infer_kind(frame[col]) for col in columns if col != target}
     if not features:
-        raise click.ClickException(f"'{data}' holds only the target column {target!r}; a model needs feature columns.")
+        raise click.ClickException(
+            f"'{data}' holds only the target column {target!r}; a model needs feature columns."
+        )
     if task is None:
         y = frame[target]
         numeric = infer_kind(y) == "numeric"
         values = pd.to_numeric(y, errors="coerce").dropna() if numeric else None
-        few_integers = values is not None and bool((values % 1 == 0).all()) and values.nunique() <= _MAX_CLASSES
+        few_integers = (
+            values is not None and bool((values % 1 == 0).all()) and values.nunique() <= _MAX_CLASSES
+        )
         task = "regression" if numeric and not few_integers else "classification"
     return target, task, features
 
@@ -120,41 +208,88 @@ def register(group: click.Group) -> None:
     @group.command()
     @click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
     @click.option("--target", default=None, help="Target column (default: a column named 'target').")
-    @click.option("--task", type=click.Choice(["classification", "regression"]), default=None, help="Default: inferred from the target column.")
+    @click.option(
+        "--task",
+        type=click.Choice(["classification", "regression"]),
+        default=None,
+        help="Default: inferred from the target column.",
+    )
     @click.option("--name", default=None, help="Model name (default: the repository directory's name).")
     @click.option(
-        "--dir", "root", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+        "--dir",
+        "root",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("."),
+        show_default=True,
         help="The repository to write into.",
     )
     @click.option(
-        "--ci", "vendors", type=click.Choice(["github", "gitlab", "none"]), multiple=True, default=("github", "gitlab"),
-        show_default=True, help="CI vendor configs to write (repeat the option).",
+        "--ci",
+        "vendors",
+        type=click.Choice(["github", "gitlab", "none"]),
+        multiple=True,
+        default=("github", "gitlab"),
+        show_default=True,
+        help="CI vendor configs to write (repeat the option).",
+    )
+    @click.option(
+        "--module",
+        default=None,
+        help="The mlci Dagger module CI calls: a pinned git address (default: mlci's repository at this mlci's "
+        "release tag) or a ./path in the repository.",
+    )
+    @click.option(
+        "--checks/--no-checks",
+        default=None,
+        help="Run lint + test in CI (default: on when the repository has a pyproject.toml or setup.py).",
     )
     @click.option("--force", is_flag=True, help="Overwrite files that already exist.")
-    def init(data: Path, target: str | None, task: str | None, name: str | None, root: Path, vendors: tuple[str, ...], force: bool) -> None:
+    def init(
+        data: Path, target: str | None, task: str | None, name: str | None, root: Path, vendors: tuple[str, ...],
+        module: str | None, checks: bool | None, force: bool,
+    ) -> None:  # fmt: skip
         """Scaffold mlci.toml (schema inferred from DATA) and the CI configs into an existing repository."""
         from mlci.config import parse_config
 
         if not root.is_dir():
-            raise click.BadParameter(f"'{root}' is not a directory; mlci init writes into an existing repository.", param_hint="--dir")
+            raise click.BadParameter(
+                f"'{root}' is not a directory; mlci init writes into an existing repository.",
+                param_hint="--dir",
+            )
         root = root.resolve()
+        module = check_module(module or default_module(), root)
+        checks_why = "as asked" if checks is not None else None
+        if checks is None:
+            checks = _is_python_project(root)
+            checks_why = (
+                "the repository has a pyproject.toml or setup.py"
+                if checks
+                else "no pyproject.toml or setup.py"
+            )
         data_abs = data if data.is_absolute() else Path.cwd() / data
         try:
             data_rel = data_abs.resolve().relative_to(root)
         except ValueError:
-            raise click.BadParameter(f"'{data}' is outside '{root}'; put the data inside the repository.", param_hint="DATA") from None
+            raise click.BadParameter(
+                f"'{data}' is outside '{root}'; put the data inside the repository.", param_hint="DATA"
+            ) from None
         target, task, features = _infer(root / data_rel, data, target, task)
         text = render_config(_model_name(name or root.name), task, data_rel.as_posix(), target, features)
         parse_config(tomllib.loads(text), root / "mlci.toml")  # what we write must load
 
-        files: dict[Path, str] = {Path("mlci.toml"): text}
+        config_path = Path("mlci.toml")
+        files: dict[Path, str] = {config_path: text}
         for vendor in vendors:
             if vendor != "none":
                 path, template_name = CI_FILES[vendor]
-                files[path] = template(template_name)
+                files[path] = render_ci(
+                    template_name, module=module, config=config_path.as_posix(), checks=checks
+                )
         existing = [str(p) for p in files if (root / p).exists()]
         if existing and not force:
-            raise click.ClickException(f"Not overwriting {', '.join(existing)} in '{root}'; pass --force to replace them.")
+            raise click.ClickException(
+                f"Not overwriting {', '.join(existing)} in '{root}'; pass --force to replace them."
+            )
         for path, content in files.items():
             (root / path).parent.mkdir(parents=True, exist_ok=True)
             (root / path).write_text(content, encoding="utf-8")
@@ -162,7 +297,12 @@ def register(group: click.Group) -> None:
         click.echo(f"wrote {', '.join(str(p) for p in files)} in {root}")
         click.echo(f"  task {task}, target {target!r}, {len(features)} features ({kinds})")
         if len(files) > 1:
-            click.echo("  CI: set MLCI_MODULE to where the mlci Dagger module lives (e.g. github.com/ORG/mlci@v0.1.0)")
+            click.echo(
+                f"  CI calls the mlci Dagger module {module} (--module, or the CI variable MLCI_MODULE, to change)"
+            )
+            click.echo(
+                f"  CI: lint + test {'on' if checks else 'off'} ({checks_why}; --checks/--no-checks to change)"
+            )
         click.echo("next: mlci run")
 
 

@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
+from mlci import __version__
 from mlci.cli import cli
 from mlci.config import load_config
-from mlci.scaffold import CI_FILES, template
+from mlci.scaffold import CI_FILES, MODULE_REPOSITORY, render_ci
 
 from .conftest import mixed_frame
 
@@ -37,22 +39,42 @@ def test_writes_a_config_that_loads_with_the_inferred_schema_and_both_ci_configs
     config = load_config(repo / "mlci.toml")
     assert config.name == "churn-model-2" and config.task == "classification"
     assert config.data.path == repo / "data" / "customers.csv" and config.data.target == "churn"
-    assert dict(config.data.features) == {"age": "numeric", "income": "numeric", "plan": "categorical", "region": "categorical", "spend": "numeric"}
+    assert dict(config.data.features) == {
+        "age": "numeric",
+        "income": "numeric",
+        "plan": "categorical",
+        "region": "categorical",
+        "spend": "numeric",
+    }
+    module = f"{MODULE_REPOSITORY}@v{__version__}"
     for path, name in CI_FILES.values():
-        assert (repo / path).read_text() == template(name)
-    assert "wrote mlci.toml, .github/workflows/mlci.yml, .gitlab-ci.yml" in out and "MLCI_MODULE" in out
+        assert (repo / path).read_text() == render_ci(name, module=module, config="mlci.toml", checks=False)
+    assert "wrote mlci.toml, .github/workflows/mlci.yml, .gitlab-ci.yml" in out
+    assert f"CI calls the mlci Dagger module {module}" in out and "lint + test off" in out
 
 
 def test_the_scaffolded_config_trains(repo: Path) -> None:
-    assert init(str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo), "--ci", "none")[0] == 0
-    result = CliRunner().invoke(cli, ["train", "--config", str(repo / "mlci.toml"), "--out", str(repo / "out")], catch_exceptions=False)
+    assert (
+        init(str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo), "--ci", "none")[0]
+        == 0
+    )
+    result = CliRunner().invoke(
+        cli,
+        ["train", "--config", str(repo / "mlci.toml"), "--out", str(repo / "out")],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     assert (repo / "out" / "estimator.skops").is_file()
 
 
-@pytest.mark.parametrize(("target", "task"), [("spend", "regression"), ("churn", "classification"), ("age", "regression")])
+@pytest.mark.parametrize(
+    ("target", "task"), [("spend", "regression"), ("churn", "classification"), ("age", "regression")]
+)
 def test_the_task_follows_the_target(repo: Path, target: str, task: str) -> None:
-    assert init(str(repo / "data" / "customers.csv"), "--target", target, "--dir", str(repo), "--ci", "none")[0] == 0
+    assert (
+        init(str(repo / "data" / "customers.csv"), "--target", target, "--dir", str(repo), "--ci", "none")[0]
+        == 0
+    )
     assert load_config(repo / "mlci.toml").task == task
 
 
@@ -70,11 +92,19 @@ def test_refuses_to_overwrite_without_force_and_writes_nothing(repo: Path) -> No
     assert not (repo / "mlci.toml").exists() and not (repo / ".github").exists()
     code, out = init(str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo), "--force")
     assert code == 0, out
-    assert (repo / ".gitlab-ci.yml").read_text() == template("gitlab-ci.yml")
+    assert (
+        "mlci.toml" in (repo / ".gitlab-ci.yml").read_text()
+        and "mine" not in (repo / ".gitlab-ci.yml").read_text()
+    )
 
 
 def test_only_the_chosen_vendors(repo: Path) -> None:
-    assert init(str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo), "--ci", "github")[0] == 0
+    assert (
+        init(str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo), "--ci", "github")[
+            0
+        ]
+        == 0
+    )
     assert (repo / ".github/workflows/mlci.yml").is_file() and not (repo / ".gitlab-ci.yml").exists()
 
 
@@ -116,13 +146,112 @@ def test_odd_column_names_survive_the_toml(tmp_path: Path) -> None:
     (tmp_path / "d.csv").write_text('"plan ""tier""",x y,target\nbasic,1,0\npro,2,1\nbasic,3,0\npro,4,1\n')
     code, out = init(str(tmp_path / "d.csv"), "--dir", str(tmp_path), "--ci", "none")
     assert code == 0, out
-    assert dict(load_config(tmp_path / "mlci.toml").data.features) == {'plan "tier"': "categorical", "x y": "numeric"}
+    assert dict(load_config(tmp_path / "mlci.toml").data.features) == {
+        'plan "tier"': "categorical",
+        "x y": "numeric",
+    }
 
 
 def test_the_repositorys_own_ci_configs_are_the_templates() -> None:
-    """One source of truth: what `mlci init` writes is what mlci itself runs."""
+    """One source of truth: mlci's own CI is the template `mlci init` renders, for the module at '.'."""
     for path, name in CI_FILES.values():
-        assert (REPO / path).read_text() == template(name), f"{path} differs from mlci/templates/{name}"
+        expected = render_ci(name, module=".", config="mlci.toml", checks=True)
+        assert (REPO / path).read_text() == expected, (
+            f"{path} differs from mlci/templates/{name} rendered for mlci"
+        )
+
+
+def ci_env(root: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """(GitHub workflow env, GitLab variables) as written into ``root``."""
+    github = yaml.safe_load((root / ".github/workflows/mlci.yml").read_text())["env"]
+    return github, yaml.safe_load((root / ".gitlab-ci.yml").read_text())["variables"]
+
+
+def test_the_module_is_a_pinned_reference_that_can_be_chosen(repo: Path) -> None:
+    code, out = init(
+        str(repo / "data" / "customers.csv"),
+        "--target",
+        "churn",
+        "--dir",
+        str(repo),
+        "--module",
+        "github.com/acme/mlci@v2.0.1",
+    )
+    assert code == 0, out
+    github, gitlab = ci_env(repo)
+    assert github["MLCI_MODULE"] == "${{ vars.MLCI_MODULE || 'github.com/acme/mlci@v2.0.1' }}"
+    assert gitlab["MLCI_MODULE"] == "github.com/acme/mlci@v2.0.1"
+
+
+def test_a_vendored_module_directory_is_accepted(repo: Path) -> None:
+    (repo / "vendor" / "mlci").mkdir(parents=True)
+    (repo / "vendor" / "mlci" / "dagger.json").write_text('{"name": "mlci"}')
+    code, out = init(
+        str(repo / "data" / "customers.csv"),
+        "--target",
+        "churn",
+        "--dir",
+        str(repo),
+        "--module",
+        "./vendor/mlci",
+    )
+    assert code == 0, out
+    assert ci_env(repo)[1]["MLCI_MODULE"] == "./vendor/mlci"
+
+
+@pytest.mark.parametrize(
+    ("module", "message"),
+    [
+        ("github.com/acme/mlci", "is not pinned"),
+        (".", "has no dagger.json"),
+        ("./vendor/none", "has no dagger.json"),
+        ("github.com/acme/mlci@v1 2", "a Dagger module address"),
+        ("github.com/acme/'mlci'@v1", "a Dagger module address"),
+        ("mlci@v1", "a Dagger module address"),
+    ],
+)
+def test_a_module_that_would_point_at_nothing_is_refused(repo: Path, module: str, message: str) -> None:
+    code, out = init(
+        str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo), "--module", module
+    )
+    assert code == 2 and message in out and "--module" in out, out
+    assert not (repo / "mlci.toml").exists()
+
+
+@pytest.mark.parametrize(
+    ("project_file", "flag", "checks"),
+    [
+        (None, None, "false"),
+        ("pyproject.toml", None, "true"),
+        ("setup.py", None, "true"),
+        (None, "--checks", "true"),
+        ("pyproject.toml", "--no-checks", "false"),
+    ],
+)
+def test_checks_default_to_whether_the_repository_is_a_python_project(
+    repo: Path, project_file: str | None, flag: str | None, checks: str
+) -> None:
+    if project_file:
+        (repo / project_file).write_text("")
+    args = [
+        str(repo / "data" / "customers.csv"),
+        "--target",
+        "churn",
+        "--dir",
+        str(repo),
+        *([flag] if flag else []),
+    ]
+    code, out = init(*args)
+    assert code == 0, out
+    github, gitlab = ci_env(repo)
+    assert (
+        github["MLCI_CHECKS"] == f"${{{{ vars.MLCI_CHECKS || '{checks}' }}}}"
+        and gitlab["MLCI_CHECKS"] == checks
+    )
+    assert (
+        github["MLCI_CONFIG"] == "${{ vars.MLCI_CONFIG || 'mlci.toml' }}"
+        and gitlab["MLCI_CONFIG"] == "mlci.toml"
+    )
 
 
 def test_importing_the_scaffold_loads_no_ml_library() -> None:
