@@ -42,6 +42,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import anyio
+
 from ..engine import ExecFailure, FakeEngine, Step
 from . import rootfs, sandbox
 
@@ -263,6 +265,10 @@ class Executor:
             [EXECUTOR_VERSION, parent, step.on, step.field, args], sort_keys=True, default=str
         )
         return hashlib.sha256(payload.encode()).hexdigest()
+
+    def obj_of(self, sdk_object: Any) -> Any:
+        """The evaluated state of an SDK object (its ID asked from the engine, then its chain run)."""
+        return self.obj(anyio.run(sdk_object.id))
 
     def obj(self, object_id: str) -> Any:
         return self.eval(self.engine.chain_of(object_id))

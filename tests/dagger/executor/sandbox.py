@@ -62,7 +62,7 @@ _DRIVER = r"""
 set -e
 layers="$1"; lower="$2"; upper="$3"; work="$4"; merged="$5"; workdir="$6"; shift 6
 cd "$layers"
-mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$merged"
+mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work,redirect_dir=off,metacopy=off,index=off" "$merged"
 cd /
 mkdir -p "$merged$workdir"
 unset OLDPWD
