@@ -140,7 +140,11 @@ def registered(engine: FakeEngine) -> tuple[str, dict[str, Fn], Fn]:
     """(module description, functions by name, constructor) as registered by the SDK."""
     import mlci_dagger  # noqa: F401
     from dagger.mod import default_module
+    from dagger.mod._converter import to_typedef
 
+    # to_typedef is functools.cache'd: a TypeDef it returned in an earlier test holds the ID an earlier
+    # FakeEngine gave it, which names another object here (a list's element type can come back as itself).
+    to_typedef.cache_clear()
     module_file = Path(os.environ["DAGGER_MODULE_FILE"])
     anyio.run(default_module().register)
     module = engine.graph(json.loads(module_file.read_text()))

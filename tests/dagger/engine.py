@@ -156,6 +156,10 @@ class FakeEngine:
             return f"{leaf.args['address']}@sha256:{'ab' * 32}"
         if leaf.field in ("stdout", "stderr", "contents"):
             return ""
+        if leaf.field == "exitCode":  # an exec with expect: ANY that a test did not make fail
+            return 0
+        if leaf.field == "entries":
+            return []
         if leaf.field == "export":
             return leaf.args["path"]
         raise NotImplementedError(f"no answer for {leaf}")

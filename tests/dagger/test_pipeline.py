@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from dagger.mod._exceptions import FunctionError
 
+from .answers import REMOTE_TOML, answer_config, answer_exec, last_exec
 from .conftest import Caller, run
 from .engine import FakeEngine, Step
 from .test_gate import MARKDOWN, answer_gate
@@ -24,22 +25,29 @@ def answer_deploy(engine: FakeEngine) -> None:
 
 
 def leaf_order(engine: FakeEngine) -> list[str]:
-    """What was forced, in order: checks synced, gate/push/deploy commands run, images published."""
-    order = []
+    """What was forced, in order: lint and test run, gate/push/deploy commands run, images published.
+
+    An exec counts once however many of its leaves (exitCode, stdout, stderr, a file) were read after it.
+    """
+    names = {"ruff": "lint", "python": "test"}
+    order: list[str] = []
     for q in engine.queries:
-        leaf = q.chain[-1].field
-        if leaf == "sync" and q.chain[-2].field in ("withExec", "file"):
-            order.append("test" if q.chain[-2].field == "file" else "lint")
-        elif leaf == "stdout":
-            order.append(q.chain[-2].args["args"][1])
-        elif leaf == "publish":
+        leaf, argv = q.chain[-1].field, last_exec(q.chain)
+        if leaf == "publish":
             order.append("publish")
+            continue
+        if leaf not in ("sync", "stdout", "exitCode") or not argv or q.chain[-2].field not in ("withExec", "file"):
+            continue
+        name = names.get(argv[0], argv[1] if argv[0] == "mlci" else argv[0])
+        if name in ("lint", "test", "gate", "push", "promote", "deploy") and (not order or order[-1] != name):
+            order.append(name)
     return order
 
 
 def test_the_full_pipeline_in_order_into_one_directory(call: Caller, engine: FakeEngine, manifest: dict[str, Any]) -> None:
     from dagger import dag
 
+    answer_config(engine, REMOTE_TOML)
     answer_gate(engine)
     answer_push(engine)
     answer_deploy(engine)
@@ -65,6 +73,7 @@ def test_the_full_pipeline_in_order_into_one_directory(call: Caller, engine: Fak
 
 
 def test_a_failed_gate_stops_before_anything_is_pushed(call: Caller, engine: FakeEngine, manifest: dict[str, Any]) -> None:
+    answer_config(engine, REMOTE_TOML)
     answer_gate(engine, exit_code=1, stdout="gate FAILED")
     with pytest.raises(FunctionError, match="gate rejected the candidate"):
         call("pipeline", registry="ghcr.io", repository="acme/bc-serving", deploy_to="staging")
@@ -86,3 +95,83 @@ def test_deploy_needs_a_published_candidate_and_a_known_environment(call: Caller
     with pytest.raises(FunctionError, match="--deploy-to must be one of staging, production; got 'qa'"):
         call("pipeline", registry="ghcr.io", repository="x", deploy_to="qa")
     assert not engine.all("stdout")
+
+
+def resolved(engine: FakeEngine, value: Any) -> Any:
+    """``value`` with every object ID replaced by the chain that built it (the engine's IDs are digests of
+    that chain; the FakeEngine's are counters, so two builds of one object get two IDs)."""
+    if isinstance(value, str) and value in engine.objects:
+        return resolved(engine, engine.chain_of(value))
+    if isinstance(value, list):
+        return [resolved(engine, v) for v in value]
+    if isinstance(value, Step):
+        return (value.on, value.field, {k: resolved(engine, v) for k, v in value.args.items()})
+    return value
+
+
+def exec_chain(engine: FakeEngine, prefix: list[str]) -> list[Any]:
+    """The chain of the (last) query whose last exec starts with ``prefix``, up to that exec, IDs resolved."""
+    q = next(q for q in reversed(engine.queries) if last_exec(q.chain)[: len(prefix)] == prefix)
+    idx = max(i for i, s in enumerate(q.chain) if s.field == "withExec")
+    return resolved(engine, q.chain[: idx + 1])
+
+
+def test_gate_report_and_pipeline_share_the_smoke_and_gate_execs(call: Caller, engine: FakeEngine, manifest: dict[str, Any]) -> None:
+    """The engine caches an exec by its whole chain, expect included (core/schema/container.go withExec
+    args): the same chain in gate_report and pipeline runs smoke and gate once per PR."""
+    answer_gate(engine)
+    call("gate_report", production="none")
+    report_smoke, report_gate = exec_chain(engine, ["mlci", "smoke"]), exec_chain(engine, ["mlci", "gate"])
+    call("pipeline", checks=False, production="none")
+    assert exec_chain(engine, ["mlci", "smoke"]) == report_smoke
+    assert exec_chain(engine, ["mlci", "gate"]) == report_gate
+
+
+def test_keep_going_runs_every_stage_it_can_and_returns_the_reports(call: Caller, engine: FakeEngine, manifest: dict[str, Any]) -> None:
+    answer_config(engine, REMOTE_TOML)
+    answer_gate(engine, exit_code=1, stdout="gate FAILED (markdown)", passed=False)
+    answer_exec(engine, ["ruff", "check"], 1, stdout="E501 line too long")
+    answer_exec(engine, ["python", "-m", "pytest"], 1, stdout="1 failed")
+    result = call("pipeline", keep_going=True, registry="ghcr.io", repository="acme/bc-serving")
+    out = engine.graph(result)
+    entries = {s.args["path"]: s for s in out.steps[1:]}
+    assert {"junit.xml", "verdict.json", "verdict.md", "pipeline.json"} <= set(entries)
+    assert entries["verdict.md"].args["contents"] == "gate FAILED (markdown)"
+    report = json.loads(entries["pipeline.json"].args["contents"])
+    assert report["ok"] is False
+    stages = report["stages"]
+    assert stages["lint"]["ok"] is False and stages["lint"]["exit_code"] == 1 and "E501" in stages["lint"]["error"]
+    assert stages["test"]["ok"] is False and stages["test"]["exit_code"] == 1
+    assert stages["train"]["ok"] is stages["smoke"]["ok"] is True
+    assert stages["gate"]["ok"] is False and "rejected" in stages["gate"]["error"]
+    assert stages["publish"] == {"ok": False, "skipped": "the gate did not pass"}
+    assert "push" not in leaf_order(engine) and "publish" not in leaf_order(engine)
+
+
+def test_keep_going_on_a_clean_run_says_ok(call: Caller, engine: FakeEngine, manifest: dict[str, Any]) -> None:
+    answer_gate(engine)
+    result = call("pipeline", keep_going=True, checks=False, production="none")
+    entries = {s.args["path"]: s for s in engine.graph(result).steps[1:]}
+    report = json.loads(entries["pipeline.json"].args["contents"])
+    assert report["ok"] is True and all(s["ok"] for s in report["stages"].values())
+
+
+def test_without_keep_going_the_first_failure_fails_the_call(call: Caller, engine: FakeEngine, manifest: dict[str, Any]) -> None:
+    answer_gate(engine)
+    answer_exec(engine, ["python", "-m", "pytest"], 1, stdout="1 failed")
+    with pytest.raises(FunctionError, match=r"pytest failed \(exit 1\)"):
+        call("pipeline")
+
+
+def test_pipeline_passes_the_kubeconfig_to_deploy(call: Caller, engine: FakeEngine, manifest: dict[str, Any]) -> None:
+    from dagger import dag
+
+    answer_config(engine, REMOTE_TOML)
+    answer_gate(engine)
+    answer_push(engine)
+    answer_deploy(engine)
+    kubeconfig = run(lambda: dag.set_secret("kube", "apiVersion: v1").id())
+    call("pipeline", checks=False, registry="ghcr.io", repository="acme/bc-serving", deploy_to="staging", kubeconfig=kubeconfig)
+    promote = next(q for q in engine.all("stdout") if q.chain[-2].args["args"][:2] == ["mlci", "promote"])
+    (mounted,) = [s.args for s in promote.chain if s.field == "withMountedSecret"]
+    assert mounted["path"] == "/root/.kube/config" and engine.same(mounted["source"], kubeconfig)

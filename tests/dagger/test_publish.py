@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from dagger.mod._exceptions import FunctionError
 
+from .answers import REMOTE_TOML, SERVICE_TOML, answer_config
 from .cli_contract import assert_cli_accepts
 from .conftest import Caller, run
 from .engine import FakeEngine, Step
@@ -34,6 +35,7 @@ def secret(engine: FakeEngine) -> str:
 
 
 def publish(call: Caller, engine: FakeEngine, **args: Any) -> dict[str, Any]:
+    answer_config(engine, REMOTE_TOML)
     answer_gate(engine)
     answer_push(engine)
     return json.loads(call("publish", registry="ghcr.io", repository="acme/bc-serving", **args))
@@ -103,6 +105,7 @@ def test_a_registry_service_is_bound_for_the_push_and_used_for_the_publish(call:
     from dagger import dag
 
     registry = run(lambda: dag.container().from_("registry:2").with_exposed_port(5000).as_service().id())
+    answer_config(engine, SERVICE_TOML)
     answer_gate(engine)
     answer_push(engine)
     call("publish", registry="registry:5000", repository="acme/bc-serving", registry_service=registry)
@@ -113,3 +116,36 @@ def test_a_registry_service_is_bound_for_the_push_and_used_for_the_publish(call:
     query = next(q for q in engine.all("stdout") if q.chain[-2].args["args"][:2] == ["mlci", "push"])
     (binding,) = [s.args for s in query.chain if s.field == "withServiceBinding"]
     assert binding["alias"] == "registry" and engine.same(binding["service"], registry)
+
+
+def test_the_registry_service_is_bound_to_the_gate_publish_judges_with(call: Caller, engine: FakeEngine, manifest: dict[str, Any]) -> None:
+    """Without --verdict, publish gates against production in the registry: that container needs the service."""
+    from dagger import dag
+
+    registry = run(lambda: dag.container().from_("registry:2").with_exposed_port(5000).as_service().id())
+    answer_config(engine, SERVICE_TOML)
+    answer_gate(engine)
+    answer_push(engine)
+    call("publish", registry="registry:5000", repository="acme/bc-serving", registry_service=registry)
+    gate = next(q for q in engine.all("exitCode") if q.chain[-2].args["args"][:2] == ["mlci", "gate"])
+    (binding,) = [s.args for s in gate.chain if s.field == "withServiceBinding"]
+    assert binding["alias"] == "registry" and engine.same(binding["service"], registry)
+
+
+def test_platform_variants_are_built_and_published_as_one_index(call: Caller, engine: FakeEngine, manifest: dict[str, Any]) -> None:
+    """core/schema/container.go publish(platformVariants): one index with every variant; each variant is
+    built on dag.container(platform=...) (a foreign platform needs emulation on the engine host)."""
+    publish(call, engine, platforms=["linux/amd64", "linux/arm64"])
+    serving, monitor = engine.all("publish")[-2:]
+    for published in (serving, monitor):
+        image = published.chain[:-1]
+        assert image[0].field == "container" and image[0].args == {"platform": "linux/amd64"}
+        (variant,) = published.chain[-1].args["platformVariants"]
+        assert engine.chain_of(variant)[0].args == {"platform": "linux/arm64"}
+        assert engine.graph(variant).one("withEntrypoint") == next(s.args for s in image if s.field == "withEntrypoint")
+
+
+def test_by_default_only_the_engines_platform_is_published(call: Caller, engine: FakeEngine, manifest: dict[str, Any]) -> None:
+    publish(call, engine)
+    for published in engine.all("publish")[-2:]:
+        assert published.chain[0].args == {} and "platformVariants" not in published.chain[-1].args

@@ -42,10 +42,12 @@ def test_every_function_and_argument_is_documented(registered: tuple[str, dict[s
 def test_source_defaults_to_the_repository_with_the_ignores(registered: tuple[str, dict[str, Fn], Fn]) -> None:
     _, _, ctor = registered
     assert ctor.args["source"].type == "Directory!" and ctor.args["source"].default_path == "/"
-    assert ctor.args["source"].ignore == [".venv", ".venv-kserve", ".git", ".mlci", "**/__pycache__", ".pytest_cache", "bench/.work"]
+    from mlci_dagger.main import PYTHON_IMAGE, SOURCE_IGNORE
+
+    assert ctor.args["source"].ignore == SOURCE_IGNORE
     assert ctor.args["mlci_source"].default_path == "/" and ctor.args["mlci_source"].ignore[0] == "**"
     assert ctor.args["config"].default == "mlci.toml"
-    assert ctor.args["python_image"].default == "python:3.11-slim-bookworm"
+    assert ctor.args["python_image"].default == PYTHON_IMAGE
 
 
 def test_checks_take_no_required_arguments(registered: tuple[str, dict[str, Fn], Fn]) -> None:
@@ -59,7 +61,9 @@ def test_checks_take_no_required_arguments(registered: tuple[str, dict[str, Fn],
 
 def test_side_effects_are_never_cached_and_secrets_are_secrets(registered: tuple[str, dict[str, Fn], Fn]) -> None:
     _, functions, _ = registered
-    assert {name for name, fn in functions.items() if fn.cache == "Never"} == {"publish", "deploy", "rollback", "pipeline"}
+    assert {name for name, fn in functions.items() if fn.cache == "Never"} == {
+        "gate", "gate_report", "publish", "deploy", "rollback", "pipeline"
+    }
     for name, fn in functions.items():
         for arg, spec in fn.args.items():
             if arg in ("password", "kubeconfig"):

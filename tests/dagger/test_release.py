@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from dagger.mod._exceptions import FunctionError
 
+from .answers import REMOTE_TOML, answer_config
 from .cli_contract import assert_cli_accepts
 from .conftest import Caller, run
 from .engine import FakeEngine
@@ -18,6 +19,7 @@ def release_steps(engine: FakeEngine):
 def test_deploy_promotes_then_deploys_with_secrets(call: Caller, engine: FakeEngine) -> None:
     from dagger import dag
 
+    answer_config(engine, REMOTE_TOML)
     password = run(lambda: dag.set_secret("pw", "hunter2").id())
     kubeconfig = run(lambda: dag.set_secret("kube", "apiVersion: v1").id())
     call("deploy", env="staging", approve=True, username="bot", password=password, kubeconfig=kubeconfig)
@@ -32,6 +34,7 @@ def test_deploy_promotes_then_deploys_with_secrets(call: Caller, engine: FakeEng
 
 
 def test_deploy_without_promotion_and_rollback(call: Caller, engine: FakeEngine) -> None:
+    answer_config(engine, REMOTE_TOML)
     call("deploy", env="production", promote=False)
     _, argv = release_steps(engine)
     assert argv[:3] == ["mlci", "deploy", "production"]

@@ -33,8 +33,8 @@ def test_labels_carry_the_artifact_digest_and_the_source_commit(call: Caller, en
 
 def test_the_image_holds_neither_the_model_source_nor_the_build_cache(call: Caller, engine: FakeEngine, manifest: dict[str, Any]) -> None:
     g = engine.graph(call("serving_image"))
-    assert "withMountedDirectory" not in g.fields()  # no /src: training data stays out of the image
-    assert g.one("withoutMount") == {"path": "/root/.cache/pip"}
+    assert "/src" not in [m["path"] for m in g.calls("withMountedDirectory")]  # training data stays out
+    assert {"path": "/root/.cache/pip"} in g.calls("withoutMount")
     assert g.fields().index("withoutMount") > g.fields().index("withMountedCache")
 
 
@@ -62,4 +62,34 @@ def test_monitor_image_watches_the_prediction_log_of_the_baked_in_artifact(call:
     assert engine.graph(baked["source"]).steps[-1].args == {"path": "/mlci/out/artifact"}
     labels = {c["name"]: c["value"] for c in g.calls("withLabel")}
     assert labels["dev.mlci.artifact.digest"] == manifest["digest"]
-    assert g.one("withoutMount") == {"path": "/root/.cache/pip"}
+    assert {"path": "/root/.cache/pip"} in g.calls("withoutMount")
+
+
+def test_serving_writes_the_prediction_log_where_the_monitor_reads_it(call: Caller, engine: FakeEngine, manifest: dict[str, Any]) -> None:
+    """The two images agree on one directory, and it exists in both (a volume mounted there by the user
+    replaces it; without one, `mlci serve` writes into a directory the image already has)."""
+    serving = engine.graph(call("serving_image"))
+    monitor = engine.graph(call("monitor_image"))
+    serve_dir = assert_cli_accepts(serving.one("withEntrypoint")["args"])["log_dir"]
+    monitor_dir = assert_cli_accepts(monitor.one("withEntrypoint")["args"])["log_dir"]
+    assert serve_dir == monitor_dir
+    for image in (serving, monitor):
+        made = [d for d in image.calls("withDirectory") if d["path"] == serve_dir]
+        assert made and [s.field for s in engine.chain_of(made[0]["source"])] == ["directory"]
+
+
+def test_the_serving_image_holds_a_built_wheel_and_no_training_stack(call: Caller, engine: FakeEngine, manifest: dict[str, Any]) -> None:
+    """serve/monitor never import scikit-learn, skl2onnx or skops (test_lean_runtime.py runs them with those
+    imports blocked); pandas stays (serving/server.py imports model/onnxio.py, which imports pandas)."""
+    from mlci_dagger.main import SERVING_DROPS
+
+    for function in ("serving_image", "monitor_image"):
+        g = engine.graph(call(function))
+        assert "/opt/mlci" not in [d["path"] for d in g.calls("withDirectory")]  # no mlci source tree
+        (req,) = [e for e in g.execs() if e[:2] == ["python", "requirements.py"]]
+        assert req[2:] == ["pyproject.toml", "--runtime", *(f"--without={d}" for d in sorted(SERVING_DROPS))]
+        (wheel,) = [m for m in g.calls("withMountedDirectory") if m["path"] == "/tmp/mlci-wheel"]
+        built = engine.graph(wheel["source"])
+        assert built.execs()[-1][:3] == ["pip", "wheel", "--no-deps"] and built.steps[-1].field == "directory"
+        assert any("/tmp/mlci-wheel" in e and "--no-deps" in e for e in g.execs())
+        assert "/tmp/mlci-wheel" in [u["path"] for u in g.calls("withoutMount")]

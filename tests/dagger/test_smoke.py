@@ -36,4 +36,4 @@ def test_client_and_server_judge_the_same_artifact(call: Caller, engine: FakeEng
     assert opts["artifact"] == "/mlci/artifact" and opts["config_path"] == "mlci.toml"
     # The client has the model source (holdout rows come from the data); the server does not.
     assert client.one("withMountedDirectory")["path"] == "/src"
-    assert "withMountedDirectory" not in service.fields()
+    assert "/src" not in [m["path"] for m in service.calls("withMountedDirectory")]

@@ -6,6 +6,6 @@ mlci CLI, installed from --mlci-source (this repository by default), on the mode
 as --source.
 """
 
-from .main import GateFailed, Mlci
+from .main import GateFailed, Mlci, SmokeFailed, StageFailed
 
-__all__ = ["GateFailed", "Mlci"]
+__all__ = ["GateFailed", "Mlci", "SmokeFailed", "StageFailed"]

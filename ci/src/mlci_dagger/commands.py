@@ -9,13 +9,18 @@ from __future__ import annotations
 
 __all__ = [
     "ARTIFACT",
+    "JUNIT",
+    "MONITOR_STATE",
     "OUT",
     "PORT",
+    "PREDICTIONS",
     "PRODUCTION",
     "SERVER",
     "SMOKE_IN",
+    "SMOKE_OUT",
     "SRC",
     "VERDICT_IN",
+    "VERDICT_OUT",
     "deploy",
     "gate",
     "lint",
@@ -34,6 +39,9 @@ OUT = "/mlci/out"  # stage outputs, written outside the source so it stays as gi
 ARTIFACT = "/mlci/artifact"  # the artifact a smoke/gate/push/serve container works on
 PRODUCTION = "/mlci/production"  # an explicitly given production artifact for the gate
 SMOKE_IN = "/mlci/in/smoke.json"
+SMOKE_OUT = f"{OUT}/smoke.json"
+VERDICT_OUT = f"{OUT}/verdict.json"
+JUNIT = f"{OUT}/junit.xml"
 VERDICT_IN = "/mlci/in/verdict.json"
 SERVER = "server"  # the alias the smoke client reaches the model server by
 PORT = 8080
@@ -79,14 +87,14 @@ def monitor(interval: float) -> list[str]:
 
 def smoke(config: str) -> list[str]:
     """Real holdout rows through the served model, compared with in-process predictions."""
-    return ["mlci", "smoke", ARTIFACT, "--config", config, "--url", f"http://{SERVER}:{PORT}", "--out", f"{OUT}/smoke.json"]
+    return ["mlci", "smoke", ARTIFACT, "--config", config, "--url", f"http://{SERVER}:{PORT}", "--out", SMOKE_OUT]
 
 
 def gate(config: str, production: str) -> list[str]:
     """The release policy; prints the PR-comment Markdown and writes verdict.json. Exit 1 on a failed gate."""
     return [
         "mlci", "gate", ARTIFACT, "--config", config, "--production", production, "--smoke", SMOKE_IN,
-        "--out", f"{OUT}/verdict.json", "--format", "markdown",
+        "--out", VERDICT_OUT, "--format", "markdown",
     ]  # fmt: skip
 
 
