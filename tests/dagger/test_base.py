@@ -127,7 +127,6 @@ def test_the_default_image_is_pinned_by_digest_and_overridable(registered: Any) 
         assert main.PYTHON_IMAGE == "python:3.11-slim-bookworm"
 
 
-@pytest.mark.xfail(strict=True, reason="PYTHON_IMAGE_DIGEST is not filled in yet (no Docker Hub access here)")
 def test_the_image_digest_is_filled_in() -> None:
     from mlci_dagger import main
 

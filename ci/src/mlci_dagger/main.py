@@ -21,9 +21,10 @@ from . import commands as cmd
 
 __all__ = ["GateFailed", "Mlci", "SmokeFailed", "StageFailed"]
 
-# The index digest of python:3.11-slim-bookworm (`docker buildx imagetools inspect`): every platform's
-# image, pinned. Empty until filled in from a machine that can reach Docker Hub; the tag is used meanwhile.
-PYTHON_IMAGE_DIGEST = ""
+# python:3.11-slim-bookworm pinned by digest. Taken from public Dockerfiles that pin this tag (two
+# independent repositories use this one); not checked against Docker Hub, which these machines cannot reach.
+# Refresh: `docker buildx imagetools inspect python:3.11-slim-bookworm` (the index digest, every platform).
+PYTHON_IMAGE_DIGEST = "sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b"
 PYTHON_IMAGE = "python:3.11-slim-bookworm" + (f"@{PYTHON_IMAGE_DIGEST}" if PYTHON_IMAGE_DIGEST else "")
 PIP_CACHE = "/root/.cache/pip"
 MLCI_HOME = "/opt/mlci"
