@@ -99,11 +99,15 @@ def run_call(argv: list[str], *, cwd: Path, functions: dict[str, Fn], ctor: Fn, 
             elif arg.default_path is not None:  # DefaultPath: the module's own repository, with Ignore
                 ctor_inputs[name] = await _convert(".", arg, repo)
         if ctor_flags:
-            raise ValueError(f"unknown constructor flags {sorted(ctor_flags)}; the module takes {sorted(ctor.args)}")
+            raise ValueError(
+                f"unknown constructor flags {sorted(ctor_flags)}; the module takes {sorted(ctor.args)}"
+            )
         inputs = {}
         for name, given in fn_flags.items():
             if name not in fn.args:
-                raise ValueError(f"{function} has no flag --{name.replace('_', '-')}; it takes {sorted(fn.args)}")
+                raise ValueError(
+                    f"{function} has no flag --{name.replace('_', '-')}; it takes {sorted(fn.args)}"
+                )
             inputs[name] = await _convert(given, fn.args[name], cwd)
         mod = default_module()
         state = await mod.get_result("Mlci", {}, "", ctor_inputs)

@@ -75,7 +75,9 @@ def test_train_gives_the_digest_mlci_run_gives(xcall: Caller, executed: Any, tmp
     assert manifest["digest"] == local_digest(tmp_path)
 
 
-def test_smoke_sends_holdout_rows_to_the_serving_image_as_a_service(xcall: Caller, executed: Any, tmp_path: Path) -> None:
+def test_smoke_sends_holdout_rows_to_the_serving_image_as_a_service(
+    xcall: Caller, executed: Any, tmp_path: Path
+) -> None:
     """`dagger call smoke`: the serving image started as a service in its own network namespace, reached
     by its alias from the client container, real holdout rows compared with in-process predictions."""
     smoke = json.loads(file_contents(xcall("smoke", ctor_args={"config": CONFIG})))
@@ -119,7 +121,11 @@ def test_published_serving_image_answers_tritonclient_and_feeds_the_monitor(
     serving_ref, monitor_ref = anyio.run(publish)
     assert serving_ref.startswith(f"{host}/acme/bc-serving:executed@sha256:")
 
-    pulled = dag.container().from_(serving_ref.replace(":executed@", "@")).with_mounted_cache("/var/lib/mlci/predictions", log)
+    pulled = (
+        dag.container()
+        .from_(serving_ref.replace(":executed@", "@"))
+        .with_mounted_cache("/var/lib/mlci/predictions", log)
+    )
     service = executed.obj_of(pulled.as_service(use_entrypoint=True))
     rows = [dict(r) for r in _holdout_rows(8)]
     with executed.started(service) as ip, triton.InferenceServerClient(f"{ip}:8080") as tc:
@@ -148,7 +154,10 @@ def test_published_serving_image_answers_tritonclient_and_feeds_the_monitor(
     manifest = json.loads(anyio.run(load(dagger.Directory, artifact).file("manifest.json").contents))
     # every row the served image logged reached the monitor image, for this artifact, none unreadable
     assert (report["rows"], report["digest"], report["bad_lines"], report["skipped_other_model"]) == (
-        len(rows), manifest["digest"], 0, 0,
+        len(rows),
+        manifest["digest"],
+        0,
+        0,
     ), report
 
 
@@ -157,5 +166,163 @@ def _holdout_rows(n: int) -> list[dict[str, float]]:
 
     with open(REPO / "examples" / "breast_cancer" / "data.csv", newline="") as fh:
         reader = csv.DictReader(fh)
-        rows = [{k: float(v) for k, v in r.items() if k != "target"} for _, r in zip(range(n), reader, strict=False)]
+        rows = [
+            {k: float(v) for k, v in r.items() if k != "target"}
+            for _, r in zip(range(n), reader, strict=False)
+        ]
     return rows
+
+
+def registry_source(tmp_path: Path) -> Path:
+    """The bundled example as its own repository, its [registry] a registry service at registry:5000."""
+    src = tmp_path / "model-repo"
+    shutil.copytree(
+        REPO / "examples" / "breast_cancer", src, ignore=shutil.ignore_patterns(".mlci", "prepare.py")
+    )
+    toml = (src / "mlci.toml").read_text()
+    (src / "mlci.toml").write_text(
+        toml + '\n[registry]\nurl = "http://registry:5000"\nrepository = "acme/bc"\n'
+    )
+    return src
+
+
+def registry_service(key: str) -> str:
+    """registry:2 (Debian's docker-registry standing in) as a service, its storage on a cache volume."""
+    from dagger import dag
+
+    svc = (
+        dag.container().from_("registry:2")
+        .with_mounted_cache("/var/lib/registry", dag.cache_volume(key))
+        .with_exposed_port(5000)
+        .as_service(use_entrypoint=True)
+    )  # fmt: skip
+    return anyio.run(svc.id)
+
+
+def test_pipeline_publishes_to_a_registry_service_end_to_end(
+    xcall: Caller, executed: Any, tmp_path: Path
+) -> None:
+    """`dagger call pipeline --registry=registry:5000 --registry-service=… --keep-going`: train, smoke, a
+    gate that reads the registry service, the artifact pushed there by `mlci push`, the serving and monitor
+    images published to it; every report exported; read back from the service's storage afterwards."""
+    import httpx
+
+    from .executor.rootfs import cache_root
+
+    key = f"registry-{tmp_path.name}"
+    src = registry_source(tmp_path)
+    out = export_dir(
+        xcall(
+            "pipeline", source=src, checks=False, registry="registry:5000", repository="acme/bc-serving",
+            registry_service=registry_service(key), keep_going=True,
+        ),
+        tmp_path / "mlci-out",
+    )  # fmt: skip
+    status = json.loads((out / "pipeline.json").read_text())
+    assert status["ok"] is True, status
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict["passed"] is True and verdict["first_run"] is True
+    published = json.loads((out / "published.json").read_text())
+    assert published["serving_image"].startswith("registry:5000/acme/bc-serving:candidate@sha256:")
+    assert published["monitor_image"].startswith("registry:5000/acme/bc-serving-monitor:candidate@sha256:")
+    manifest = json.loads((out / "artifact" / "manifest.json").read_text())
+
+    storage = cache_root() / "volumes" / key
+    from tests.registry.conftest import Registry, free_port
+
+    (tmp_path / "readback").mkdir()
+    (tmp_path / "readback" / "storage").symlink_to(storage)  # the service's own storage, served on 127.0.0.1
+    reg = Registry(tmp_path / "readback", free_port()).start()
+    try:
+        for repo, tag in (
+            ("acme/bc-serving", "candidate"),
+            ("acme/bc-serving-monitor", "candidate"),
+            ("acme/bc", "candidate"),
+        ):
+            tags = httpx.get(f"{reg.url}/v2/{repo}/tags/list", timeout=10).json()["tags"]
+            assert tag in tags, (repo, tags)
+        digest = published["serving_image"].rsplit("@", 1)[1]
+        head = httpx.head(
+            f"{reg.url}/v2/acme/bc-serving/manifests/{digest}",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}, timeout=10,
+        )  # fmt: skip
+        assert head.status_code == 200
+        pulled = subprocess.run(
+            [str(MLCI), "pull", "candidate", "--registry", reg.url, "--repository", "acme/bc", "--out", str(tmp_path / "pulled")],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert pulled.returncode == 0, pulled.stderr
+        assert json.loads((tmp_path / "pulled" / "manifest.json").read_text())["digest"] == manifest["digest"]
+    finally:
+        reg.stop()
+
+
+def test_dagger_check_checks_pass_on_this_repository(xcall: Caller, executed: Any) -> None:
+    """What `dagger check` runs with no flags (cmd/dagger/checks.go: the @check functions, constructor
+    defaults): lint, smoke and gate on this repository's root mlci.toml. `test` runs on a small repository
+    below (the whole suite inside the sandbox would take as long as `make test`)."""
+    assert anyio.run(load(dagger.Container, xcall("lint")).exit_code) == 0
+    assert json.loads(file_contents(xcall("smoke")))["passed"] is True
+    verdict = json.loads(file_contents(xcall("gate")))
+    assert verdict["passed"] is True
+
+
+def test_the_test_check_on_a_repository_without_a_pyproject(
+    xcall: Caller, executed: Any, tmp_path: Path
+) -> None:
+    """`test` on a model repository with tests but no pyproject.toml: pytest runs, the JUnit report comes back;
+    a failing test fails the check."""
+    repo = tmp_path / "plain"
+    (repo / "tests").mkdir(parents=True)
+    (repo / "tests" / "test_ok.py").write_text("def test_ok():\n    assert 1 + 1 == 2\n")
+    junit = file_contents(xcall("test", source=repo, system_packages=[]))
+    assert 'tests="1"' in junit and 'failures="0"' in junit, junit
+    (repo / "tests" / "test_bad.py").write_text("def test_bad():\n    assert False\n")
+    with pytest.raises(Exception, match="test"):
+        xcall("test", source=repo, system_packages=[])
+
+
+@pytest.mark.parametrize("vendor_file, scenario", [
+    (".github/workflows/mlci.yml", "pull-request"),
+    (".github/workflows/mlci.yml", "push-main-unconfigured"),
+    (".gitlab-ci.yml", "push-main-unconfigured"),
+])  # fmt: skip
+def test_mlci_init_ci_calls_run_in_a_user_repository(
+    xcall: Caller, executed: Any, registered: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    vendor_file: str, scenario: str,
+) -> None:  # fmt: skip
+    """The CI `mlci init` writes into a model repository (no pyproject: checks off), its shell run for the
+    scenario by tests/dagger/ci_calls.py, and every `dagger call` it makes run here against the module:
+    gate-report's Markdown comes back, pipeline --keep-going exports pipeline.json {"ok": true}, junit-free."""
+    from .ci_calls import PASSWORD, dagger_calls
+    from .dagger_cli import run_call
+
+    repo = tmp_path / "churn"
+    repo.mkdir()
+    shutil.copy(REPO / "examples" / "breast_cancer" / "data.csv", repo / "data.csv")
+    done = subprocess.run(
+        [str(MLCI), "init", "data.csv", "--target", "target"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    calls = dagger_calls(repo / vendor_file, scenario)
+    assert calls and all(c[0] == "call" for c in calls)
+    monkeypatch.setenv("MLCI_REGISTRY_PASSWORD", PASSWORD)
+    _, functions, ctor = registered
+    for argv in calls:
+        result = run_call(argv, cwd=repo, functions=functions, ctor=ctor, repo=REPO)
+        assert result.module.startswith("github.com/") and "@v" in result.module  # pinned, remote
+        if result.function == "gate_report":
+            assert "gate" in result.value.lower()
+        if result.function == "pipeline":
+            status = json.loads((repo / "mlci-out" / "pipeline.json").read_text())
+            assert status["ok"] is True, status
+            assert (repo / "mlci-out" / "verdict.json").exists() and (
+                repo / "mlci-out" / "artifact" / "manifest.json"
+            ).exists()
+            assert not (
+                repo / "mlci-out" / "junit.xml"
+            ).exists()  # checks are off in a repository without a pyproject

@@ -39,6 +39,8 @@ def test_exec_outputs_layers_and_exit_codes(executed: Any) -> None:
         with pytest.raises(dagger.ExecError) as info:
             await base.with_exec(["sh", "-c", "echo out; echo err >&2; exit 3"]).sync()
         assert (info.value.exit_code, info.value.stdout, info.value.stderr) == (3, "out\n", "err\n")
+        removed = ran.without_directory("/app").without_file("/etc/os-release")
+        assert await removed.with_exec(["sh", "-c", "ls /app /etc/os-release 2>&1 | wc -l"]).stdout() == "2\n"
         anyway = base.with_exec(["sh", "-c", "exit 4"], expect=dagger.ReturnType.ANY)
         assert await anyway.exit_code() == 4
         with pytest.raises(dagger.ExecError):

@@ -191,6 +191,7 @@ class Executor:
         self.exec_cache = ExecCache(rootfs.cache_root() / "execs")
         self.cache_service_execs = False  # execs bound to services always run: what they test is the wiring
         self._ckey = "root"
+        self._host_reads: dict[Any, Any] = {}
         self.log: list[dict[str, Any]] = []  # one entry per exec: argv, exit code, seconds (for the tests)
         engine.responders.insert(0, self.respond)
 
@@ -202,6 +203,7 @@ class Executor:
             return None
         if leaf.on not in ("Container", "Directory", "File"):
             return None
+        self._host_reads = {}  # host paths are read afresh for every query
         try:
             obj = self.eval(chain[:-1])
             value = self.leaf(obj, leaf)
@@ -224,22 +226,36 @@ class Executor:
         return value
 
     def eval(self, chain: list[Step]) -> Any:
-        """The state ``chain`` produces, evaluating (and remembering) each prefix once."""
+        """The state ``chain`` produces."""
+        return self.eval_keyed(chain)[0]
+
+    def eval_keyed(self, chain: list[Step]) -> tuple[Any, str]:
+        """The state ``chain`` produces and its content key, each step evaluated once per content key.
+
+        Memoised by content, not by chain: a host directory is read again for every query (as the engine
+        syncs it for every call), so an edited source gives new keys and new results from there on."""
         state: Any = None
         ckey = "root"
-        for i in range(len(chain)):
-            k = self.key(chain[: i + 1])
-            if k in self.memo:
-                state, ckey = self.memo[k]
+        for i, step in enumerate(chain):
+            if step.on == "Host" or step.field == "host":
+                k = self.key(chain[: i + 1])
+                if k not in self._host_reads:
+                    state = self.apply(state, step)
+                    if step.field == "directory":
+                        ckey = "host:" + tree_digest(state.path)
+                    else:
+                        ckey = self._content_key(ckey, step)
+                    self._host_reads[k] = (state, ckey)
+                state, ckey = self._host_reads[k]
                 continue
-            step = chain[i]
             ckey = self._content_key(ckey, step)
+            if ckey in self.memo:
+                state = self.memo[ckey]
+                continue
             self._ckey = ckey
             state = self.apply(state, step)
-            if step.on == "Host" and step.field == "directory":
-                ckey = "host:" + tree_digest(state.path)
-            self.memo[k] = (state, ckey)
-        return state
+            self.memo[ckey] = state
+        return state, ckey
 
     def _content_key(self, parent: str, step: Step) -> str:
         """What BuildKit keys an operation by, approximately: the parent's key, the field, its arguments with
@@ -251,9 +267,7 @@ class Executor:
             if isinstance(value, list):
                 return [resolve(v) for v in value]
             if isinstance(value, str) and value in self.engine.objects:
-                chain = self.engine.chain_of(value)
-                self.eval(chain)
-                return {"object": self.memo[self.key(chain)][1]}
+                return {"object": self.eval_keyed(self.engine.chain_of(value))[1]}
             return value
 
         args = resolve(step.args)
@@ -579,6 +593,27 @@ class Executor:
             target.chmod(permissions)
 
         return self._write(c, _abs(_expand(path, c.env_dict()) if expand else path, c.workdir), write)
+
+    def _remove(self, c: Ctr, path: str) -> Ctr:
+        """Delete ``path``: from a mounted directory's copy, or with a whiteout in a new layer (overlayfs)."""
+        hit = self._mount_at(c, path)
+        if hit is not None:
+            return self._write(
+                c,
+                path,
+                lambda target: (
+                    shutil.rmtree(target)
+                    if target.is_dir() and not target.is_symlink()
+                    else target.unlink(missing_ok=True)
+                ),
+            )
+        return replace(c, layers=(*c.layers, self._layer_with(path, _whiteout)))
+
+    def _Container_withoutDirectory(self, c: Ctr, path: str, expand: bool = False) -> Ctr:
+        return self._remove(c, _abs(_expand(path, c.env_dict()) if expand else path, c.workdir))
+
+    def _Container_withoutFile(self, c: Ctr, path: str, expand: bool = False) -> Ctr:
+        return self._remove(c, _abs(_expand(path, c.env_dict()) if expand else path, c.workdir))
 
     def _mount(self, c: Ctr, m: Mount) -> Ctr:
         return replace(c, mounts=(*[x for x in c.mounts if x.target != m.target], m))
@@ -909,6 +944,14 @@ class ExecCache:
         shutil.rmtree(entry, ignore_errors=True)
         tmp.rename(entry)
         return entry / "layer", tuple(out)
+
+
+def _whiteout(target: Path) -> None:
+    """An overlayfs whiteout at ``target``: a character device 0/0 hides the name in lower layers."""
+    import stat
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
 
 
 _COUNTERS: dict[Path, Iterator[int]] = {}

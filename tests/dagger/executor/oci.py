@@ -76,7 +76,9 @@ OVERLAY_XATTRS = "trusted.overlay."
 # overlayfs's own bookkeeping on copied-up entries (Documentation/filesystems/overlayfs.rst): it says where
 # an entry came from, not what it holds, so a layer tar leaves it out. redirect and metacopy do change
 # what an entry holds, and stay refused.
-OVERLAY_BOOKKEEPING = tuple(f"trusted.overlay.{n}" for n in ("origin", "impure", "nlink", "upper", "uuid", "protattr"))
+OVERLAY_BOOKKEEPING = tuple(
+    f"trusted.overlay.{n}" for n in ("origin", "impure", "nlink", "upper", "uuid", "protattr")
+)
 PAX_XATTR = "SCHILY.xattr."
 # zlib level for layer blobs. Measured on a 258 MB tree (mmdebstrap bookworm minbase + 80 MB of Python), 2 shared
 # cores: level 1 gives 100 MB in 9 s, level 6 gives 90 MB in 16 s (zlib is ~80% of the time). Level 1 it is.
