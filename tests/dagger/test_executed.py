@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import dagger
 import pytest
+from dagger.mod._exceptions import FunctionError
 
 from .conftest import REPO, Caller
 
@@ -326,3 +327,99 @@ def test_mlci_init_ci_calls_run_in_a_user_repository(
             assert not (
                 repo / "mlci-out" / "junit.xml"
             ).exists()  # checks are off in a repository without a pyproject
+
+
+def test_nested_local_state_never_reaches_the_containers(
+    xcall: Caller, executed: Any, tmp_path: Path
+) -> None:
+    """Ignore at every depth (internal/fsutil/filter.go patterns are root-anchored, so `**/` is needed):
+    a laptop's nested workspaces, venvs and build output stay out of /src; the model's files go in."""
+    src = tmp_path / "repo"
+    shutil.copytree(
+        REPO / "examples" / "breast_cancer", src / "examples" / "bc", ignore=shutil.ignore_patterns(".mlci")
+    )
+    shutil.copy(REPO / "mlci.toml", src / "mlci.toml")
+    for junk in ("examples/bc/.mlci/registry/index.json", "ci/.venv/bin/python", "ci/sdk/pyproject.toml",
+                 "pkg.egg-info/PKG-INFO", "sub/__pycache__/x.pyc", ".git/HEAD"):  # fmt: skip
+        (src / junk).parent.mkdir(parents=True, exist_ok=True)
+        (src / junk).write_text("local state\n")
+    base = load(dagger.Container, xcall("base", source=src))
+    paths = set(anyio.run(base.with_exec(["find", "/src"]).stdout).split())
+    assert {"/src/mlci.toml", "/src/examples/bc/mlci.toml", "/src/examples/bc/data.csv"} <= paths
+    leaked = sorted(
+        p
+        for p in paths
+        if any(part in p for part in (".mlci", ".venv", "ci/sdk", "egg-info", "__pycache__", ".git"))
+    )
+    assert leaked == []
+
+
+def test_release_with_a_local_layout_registry_is_refused_before_anything_runs(
+    xcall: Caller, executed: Any
+) -> None:
+    """The default [registry] (an OCI layout in /src) would be written into one container and discarded:
+    publish refuses it, saying what to set, before any container runs."""
+    before = len(executed.log)
+    with pytest.raises(FunctionError, match=r"local OCI layout.*set \[registry\] url") as info:
+        xcall("publish", registry="registry:5000", repository="acme/bc-serving")
+    assert isinstance(info.value.__cause__, ValueError)
+    assert len(executed.log) == before
+
+
+def test_an_unreachable_registry_is_an_error_not_a_rejected_gate(
+    xcall: Caller, executed: Any, tmp_path: Path
+) -> None:
+    """mlci gate exits 1 for a rejection and for a registry it cannot reach; only a verdict saying
+    passed=false is a rejection (the module reads verdict.json), anything else is the error it is."""
+    from mlci_dagger import GateFailed, StageFailed
+
+    with pytest.raises(FunctionError) as info:
+        xcall(
+            "gate", source=registry_source(tmp_path)
+        )  # [registry] url = http://registry:5000, no service bound
+    cause = info.value.__cause__
+    assert isinstance(cause, StageFailed) and not isinstance(cause, GateFailed)
+    assert "without a verdict" in str(cause) and "Cannot reach the registry" in str(cause)
+
+
+def test_keep_going_exports_the_verdict_of_a_failed_gate(
+    xcall: Caller, executed: Any, tmp_path: Path
+) -> None:
+    """A gate that fails (an accuracy floor the model cannot reach) with --keep-going: pipeline.json says
+    ok=false and names the gate, verdict.json and verdict.md are exported; without it the call fails."""
+    from mlci_dagger import GateFailed
+
+    src = tmp_path / "strict"
+    shutil.copytree(REPO / "examples" / "breast_cancer", src, ignore=shutil.ignore_patterns(".mlci"))
+    with (src / "mlci.toml").open("a") as fh:
+        fh.write("\n[gate]\nmin = { accuracy = 0.999 }\n")
+    out = export_dir(xcall("pipeline", source=src, checks=False, keep_going=True), tmp_path / "out")
+    status = json.loads((out / "pipeline.json").read_text())
+    assert status["ok"] is False and status["stages"]["gate"]["ok"] is False, status
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict["passed"] is False
+    assert any(
+        c["name"].startswith("min") or "accuracy" in c["name"] for c in verdict["checks"] if not c["passed"]
+    )
+    assert (out / "verdict.md").read_text().strip()
+    with pytest.raises(FunctionError) as info:
+        xcall("pipeline", source=src, checks=False)
+    assert isinstance(info.value.__cause__, GateFailed)
+
+
+def test_the_test_check_installs_the_debian_packages_the_suite_starts(
+    xcall: Caller, executed: Any, tmp_path: Path
+) -> None:
+    """`test` with its default system packages: apt-get installs docker-registry, skopeo and git in the
+    stand-in python image (whose docker-clean hook the module removes), and a suite that starts
+    docker-registry passes."""
+    repo = tmp_path / "needs-registry"
+    (repo / "tests").mkdir(parents=True)
+    (repo / "tests" / "test_registry.py").write_text(
+        "import shutil, subprocess\n\n"
+        "def test_registry_binary():\n"
+        "    assert shutil.which('docker-registry') and shutil.which('skopeo') and shutil.which('git')\n"
+        "    assert subprocess.run(['skopeo', '--version'], capture_output=True, text=True).returncode == 0\n"
+    )
+    junit = file_contents(xcall("test", source=repo))
+    assert 'tests="1"' in junit and 'failures="0"' in junit and 'errors="0"' in junit, junit

@@ -753,6 +753,12 @@ class Executor:
             layout = dict(layers_dir=self.layers_dir, lower=list(c.layers), upper=upper, work=work, merged=merged,
                           workdir=c.workdir or "/", binds=binds, hosts=hosts)  # fmt: skip
             if service:
+                # A service's namespace has no route out of this machine (a real engine NATs it), so its
+                # resolver points at its own loopback and fails at once instead of timing out (python's
+                # http.server, for one, looks up its own name when it binds).
+                resolv = self._new("x") / "resolv.conf"
+                resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+                layout["binds"] = [*binds, sandbox.Bind(resolv, "/etc/resolv.conf", readonly=True)]
                 cmd = sandbox.command(argv=argv, **layout)
                 running = self.network.start_service(cmd, env=env, ns=netns, ports=list(c.ports))
                 stack.pop_all()  # the service keeps its mounts and bindings until it is stopped
