@@ -64,7 +64,7 @@ test: $(STAMP) $(KSERVE_STAMP) system-deps
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): nothing was checked"; fi; exit $$rc
 
 test-executed: $(STAMP) system-deps
-	@$(BIN)/python -m pytest -m executor $(PYTEST_ARGS) tests/dagger; rc=$$?; \
+	@MLCI_EXECUTOR_REQUIRED=1 $(BIN)/python -m pytest -m executor $(PYTEST_ARGS) tests/dagger; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-executed: pytest collected no tests (exit 5): nothing was checked"; fi; exit $$rc
 
 test-all: test test-executed

@@ -36,3 +36,21 @@ def test_system_deps_without_root_names_the_command_and_stops() -> None:
 def test_the_registry_the_suite_starts_is_installed() -> None:
     """After `make test`'s set-up, the real registry binary the fixtures start is there."""
     assert Path("/usr/bin/docker-registry").exists(), "run `make test` (it installs docker-registry)"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to drop to another user")
+@pytest.mark.parametrize("required, outcome", [("1", "1 error"), ("", "1 skipped")])
+def test_executor_tests_fail_where_required_and_say_why_elsewhere(tmp_path: Path, required: str, outcome: str) -> None:
+    """Without root the executor cannot run: under `make test-executed` (MLCI_EXECUTOR_REQUIRED=1) that is a
+    failure naming why; run elsewhere (say `dagger call test` in a container) the test is skipped with it."""
+    env = {**os.environ, "MLCI_EXECUTOR_REQUIRED": required, "HOME": str(tmp_path), "MLCI_EXECUTOR_CACHE": str(tmp_path)}
+    tmp_path.chmod(0o777)
+    command = [
+        "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(REPO / ".venv" / "bin" / "python"), "-m", "pytest",
+        "-q", "-p", "no:cacheprovider", "-rs", "-m", "executor",
+        "tests/dagger/test_executor_semantics.py::test_cache_volumes_persist_across_containers",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert outcome in done.stdout, done.stdout + done.stderr
+    assert (done.returncode != 0) == (required == "1")
+    assert "the graph executor needs root" in done.stdout

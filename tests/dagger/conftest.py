@@ -160,7 +160,7 @@ def registered(engine: FakeEngine) -> tuple[str, dict[str, Fn], Fn]:
 
 
 def _executor_prerequisites() -> str | None:
-    """Why the executor cannot run here, or None. Its tests fail (not skip) on a machine set up by make."""
+    """Why the executor cannot run here, or None."""
     if os.geteuid() != 0:
         return "the graph executor needs root (overlayfs mounts, network namespaces)"
     missing = [tool for tool in ("bwrap", "mmdebstrap", "unshare", "ip") if shutil.which(tool) is None]
@@ -174,7 +174,11 @@ def executor_store() -> Iterator[dict[str, Any]]:
     """One layer store and one evaluation memo for the session (the engine dedupes identical operations)."""
     why = _executor_prerequisites()
     if why:
-        pytest.fail(why)
+        # `make test-executed` (and so .ci/run) requires the executor: there a missing tool is a failure. Run
+        # elsewhere, e.g. by `dagger call test` inside a container without bwrap, the tests say why they skip.
+        if os.environ.get("MLCI_EXECUTOR_REQUIRED") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
     from .executor.rootfs import cache_root
 
     root = cache_root() / "work"
