@@ -179,8 +179,10 @@ def executor_store() -> Iterator[dict[str, Any]]:
         if os.environ.get("MLCI_EXECUTOR_REQUIRED") == "1":
             pytest.fail(why)
         pytest.skip(why)
+    from .executor.evaluate import ExecCache
     from .executor.rootfs import cache_root
 
+    ExecCache(cache_root() / "execs").prune()
     root = cache_root() / "work"
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"s{os.getpid()}-", dir=root))

@@ -905,6 +905,20 @@ class ExecCache:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
+    def prune(self, max_age_days: float = 14.0) -> list[str]:
+        """Drop entries no run has used for ``max_age_days`` (a hit refreshes an entry's mtime); their keys."""
+        import time
+
+        cutoff = time.time() - max_age_days * 86400
+        gone = []
+        for entry in self.root.iterdir():
+            if entry.stat().st_mtime < cutoff or (
+                entry.name.startswith(".") and entry.stat().st_mtime < time.time() - 3600
+            ):
+                shutil.rmtree(entry, ignore_errors=True)
+                gone.append(entry.name)
+        return gone
+
     def get(self, key: str, c: Ctr) -> tuple[Path, sandbox.Result, tuple[Mount, ...]] | None:
         entry = self.root / key
         if not (entry / "result.json").exists():
