@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,7 @@ def test_published_serving_image_answers_tritonclient_and_feeds_the_monitor(
     executed.registries[host] = host
     serving = load(dagger.Container, xcall("serving_image", ctor_args={"config": CONFIG}, artifact=artifact))
     monitor = load(dagger.Container, xcall("monitor_image", ctor_args={"config": CONFIG}, artifact=artifact))
-    log = dag.cache_volume(f"predictions-{tmp_path.name}")
+    log = dag.cache_volume(f"predictions-{uuid.uuid4().hex}")  # a fresh log: nothing from an earlier run
 
     async def publish() -> tuple[str, str]:
         return (

@@ -180,3 +180,32 @@ def test_registry_service_publish_and_pull(executed: Any) -> None:
         assert '"tags":["v1"]' in listed
 
     run(go)
+
+
+def test_a_service_is_stopped_with_sigterm_and_time_to_finish(executed: Any) -> None:
+    """core/services.go stopGraceful: a service gets SIGTERM and a grace period before SIGKILL, so a
+    server can finish what it holds (mlci serve closes its prediction log): its handler's write lands."""
+    key = f"graceful-{uuid.uuid4().hex[:8]}"
+    server = (
+        "import signal, socket, sys, time\n"
+        "def done(*_):\n"
+        "    time.sleep(1.0)\n"
+        "    open('/c/stopped', 'w').write('clean')\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, done)\n"
+        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 8000)); s.listen()\n"
+        "while True:\n"
+        "    c, _ = s.accept(); c.close()\n"
+    )
+
+    async def go() -> None:
+        vol = dag.cache_volume(key)
+        svc = (
+            dag.container().from_(IMAGE).with_mounted_cache("/c", vol).with_new_file("/srv.py", server)
+            .with_exposed_port(8000).as_service(args=["python", "/srv.py"])
+        )  # fmt: skip
+        await dag.container().from_(IMAGE).with_service_binding("svc", svc).with_exec(["true"]).sync()
+        check = dag.container().from_(IMAGE).with_env_variable("N", key).with_mounted_cache("/c", vol)
+        assert await check.with_exec(["cat", "/c/stopped"]).stdout() == "clean"
+
+    run(go)

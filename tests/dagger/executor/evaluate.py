@@ -240,12 +240,7 @@ class Executor:
             if step.on == "Host" or step.field == "host":
                 k = self.key(chain[: i + 1])
                 if k not in self._host_reads:
-                    state = self.apply(state, step)
-                    if step.field == "directory":
-                        ckey = "host:" + tree_digest(state.path)
-                    else:
-                        ckey = self._content_key(ckey, step)
-                    self._host_reads[k] = (state, ckey)
+                    self._host_reads[k] = self._read_host(state, step, ckey)
                 state, ckey = self._host_reads[k]
                 continue
             ckey = self._content_key(ckey, step)
@@ -256,6 +251,21 @@ class Executor:
             state = self.apply(state, step)
             self.memo[ckey] = state
         return state, ckey
+
+    def _read_host(self, state: Any, step: Step, ckey: str) -> tuple[Any, str]:
+        """One host read: a directory is copied (filtered) only when its files' names, sizes, modes or times
+        changed since the last read of the same path and patterns; its key is a digest of its contents."""
+        if step.field != "directory":
+            return self.apply(state, step), self._content_key(ckey, step)
+        from .patterns import signature
+
+        args = step.args
+        patterns = _patterns(args.get("include") or [], args.get("exclude") or [])
+        seen = ("host-directory", args["path"], tuple(patterns), signature(Path(args["path"]), patterns))
+        if seen not in self.memo:
+            read = self.apply(state, step)
+            self.memo[seen] = (read, "host:" + tree_digest(read.path))
+        return self.memo[seen]
 
     def _content_key(self, parent: str, step: Step) -> str:
         """What BuildKit keys an operation by, approximately: the parent's key, the field, its arguments with
@@ -386,8 +396,7 @@ class Executor:
         from .patterns import copy_filtered
 
         out = self._new("d")
-        patterns = [*(["**", *(f"!{p}" for p in include)] if include else []), *exclude]
-        copy_filtered(Path(path), out, patterns)
+        copy_filtered(Path(path), out, _patterns(include, exclude))
         return Dir(out)
 
     def _Host_file(self, _: Host, path: str, **__: Any) -> FileRef:
@@ -409,7 +418,7 @@ class Executor:
         from .patterns import copy_filtered
 
         src = self.obj(source)
-        patterns = [*(["**", *(f"!{p}" for p in include)] if include else []), *exclude]
+        patterns = _patterns(include, exclude)
         return self._dir_edit(d, lambda out: copy_filtered(src.path, out / path.lstrip("/"), patterns))
 
     def _Directory_withFile(
@@ -573,7 +582,7 @@ class Executor:
         from .patterns import copy_filtered
 
         src = self.obj(source)
-        patterns = [*(["**", *(f"!{p}" for p in include)] if include else []), *exclude]
+        patterns = _patterns(include, exclude)
         place = _abs(_expand(path, c.env_dict()) if expand else path, c.workdir)
         return self._write(c, place, lambda target: copy_filtered(src.path, target, patterns))
 
@@ -759,7 +768,7 @@ class Executor:
                 resolv = self._new("x") / "resolv.conf"
                 resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
                 layout["binds"] = [*binds, sandbox.Bind(resolv, "/etc/resolv.conf", readonly=True)]
-                cmd = sandbox.command(argv=argv, **layout)
+                cmd = sandbox.command(argv=argv, service=True, **layout)
                 running = self.network.start_service(cmd, env=env, ns=netns, ports=list(c.ports))
                 stack.pop_all()  # the service keeps its mounts and bindings until it is stopped
                 return running
@@ -964,6 +973,11 @@ class ExecCache:
         shutil.rmtree(entry, ignore_errors=True)
         tmp.rename(entry)
         return entry / "layer", tuple(out)
+
+
+def _patterns(include: Any, exclude: Any) -> list[str]:
+    """include + exclude as one exclude list with exceptions (the last matching pattern wins)."""
+    return [*(["**", *(f"!{p}" for p in include)] if include else []), *exclude]
 
 
 def _whiteout(target: Path) -> None:

@@ -366,8 +366,16 @@ class Running:
         """SIGTERM the process group, SIGKILL it after `grace` seconds, reap it and collect its output."""
         pgid = self.proc.pid
         _signal_group(pgid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=grace)
+        # The grace period is for the whole group, not only its leader: the outer bwrap ends on SIGTERM at
+        # once while the service inside is still finishing (a SIGKILL then would cut that short).
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            self.proc.poll()  # reap the leader, so a zombie does not count as the group being alive
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
         _signal_group(pgid, signal.SIGKILL)  # the leader may be gone while its children linger
         self.proc.wait()
         _wait_group_gone(pgid)

@@ -30,11 +30,13 @@ How a patterns list reaches the files (dagger v0.21.8, /work/.mirror/dagger+dagg
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import posixpath
 import re
 import shutil
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -333,22 +335,40 @@ def copy_filtered(src: Path, dst: Path, patterns: list[str]) -> None:
         raise ValueError(f"copy_filtered writes into a new or empty directory: {dst} is not; remove it first")
     dst.mkdir(parents=True, exist_ok=True)
     modes: list[tuple[Path, os.stat_result]] = []
-    _copy_dir(src, dst, "", (), [], _matcher(tuple(patterns)), modes)
+    for rel, entry in walk_filtered(src, patterns):
+        if entry is None:
+            (dst / rel).mkdir()
+            modes.append((dst / rel, os.lstat(src / rel)))
+        else:
+            _copy_entry(src / rel, dst / rel, entry)
     for path, st in reversed(modes):  # deepest first, after their contents are written
         os.chmod(path, stat.S_IMODE(st.st_mode))
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     shutil.copystat(src, dst)
 
 
-def _copy_dir(
-    src: Path,
-    dst: Path,
-    rel: str,
-    info: tuple[bool, ...],
-    pending: list[str],
-    matcher: Matcher,
-    modes: list[tuple[Path, os.stat_result]],
-) -> None:
+def walk_filtered(src: Path, patterns: list[str]) -> Iterator[tuple[str, os.DirEntry[str] | None]]:
+    """What an upload of `src` with exclude `patterns` holds, in name order: (rel, None) for each directory
+    (excluded parents of an included path come along, each once) and (rel, entry) for everything else."""
+    yield from _walk(Path(src), "", (), [], _matcher(tuple(patterns)), set())
+
+
+def signature(src: Path, patterns: list[str]) -> str:
+    """A digest of what `copy_filtered` would copy: names, types, modes, sizes and modification times (no
+    contents read), so an unchanged tree is recognised without copying it."""
+    h = hashlib.sha256()
+    for rel, entry in walk_filtered(src, patterns):
+        if entry is None:
+            h.update(f"d {rel}\0".encode())
+        else:
+            st = entry.stat(follow_symlinks=False)
+            h.update(f"f {rel} {st.st_mode:o} {st.st_size} {st.st_mtime_ns}\0".encode())
+    return h.hexdigest()
+
+
+def _walk(
+    src: Path, rel: str, info: tuple[bool, ...], pending: list[str], matcher: Matcher, made: set[str]
+) -> Iterator[tuple[str, os.DirEntry[str] | None]]:
     """Walk one directory in name order; `pending` are excluded parents created only when needed."""
     with os.scandir(src / rel if rel else src) as entries:
         names = sorted(entries, key=lambda e: e.name)
@@ -358,24 +378,20 @@ def _copy_dir(
         excluded, child_info = matcher.matches(path, info)
         if excluded:
             if is_dir and not matcher.prunes(path):
-                _copy_dir(src, dst, path, child_info, [*pending, path], matcher, modes)
+                yield from _walk(src, path, child_info, [*pending, path], matcher, made)
             continue
         for parent in pending:  # an included path brings its excluded parents along
-            _make_dir(src, dst, parent, modes)
+            if parent not in made:
+                made.add(parent)
+                yield parent, None
         pending = []
         if is_dir:
-            _make_dir(src, dst, path, modes)
-            _copy_dir(src, dst, path, child_info, [], matcher, modes)
+            if path not in made:
+                made.add(path)
+                yield path, None
+            yield from _walk(src, path, child_info, [], matcher, made)
         else:
-            _copy_entry(src / path, dst / path, entry)
-
-
-def _make_dir(src: Path, dst: Path, rel: str, modes: list[tuple[Path, os.stat_result]]) -> None:
-    """Create dst/rel once; remember src/rel's mode and times to apply after its contents."""
-    if (dst / rel).is_dir():  # an excluded parent already brought along by an earlier sibling
-        return
-    (dst / rel).mkdir()
-    modes.append((dst / rel, os.lstat(src / rel)))
+            yield path, entry
 
 
 def _copy_entry(source: Path, target: Path, entry: os.DirEntry[str]) -> None:

@@ -70,6 +70,14 @@ exec bwrap "$@"
 """
 
 
+# A service's PID 1 (the engine injects dagger-init for this): start the command, pass SIGTERM/SIGINT on to
+# it (PID 1 itself would ignore a signal it has no handler for), exit with the command's status.
+SERVICE_INIT = (
+    'trap \'kill -TERM "$child" 2>/dev/null\' TERM INT; "$@" & child=$!; '
+    'while kill -0 "$child" 2>/dev/null; do wait "$child"; status=$?; done; exit "$status"'
+)
+
+
 @dataclass(frozen=True)
 class Bind:
     """One mount of the exec: ``source`` on the host bound at ``target`` in the container."""
@@ -98,19 +106,27 @@ def command(
     binds: list[Bind],
     hosts: Path | None,
     netns_prefix: list[str] | None = None,
+    service: bool = False,
 ) -> list[str]:
-    """The argv that runs ``argv`` in the container (for a service too, started by network.start_service)."""
+    """The argv that runs ``argv`` in the container (for a service too, started by network.start_service).
+
+    An exec dies with its parent (a crashed test leaves nothing running). A service does not: it is stopped
+    as the engine stops one (core/services.go stopGraceful: SIGTERM, then SIGKILL after a grace period), and
+    with --die-with-parent the SIGTERM that ends bwrap's outer process would SIGKILL the service before it
+    could shut down cleanly (a server closing its prediction log, say)."""
     bwrap = [
         "--bind", str(merged), "/",
         "--proc", "/proc", "--dev", "/dev",
         "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "dagger",
-        "--die-with-parent",
+        *(["--as-pid-1"] if service else ["--die-with-parent"]),
     ]  # fmt: skip
     bwrap += _host_settings()
     if hosts is not None:
         bwrap += ["--ro-bind", str(hosts), "/etc/hosts"]
     for b in binds:
         bwrap += ["--ro-bind" if b.readonly else "--bind", str(b.source), b.target]
+    if service:  # PID 1 forwards SIGTERM to the service, as the engine's dagger-init does
+        argv = ["/bin/sh", "-c", SERVICE_INIT, "init", *argv]
     bwrap += ["--chdir", workdir or "/", "--", *argv]
     # lowerdir lists the top layer first.
     driver = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _DRIVER, "driver"]
