@@ -182,7 +182,8 @@ def executor_store() -> Iterator[dict[str, Any]]:
     from .executor.evaluate import ExecCache
     from .executor.rootfs import cache_root
 
-    ExecCache(cache_root() / "execs").prune()
+    for kept in ("execs", "blobs", "pulled"):  # exec results, layer blobs made from them, pulled layers
+        ExecCache(cache_root() / kept).prune()
     root = cache_root() / "work"
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"s{os.getpid()}-", dir=root))

@@ -473,7 +473,11 @@ class Executor:
 
         host = address.split("/", 1)[0]
         pulled = self._new("x")
-        layers, config = oci.pull_image(self.registries.get(host, host) + address[len(host) :], pulled)
+        layers, config = oci.pull_image(
+            self.registries.get(host, host) + address[len(host) :],
+            pulled,
+            layer_cache=rootfs.cache_root() / "pulled",
+        )
         return replace(
             c, layers=tuple(self._layer_name(p) for p in layers),
             env=tuple(tuple(e.split("=", 1)) for e in config.env),  # type: ignore[misc]
@@ -851,6 +855,32 @@ class Executor:
             user=c.user, labels=c.labels, exposed_ports=tuple(f"{p}/tcp" for p in c.ports),
         )  # fmt: skip
 
+    def blob(self, layer: Path) -> Any:
+        """A layer's gzip'd tar, made once: layers in the persistent store (root filesystems, kept exec
+        results) never change, so their blobs are kept beside them; the session's own layers per session."""
+        from . import oci
+
+        root = rootfs.cache_root()
+        persistent = layer.is_relative_to(root / "rootfs") or layer.is_relative_to(root / "execs")
+        home = (root / "blobs") if persistent else (self.work / "blobs")
+        entry = home / hashlib.sha256(str(layer).encode()).hexdigest()[:32]
+        meta = entry / "layer.json"
+        if meta.exists():
+            os.utime(entry)  # kept by ExecCache.prune while runs use it
+            known = json.loads(meta.read_text())
+            return oci.Layer(known["digest"], known["diff_id"], known["size"], entry / "blob")
+        tmp = entry.with_name(entry.name + f".{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        made = oci.layer_blob(layer, tmp)
+        made.path.rename(tmp / "blob")
+        (tmp / "layer.json").write_text(
+            json.dumps({"digest": made.digest, "diff_id": made.diff_id, "size": made.size})
+        )
+        shutil.rmtree(entry, ignore_errors=True)
+        tmp.rename(entry)
+        return oci.Layer(made.digest, made.diff_id, made.size, entry / "blob")
+
     def publish(
         self,
         c: Ctr,
@@ -869,19 +899,19 @@ class Executor:
         host, _, rest = address.partition("/")
         repository, _, tag = rest.rpartition(":") if ":" in rest.rsplit("/", 1)[-1] else (rest, "", "latest")
         media = "Docker" if mediaTypes == "DockerMediaTypes" else "OCI"
-        layers, config = self.image_layers(c), self.image_config(c)
+        layers, config = [self.blob(p) for p in self.image_layers(c)], self.image_config(c)
         if registryService is not None:
             svc = self.obj(registryService)
             port = host.rpartition(":")[2] if ":" in host else "443"
             with self.started(svc) as ip:
-                pushed = oci.push_image(f"{ip}:{port}", repository, tag, layers, config, media_types=media)
+                pushed = oci.push_layers(f"{ip}:{port}", repository, tag, layers, config, media_types=media)
         else:
             target = self.registries.get(host)
             if target is None:
                 raise EngineError(
                     f"publish to {host!r}: only registries on 127.0.0.1 given to the executor are reachable here"
                 )
-            pushed = oci.push_image(target, repository, tag, layers, config, media_types=media)
+            pushed = oci.push_layers(target, repository, tag, layers, config, media_types=media)
         return f"{address}@{pushed.rsplit('@', 1)[1]}"
 
 

@@ -674,9 +674,12 @@ def _pick_platform(index: dict[str, Any], reference: str) -> dict[str, Any]:
 
 
 def pull_image(
-    reference: str, dest: Path, *, client: httpx.Client | None = None
+    reference: str, dest: Path, *, client: httpx.Client | None = None, layer_cache: Path | None = None
 ) -> tuple[list[Path], ImageConfig]:
-    """Pull an image into `dest/<n>/` (n = 0 is the lowest layer) as overlay-ready directories."""
+    """Pull an image into `dest/<n>/` (n = 0 is the lowest layer) as overlay-ready directories.
+
+    With `layer_cache`, each layer is unpacked once under it, keyed by its blob digest *and* diff_id (an
+    entry exists only after that blob was verified to unpack to that diff_id), and reused from there."""
     registry, repository, ref = parse_reference(reference)
     dest.mkdir(parents=True, exist_ok=True)
     with RegistryClient(registry, repository, client) as reg:
@@ -701,9 +704,23 @@ def pull_image(
                 )
             out = []
             for n, (desc, diff_id) in enumerate(zip(layers, diff_ids, strict=True)):
+                kept = None
+                if layer_cache is not None:
+                    key = hashlib.sha256(f"{desc.get('digest', '')} {diff_id}".encode()).hexdigest()[:32]
+                    kept = layer_cache / key
+                    if kept.is_dir():
+                        os.utime(kept)
+                        out.append(kept)
+                        continue
                 blob = reg.get_blob(desc.get("digest", ""), int(desc.get("size", 0)), Path(tmp) / f"layer{n}")
-                out.append(unpack_layer(blob, dest / str(n), desc.get("mediaType", ""), diff_id))
+                target = dest / str(n)
+                out.append(unpack_layer(blob, target, desc.get("mediaType", ""), diff_id))
                 blob.unlink()
+                if kept is not None:
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    with contextlib.suppress(OSError):  # another run kept it first: use that one
+                        target.rename(kept)
+                    out[-1] = kept if kept.is_dir() else target
     return out, config
 
 
