@@ -54,19 +54,26 @@ def file_contents(file_id: str) -> str:
     return anyio.run(go)
 
 
+def example_copy(dest: Path, *extra_ignores: str) -> Path:
+    """The bundled example copied to ``dest`` (its local workspace left out): a model repository of its own."""
+    shutil.copytree(
+        REPO / "examples" / "breast_cancer", dest, ignore=shutil.ignore_patterns(".mlci", *extra_ignores)
+    )
+    return dest
+
+
+def mlci_ok(*args: str, cwd: Path) -> str:
+    """Run this machine's mlci CLI; its stdout, or the test fails with its stderr."""
+    done = subprocess.run([str(MLCI), *args], cwd=cwd, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"mlci {' '.join(args)} exited {done.returncode}:\n{done.stderr}"
+    return done.stdout
+
+
 def local_digest(tmp_path: Path) -> str:
     """The artifact digest `mlci run` gives on this commit, in a copy of the bundled example."""
-    src = tmp_path / "local"
-    shutil.copytree(REPO / "examples" / "breast_cancer", src, ignore=shutil.ignore_patterns(".mlci"))
-    done = subprocess.run(
-        [str(MLCI), "run", "--until", "evaluate", "--json"],
-        cwd=src,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads((Path(json.loads(done.stdout)["artifact"]) / "manifest.json").read_text())["digest"]
+    src = example_copy(tmp_path / "local")
+    out = mlci_ok("run", "--until", "evaluate", "--json", cwd=src)
+    return json.loads((Path(json.loads(out)["artifact"]) / "manifest.json").read_text())["digest"]
 
 
 def test_train_gives_the_digest_mlci_run_gives(xcall: Caller, executed: Any, tmp_path: Path) -> None:
@@ -178,9 +185,7 @@ def _holdout_rows(n: int) -> list[dict[str, float]]:
 def registry_source(tmp_path: Path) -> Path:
     """The bundled example as its own repository, its [registry] a registry service at registry:5000."""
     src = tmp_path / "model-repo"
-    shutil.copytree(
-        REPO / "examples" / "breast_cancer", src, ignore=shutil.ignore_patterns(".mlci", "prepare.py")
-    )
+    example_copy(src, "prepare.py")
     toml = (src / "mlci.toml").read_text()
     (src / "mlci.toml").write_text(
         toml + '\n[registry]\nurl = "http://registry:5000"\nrepository = "acme/bc"\n'
@@ -249,11 +254,17 @@ def test_pipeline_publishes_to_a_registry_service_end_to_end(
             headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}, timeout=10,
         )  # fmt: skip
         assert head.status_code == 200
-        pulled = subprocess.run(
-            [str(MLCI), "pull", "candidate", "--registry", reg.url, "--repository", "acme/bc", "--out", str(tmp_path / "pulled")],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        assert pulled.returncode == 0, pulled.stderr
+        mlci_ok(
+            "pull",
+            "candidate",
+            "--registry",
+            reg.url,
+            "--repository",
+            "acme/bc",
+            "--out",
+            str(tmp_path / "pulled"),
+            cwd=tmp_path,
+        )
         assert json.loads((tmp_path / "pulled" / "manifest.json").read_text())["digest"] == manifest["digest"]
     finally:
         reg.stop()
@@ -302,14 +313,7 @@ def test_mlci_init_ci_calls_run_in_a_user_repository(
     repo = tmp_path / "churn"
     repo.mkdir()
     shutil.copy(REPO / "examples" / "breast_cancer" / "data.csv", repo / "data.csv")
-    done = subprocess.run(
-        [str(MLCI), "init", "data.csv", "--target", "target"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    mlci_ok("init", "data.csv", "--target", "target", cwd=repo)
     calls = dagger_calls(repo / vendor_file, scenario)
     assert calls and all(c[0] == "call" for c in calls)
     monkeypatch.setenv("MLCI_REGISTRY_PASSWORD", PASSWORD)
@@ -336,9 +340,7 @@ def test_nested_local_state_never_reaches_the_containers(
     """Ignore at every depth (internal/fsutil/filter.go patterns are root-anchored, so `**/` is needed):
     a laptop's nested workspaces, venvs and build output stay out of /src; the model's files go in."""
     src = tmp_path / "repo"
-    shutil.copytree(
-        REPO / "examples" / "breast_cancer", src / "examples" / "bc", ignore=shutil.ignore_patterns(".mlci")
-    )
+    example_copy(src / "examples" / "bc")
     shutil.copy(REPO / "mlci.toml", src / "mlci.toml")
     for junk in ("examples/bc/.mlci/registry/index.json", "ci/.venv/bin/python", "ci/sdk/pyproject.toml",
                  "pkg.egg-info/PKG-INFO", "sub/__pycache__/x.pyc", ".git/HEAD"):  # fmt: skip
@@ -390,8 +392,7 @@ def test_keep_going_exports_the_verdict_of_a_failed_gate(
     ok=false and names the gate, verdict.json and verdict.md are exported; without it the call fails."""
     from mlci_dagger import GateFailed
 
-    src = tmp_path / "strict"
-    shutil.copytree(REPO / "examples" / "breast_cancer", src, ignore=shutil.ignore_patterns(".mlci"))
+    src = example_copy(tmp_path / "strict")
     with (src / "mlci.toml").open("a") as fh:
         fh.write("\n[gate]\nmin = { accuracy = 0.999 }\n")
     out = export_dir(xcall("pipeline", source=src, checks=False, keep_going=True), tmp_path / "out")
