@@ -140,6 +140,7 @@ task = "{task}"
 [data]
 path = {_toml_str(data)}
 target = {_toml_str(target)}
+drop = []  # columns to leave out of the model; a column here is no feature even if listed below
 
 [data.features]
 {feature_lines}

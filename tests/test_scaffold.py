@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +67,25 @@ def test_the_scaffolded_config_trains(repo: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert (repo / "out" / "estimator.skops").is_file()
+
+
+def test_a_column_added_to_drop_is_left_out_though_init_listed_it(repo: Path) -> None:
+    """init lists every column in [data.features]; the user then drops 'spend' (a second target, which
+    leaks the answer). drop wins: the trained schema has no 'spend' (it was silently kept before)."""
+    code, out = init(
+        str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo), "--ci", "none"
+    )
+    assert code == 0, out
+    config_path = repo / "mlci.toml"
+    text = re.sub(r"(?m)^drop = .*\n", "", config_path.read_text())
+    config_path.write_text(text.replace('target = "churn"\n', 'target = "churn"\ndrop = ["spend"]\n', 1))
+    assert "spend" in load_config(config_path).data.features  # still listed there, as init wrote it
+    result = CliRunner().invoke(
+        cli, ["train", "--config", str(config_path), "--out", str(repo / "out")], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    schema = json.loads((repo / "out" / "train.json").read_text())["schema"]
+    assert [f["name"] for f in schema["features"]] == ["age", "income", "plan", "region"]
 
 
 @pytest.mark.parametrize(
