@@ -108,15 +108,56 @@ def test_integer_codes_with_few_values_are_classes(tmp_path: Path) -> None:
 def test_refuses_to_overwrite_without_force_and_writes_nothing(repo: Path) -> None:
     (repo / ".gitlab-ci.yml").write_text("mine\n")
     code, out = init(str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo))
-    assert code == 1 and "Not overwriting .gitlab-ci.yml" in out and "--force" in out
+    # Bad input, exit 2, as the README's command table says for init (it was click's default 1).
+    assert code == 2 and "Not overwriting .gitlab-ci.yml" in out and "--force" in out
     assert (repo / ".gitlab-ci.yml").read_text() == "mine\n"
     assert not (repo / "mlci.toml").exists() and not (repo / ".github").exists()
+    assert not (repo / ".gitignore").exists()
     code, out = init(str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo), "--force")
     assert code == 0, out
     assert (
         "mlci.toml" in (repo / ".gitlab-ci.yml").read_text()
         and "mine" not in (repo / ".gitlab-ci.yml").read_text()
     )
+
+
+def test_gitignore_gets_the_workspace_and_the_prediction_log(repo: Path) -> None:
+    """init writes a .gitignore so that `git add .` after `mlci run` commits no stage cache, artifacts,
+    local registry or prediction log."""
+    code, out = init(
+        str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo), "--ci", "none"
+    )
+    assert code == 0, out
+    lines = (repo / ".gitignore").read_text().splitlines()
+    assert {".mlci/", "/predictions/", "/monitor-state/"} <= set(lines)
+    assert ".gitignore" in out
+
+
+def test_gitignore_is_appended_to_without_duplicating_lines(repo: Path) -> None:
+    (repo / ".gitignore").write_text("__pycache__/\n.mlci/\n*.log")  # no final newline
+    args = (str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo), "--ci", "none")
+    assert init(*args)[0] == 0
+    first = (repo / ".gitignore").read_text()
+    lines = first.splitlines()
+    assert lines[:3] == ["__pycache__/", ".mlci/", "*.log"]  # the user's lines, untouched
+    assert (
+        lines.count(".mlci/") == 1
+        and lines.count("/predictions/") == 1
+        and lines.count("/monitor-state/") == 1
+    )
+    code, out = init(*args, "--force")  # again: nothing to add
+    assert code == 0, out
+    assert (repo / ".gitignore").read_text() == first
+    assert "already ignores" in out
+
+
+def test_gitignore_that_is_not_a_file_is_refused(repo: Path) -> None:
+    (repo / ".gitignore").mkdir()
+    code, out = init(
+        str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo), "--ci", "none"
+    )
+    assert code == 2 and "'.gitignore'" in out and "not a file" in out
+    assert not (repo / "mlci.toml").exists()
 
 
 def test_only_the_chosen_vendors(repo: Path) -> None:
@@ -156,10 +197,10 @@ def test_data_must_exist_inside_the_repository(repo: Path, tmp_path: Path) -> No
 def test_a_header_without_rows_or_only_a_target_is_refused(tmp_path: Path) -> None:
     (tmp_path / "empty.csv").write_text("a,target\n")
     code, out = init(str(tmp_path / "empty.csv"), "--dir", str(tmp_path))
-    assert code == 1 and "no data rows" in out
+    assert code == 2 and "no data rows" in out
     (tmp_path / "only.csv").write_text("target\n1\n0\n")
     code, out = init(str(tmp_path / "only.csv"), "--dir", str(tmp_path))
-    assert code == 1 and "only the target column" in out
+    assert code == 2 and "only the target column" in out
     assert not (tmp_path / "mlci.toml").exists()
 
 
