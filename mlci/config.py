@@ -252,6 +252,21 @@ def _check_workspace(path: Path, root: Path, where: str) -> None:
         )
 
 
+def _check_drop(data: DataConfig) -> None:
+    """``[data] drop`` wins over ``[data.features]`` (`mlci init` lists every column there, so a column the
+    user drops is usually in both): refuse only a drop that leaves no feature or names the target."""
+    if data.target in data.drop:
+        raise ConfigError(
+            f"[data] drop lists the target {data.target!r}; the target is never a feature, so remove it from drop "
+            "(to train on another column, change [data] target)."
+        )
+    if data.features and all(name in data.drop for name in data.features):
+        raise ConfigError(
+            f"[data] drop removes every column listed in [data.features] ({', '.join(data.features)}), so no "
+            "features are left. Remove a feature from drop, or list more columns in [data.features]."
+        )
+
+
 def parse_config(raw: Mapping[str, Any], path: Path, workspace: Path | str | None = None) -> Config:
     """Validate an already-parsed TOML mapping (``path`` anchors relative paths)."""
     _unknown_keys(raw, "")
@@ -286,6 +301,7 @@ def parse_config(raw: Mapping[str, Any], path: Path, workspace: Path | str | Non
     )
     if data_cfg.target in data_cfg.features:
         raise ConfigError(f"[data] target {data_cfg.target!r} is also listed in [data.features]; remove it there.")
+    _check_drop(data_cfg)
 
     split = _section(raw, "split")
     holdout = float(_get(split, "split", "holdout", (float, int), 0.2))

@@ -17,9 +17,12 @@ from typing import Any
 import click
 
 __all__ = [
+    "BadInput",
     "CI_FILES",
+    "GITIGNORE_LINES",
     "MODULE_REPOSITORY",
     "default_module",
+    "gitignore_update",
     "register",
     "render_ci",
     "render_config",
@@ -42,6 +45,20 @@ _GIT_MODULE = re.compile(
 )
 _LOCAL_MODULE = re.compile(r"\.{1,2}(?:/[A-Za-z0-9._~-]+)*/?")
 _PLACEHOLDER = re.compile(r"@MLCI_[A-Z]+@")
+# What `mlci init` adds to the repository's .gitignore: the workspace (stage cache, artifacts, the local
+# registry, deployed servers and their prediction logs) and a prediction log and monitor state kept in the
+# repository (`mlci serve --log-dir predictions`; the monitor's state defaults to <log-dir>/../monitor-state).
+GITIGNORE = Path(".gitignore")
+GITIGNORE_LINES = (".mlci/", "/predictions/", "/monitor-state/")
+_GITIGNORE_HEADER = (
+    "# mlci: workspace (stage cache, artifacts, local registry, deploys), prediction log, monitor state"
+)
+
+
+class BadInput(click.ClickException):
+    """A refusal caused by what the user gave or has on disk: exit 2, as the README says for `mlci init`."""
+
+    exit_code = 2
 
 
 def default_module() -> str:
@@ -104,6 +121,36 @@ def check_module(module: str, root: Path) -> str:
     return module
 
 
+def _ignore_key(line: str) -> str:
+    """A .gitignore line as a comparable pattern: '.mlci', '/.mlci' and '.mlci/' all keep .mlci/ out."""
+    return line.strip().strip("/")
+
+
+def gitignore_update(root: Path) -> tuple[str | None, list[str]]:
+    """(the new .gitignore text or None when nothing is missing, the lines it adds).
+
+    An existing .gitignore keeps every line of its own; only the missing GITIGNORE_LINES are appended.
+    """
+    path = root / GITIGNORE
+    if path.exists() and not path.is_file():
+        raise BadInput(
+            f"'{GITIGNORE}' in '{root}' is not a file; mlci init adds ignore lines to it. Remove or rename it."
+        )
+    try:
+        text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    except UnicodeDecodeError:
+        raise BadInput(
+            f"'{GITIGNORE}' in '{root}' is not UTF-8 text; fix it, then run mlci init again."
+        ) from None
+    present = {_ignore_key(line) for line in text.splitlines()}
+    missing = [line for line in GITIGNORE_LINES if _ignore_key(line) not in present]
+    if not missing:
+        return None, []
+    prefix = text if not text or text.endswith("\n") else text + "\n"
+    separator = "\n" if prefix else ""
+    return prefix + separator + "\n".join([_GITIGNORE_HEADER, *missing]) + "\n", missing
+
+
 def _is_python_project(root: Path) -> bool:
     """Whether ``root`` has a Python project definition, which the module's lint + test need."""
     return any((root / name).is_file() for name in ("pyproject.toml", "setup.py"))
@@ -140,6 +187,7 @@ task = "{task}"
 [data]
 path = {_toml_str(data)}
 target = {_toml_str(target)}
+drop = []  # columns to leave out of the model; a column here is no feature even if listed below
 
 [data.features]
 {feature_lines}
@@ -171,9 +219,7 @@ def _infer(path: Path, data: Path, target: str | None, task: str | None) -> tupl
     frame = read_table(path)
     columns = [str(c) for c in frame.columns]
     if len(frame) == 0:
-        raise click.ClickException(
-            f"'{data}' has a header but no data rows; mlci init needs rows to infer types from."
-        )
+        raise BadInput(f"'{data}' has a header but no data rows; mlci init needs rows to infer types from.")
     if target is None:
         if "target" not in columns:
             raise click.UsageError(
@@ -188,9 +234,7 @@ def _infer(path: Path, data: Path, target: str | None, task: str | None) -> tupl
         )
     features = {col: infer_kind(frame[col]) for col in columns if col != target}
     if not features:
-        raise click.ClickException(
-            f"'{data}' holds only the target column {target!r}; a model needs feature columns."
-        )
+        raise BadInput(f"'{data}' holds only the target column {target!r}; a model needs feature columns.")
     if task is None:
         y = frame[target]
         numeric = infer_kind(y) == "numeric"
@@ -287,14 +331,21 @@ def register(group: click.Group) -> None:
                 )
         existing = [str(p) for p in files if (root / p).exists()]
         if existing and not force:
-            raise click.ClickException(
+            raise BadInput(
                 f"Not overwriting {', '.join(existing)} in '{root}'; pass --force to replace them."
             )
+        ignore_text, ignore_added = gitignore_update(root)
         for path, content in files.items():
             (root / path).parent.mkdir(parents=True, exist_ok=True)
             (root / path).write_text(content, encoding="utf-8")
+        if ignore_text is not None:
+            (root / GITIGNORE).write_text(ignore_text, encoding="utf-8")
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(_count(features).items()))
         click.echo(f"wrote {', '.join(str(p) for p in files)} in {root}")
+        if ignore_added:
+            click.echo(f"  {GITIGNORE}: added {', '.join(ignore_added)}")
+        else:
+            click.echo(f"  {GITIGNORE} already ignores {', '.join(GITIGNORE_LINES)}")
         click.echo(f"  task {task}, target {target!r}, {len(features)} features ({kinds})")
         if len(files) > 1:
             click.echo(

@@ -158,7 +158,11 @@ def load_dataset(
     drop: Sequence[str] = (),
     digest: str = "",
 ) -> Dataset:
-    """Load ``path`` and validate it against the declared features (inferred when none are declared)."""
+    """Load ``path`` and validate it against the declared features (inferred when none are declared).
+
+    The features are the declared columns (or, with none declared, every column but the target) minus
+    the ``drop`` columns: a column in ``drop`` is never a feature, whether it is declared or not.
+    """
     frame = read_table(path)
     if frame.shape[0] == 0:
         raise DataError(f"Data file '{path}' has a header but no data rows; expected at least one row.")
@@ -178,7 +182,8 @@ def load_dataset(
     for name in drop:
         if name not in columns:
             raise DataError(f"Column {name!r} in [data] drop is not in '{path}'.{_suggest(name, columns)}")
-    names = list(declared) if declared else [c for c in columns if c != target and c not in drop]
+    # drop wins over [data.features]: `mlci init` lists every column there, and a dropped one stays out.
+    names = [c for c in (declared or columns) if c != target and c not in drop]
     if not names:
         raise DataError(f"'{path}' has no feature columns besides the target {target!r}.")
     kinds = {n: declared.get(n) or infer_kind(frame[n]) for n in names}

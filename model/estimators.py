@@ -6,7 +6,8 @@ import difflib
 import importlib
 import inspect
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,7 +22,17 @@ from mlci.config import EstimatorConfig
 from mlci.errors import ConfigError
 from mlci.model.data import Schema
 
-__all__ = ["build_estimator", "estimator_name", "float32_cast", "import_class", "import_project_module", "is_tree_model", "preprocessor"]
+__all__ = [
+    "Step",
+    "build_estimator",
+    "estimator_name",
+    "float32_cast",
+    "import_class",
+    "import_project_module",
+    "is_tree_model",
+    "preprocessor",
+    "steps",
+]
 
 # Suggestions for a mistyped class path: estimators skl2onnx converts and people reach for first.
 KNOWN_ESTIMATORS = (
@@ -220,3 +231,40 @@ def estimator_name(estimator: Any) -> str:
     while isinstance(estimator, Pipeline):
         estimator = estimator.steps[-1][1]
     return type(estimator).__name__
+
+
+@dataclass(frozen=True)
+class Step:
+    """One estimator inside a (nested) pipeline: its scikit-learn parameter path and the columns it sees."""
+
+    path: str  # as set_params spells it, e.g. 'pre__cat__impute'; '' for the estimator itself
+    estimator: Any
+    columns: tuple[str, ...] | None  # the enclosing ColumnTransformer branch's columns, when named
+
+
+def steps(estimator: Any, path: str = "", columns: tuple[str, ...] | None = None) -> Iterator[Step]:
+    """Every estimator in ``estimator``, itself first, through Pipelines, ColumnTransformers and unions."""
+    yield Step(path, estimator, columns)
+    prefix = f"{path}__" if path else ""
+    if isinstance(estimator, Pipeline):
+        for name, step in estimator.steps:
+            yield from steps(step, prefix + name, columns)
+    elif isinstance(estimator, ColumnTransformer):
+        branches = getattr(estimator, "transformers_", estimator.transformers)
+        for name, transformer, selected in branches:
+            named = _column_names(selected)
+            if not isinstance(transformer, str):  # 'drop' / 'passthrough' convert to nothing
+                yield from steps(transformer, prefix + name, named if named is not None else columns)
+    elif hasattr(estimator, "transformer_list"):  # FeatureUnion
+        for name, transformer in estimator.transformer_list:
+            if not isinstance(transformer, str):
+                yield from steps(transformer, prefix + name, columns)
+
+
+def _column_names(selected: Any) -> tuple[str, ...] | None:
+    """A ColumnTransformer branch's columns when given by name (not by position, mask or callable)."""
+    if isinstance(selected, str):
+        return (selected,)
+    if isinstance(selected, (list, tuple)) and all(isinstance(c, str) for c in selected):
+        return tuple(selected)
+    return None

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.base import is_classifier
@@ -16,7 +17,10 @@ from mlci.model.data import Schema
 from mlci.model.onnxio import feeds_from_frame, open_session, predict
 from mlci.model.train import load_data, load_split, load_trained
 
-__all__ = ["ExportResult", "ParityReport", "check_parity", "convert", "run_export"]
+if TYPE_CHECKING:
+    from mlci.model.estimators import Step
+
+__all__ = ["ExportResult", "ParityReport", "check_parity", "conversion_error", "convert", "run_export"]
 
 MODEL_FILE = "model.onnx"
 PARITY_FILE = "parity.json"
@@ -58,8 +62,7 @@ class ParityReport:
 
 
 def convert(estimator: Any, schema: Schema, name: str, opset: int, optimise: bool = True) -> bytes:
-    """ONNX bytes for ``estimator``; a converter failure becomes an ExportError naming the estimator."""
-    from mlci.model.estimators import estimator_name
+    """ONNX bytes for ``estimator``; a converter failure becomes an ExportError naming the failing step."""
     from mlci.model.onnx_convert import convert_with_fallback
 
     options = {id(estimator): {"zipmap": False}} if is_classifier(estimator) else None
@@ -68,13 +71,123 @@ def convert(estimator: Any, schema: Schema, name: str, opset: int, optimise: boo
             estimator, [(f.name, f.kind) for f in schema.features], name, opset, ML_OPSET, options, optimise
         )
     except Exception as exc:  # skl2onnx raises bare RuntimeError/TypeError/NameError for unsupported models
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(
-            f"skl2onnx cannot convert {estimator_name(estimator)} to ONNX: {type(exc).__name__}: {first} "
-            "Choose an estimator skl2onnx supports (see https://onnx.ai/sklearn-onnx/supported.html) "
-            "or register a custom converter."
-        ) from exc
+        raise ExportError(conversion_error(estimator, schema, exc)) from exc
     return bytes(onx.SerializeToString())
+
+
+def conversion_error(estimator: Any, schema: Schema, exc: BaseException) -> str:
+    """One readable line: which step skl2onnx failed on, its error (and cause) in short, and what to do."""
+    from mlci.model.estimators import estimator_name
+
+    step = _failing_step(estimator, exc)
+    final = estimator_name(estimator)
+    if step is None or step.estimator is _final_step(estimator):
+        where = final + (f" (step '{step.path}')" if step is not None and step.path else "")
+    else:
+        what = f"{type(step.estimator).__name__}{_on_columns(step, schema)}"
+        where = f"step '{step.path}' ({what}) of the {final} pipeline"
+    hint = _hint(step, schema) if step is not None else None
+    versions = f"skl2onnx {_version('skl2onnx')} supports with scikit-learn {_version('scikit-learn')}"
+    advice = hint or (
+        f"Choose an estimator {versions} "
+        "(see https://onnx.ai/sklearn-onnx/supported.html) or register a custom converter."
+    )
+    return f"skl2onnx cannot convert {where} to ONNX: {_describe(exc)} {advice}"
+
+
+def _on_columns(step: Step, schema: Schema) -> str:
+    """" on categorical columns 'a', 'b'" (the kind when all share one); "" when the columns are unnamed."""
+    if not step.columns:
+        return ""
+    kinds = {f.name: f.kind for f in schema.features}
+    found = {kinds.get(c) for c in step.columns}
+    kind = f"{found.pop()} " if len(found) == 1 and None not in found else ""
+    return f" on {kind}columns {', '.join(map(repr, step.columns))}"
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+def _final_step(estimator: Any) -> Any:
+    while hasattr(estimator, "steps"):
+        estimator = estimator.steps[-1][1]
+    return estimator
+
+
+def _failing_step(estimator: Any, exc: BaseException) -> Step | None:
+    """The Step whose skl2onnx converter raised ``exc``, or None when no converter was running.
+
+    skl2onnx calls each converter as ``converter(scope, operator, container)``; ``operator.raw_operator``
+    is the scikit-learn object being converted. The innermost frame of the traceback holding such an
+    operator is the step that failed (only objects of ``estimator`` count).
+    """
+    from mlci.model.estimators import steps
+
+    by_id = {id(step.estimator): step for step in steps(estimator)}
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        raw = getattr(frame.f_locals.get("operator"), "raw_operator", None)
+        if id(raw) in by_id and by_id[id(raw)].estimator is raw:
+            return by_id[id(raw)]
+    return None
+
+
+def _hint(step: Step, schema: Schema) -> str | None:
+    """What to write instead, for the failures users meet most: a string imputer looking for NaN."""
+    from sklearn.impute import SimpleImputer
+
+    imputer = step.estimator
+    categorical = {f.name for f in schema.features if f.kind == "categorical"}
+    on_strings = step.columns is not None and set(step.columns) <= categorical
+    if isinstance(imputer, SimpleImputer) and on_strings and not isinstance(imputer.missing_values, str):
+        return (
+            'Categorical missing values arrive as "" (empty strings, never NaN), so this '
+            f"SimpleImputer(missing_values={imputer.missing_values!r}) imputes nothing and skl2onnx "
+            'converts a string imputer only with a string missing_values. Use missing_values="": '
+            'SimpleImputer(strategy="most_frequent", missing_values="") or '
+            'SimpleImputer(strategy="constant", missing_values="", fill_value="(missing)") '
+            "(what mlci's declarative pipeline uses)."
+        )
+    return None
+
+
+_NODE = re.compile(r"Unable to create node '([^']*)' with name='[^']*' and attributes=\{", re.DOTALL)
+_MAX_MESSAGE = 600
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` in one line and short, then what caused it (skl2onnx wraps the real error)."""
+    parts = [f"{type(exc).__name__}: {_short(str(exc))}"]
+    cause = exc.__cause__
+    while cause is not None and len(parts) < 3:
+        parts.append(f"caused by {type(cause).__name__}: {_short(str(cause))}")
+        cause = cause.__cause__
+    return "; ".join(parts).rstrip(".") + "."
+
+
+def _short(message: str) -> str:
+    """A converter message on one line: an ONNX node's attribute dump (hundreds of KB of arrays) becomes
+    the list of its attribute names; anything still too long is cut at a space, saying how much was cut."""
+    node = _NODE.search(message)
+    if node is not None:
+        names = re.findall(r"(?:^|\n|\{)\s*'(\w+)':", message[node.end() - 1 :])
+        listed = f" from its {len(names)} attributes ({', '.join(names)})" if names else ""
+        message = f"{message[: node.start()]}Unable to create ONNX node '{node.group(1)}'{listed}"
+    flat = " ".join(message.split()) or "no message"
+    if len(flat) <= _MAX_MESSAGE:
+        return flat
+    cut = flat[:_MAX_MESSAGE].rsplit(" ", 1)[0]
+    return f"{cut} … [{len(flat) - len(cut)} more characters]"
 
 
 def check_parity(

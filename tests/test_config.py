@@ -119,3 +119,35 @@ def test_factory_that_needs_arguments_is_a_config_error(tmp_path: Path, spec: st
     config = parse_config(cfg(estimator={"factory": spec}), tmp_path / "mlci.toml")
     with pytest.raises(ConfigError, match=r"needs argument.*takes no arguments and returns an unfitted"):
         build_estimator(config.estimator, Schema(task="classification", features=(), target="y"), 0, tmp_path)
+
+
+def test_drop_wins_over_data_features(tmp_path: Path) -> None:
+    """`mlci init` lists every column in [data.features], so a column the user then adds to [data] drop
+    is in both. drop is the explicit "ignore this column": it wins, and the column is no feature (it was
+    silently kept before, e.g. a second target leaking into the model)."""
+    from mlci.model.data import load_dataset
+
+    (tmp_path / "d.csv").write_text("a,b,leak,y\n1,x,0,0\n2,y,1,1\n3,x,0,0\n4,y,1,1\n")
+    features = {"a": "numeric", "b": "categorical", "leak": "numeric"}
+    config = parse_config(cfg(data__features=features, data__drop=["leak"]), tmp_path / "mlci.toml")
+    dataset = load_dataset(config.data.path, "y", "classification", config.data.features, config.data.drop)
+    assert dataset.schema.names == ["a", "b"] and list(dataset.X.columns) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("data", "needles"),
+    [
+        (
+            {"features": {"a": "numeric"}, "drop": ["a"]},
+            ["[data] drop", "removes every column listed in [data.features] (a)", "no features are left"],
+        ),
+        ({"drop": ["y"]}, ["[data] drop lists the target 'y'", "remove it from drop"]),
+    ],
+)
+def test_drop_that_leaves_nothing_or_drops_the_target_is_refused(
+    tmp_path: Path, data: dict[str, Any], needles: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(cfg(**{f"data__{k}": v for k, v in data.items()}), tmp_path / "mlci.toml")
+    for needle in needles:
+        assert needle in str(info.value)

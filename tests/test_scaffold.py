@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +69,25 @@ def test_the_scaffolded_config_trains(repo: Path) -> None:
     assert (repo / "out" / "estimator.skops").is_file()
 
 
+def test_a_column_added_to_drop_is_left_out_though_init_listed_it(repo: Path) -> None:
+    """init lists every column in [data.features]; the user then drops 'spend' (a second target, which
+    leaks the answer). drop wins: the trained schema has no 'spend' (it was silently kept before)."""
+    code, out = init(
+        str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo), "--ci", "none"
+    )
+    assert code == 0, out
+    config_path = repo / "mlci.toml"
+    text = re.sub(r"(?m)^drop = .*\n", "", config_path.read_text())
+    config_path.write_text(text.replace('target = "churn"\n', 'target = "churn"\ndrop = ["spend"]\n', 1))
+    assert "spend" in load_config(config_path).data.features  # still listed there, as init wrote it
+    result = CliRunner().invoke(
+        cli, ["train", "--config", str(config_path), "--out", str(repo / "out")], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    schema = json.loads((repo / "out" / "train.json").read_text())["schema"]
+    assert [f["name"] for f in schema["features"]] == ["age", "income", "plan", "region"]
+
+
 @pytest.mark.parametrize(
     ("target", "task"), [("spend", "regression"), ("churn", "classification"), ("age", "regression")]
 )
@@ -87,15 +108,56 @@ def test_integer_codes_with_few_values_are_classes(tmp_path: Path) -> None:
 def test_refuses_to_overwrite_without_force_and_writes_nothing(repo: Path) -> None:
     (repo / ".gitlab-ci.yml").write_text("mine\n")
     code, out = init(str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo))
-    assert code == 1 and "Not overwriting .gitlab-ci.yml" in out and "--force" in out
+    # Bad input, exit 2, as the README's command table says for init (it was click's default 1).
+    assert code == 2 and "Not overwriting .gitlab-ci.yml" in out and "--force" in out
     assert (repo / ".gitlab-ci.yml").read_text() == "mine\n"
     assert not (repo / "mlci.toml").exists() and not (repo / ".github").exists()
+    assert not (repo / ".gitignore").exists()
     code, out = init(str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo), "--force")
     assert code == 0, out
     assert (
         "mlci.toml" in (repo / ".gitlab-ci.yml").read_text()
         and "mine" not in (repo / ".gitlab-ci.yml").read_text()
     )
+
+
+def test_gitignore_gets_the_workspace_and_the_prediction_log(repo: Path) -> None:
+    """init writes a .gitignore so that `git add .` after `mlci run` commits no stage cache, artifacts,
+    local registry or prediction log."""
+    code, out = init(
+        str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo), "--ci", "none"
+    )
+    assert code == 0, out
+    lines = (repo / ".gitignore").read_text().splitlines()
+    assert {".mlci/", "/predictions/", "/monitor-state/"} <= set(lines)
+    assert ".gitignore" in out
+
+
+def test_gitignore_is_appended_to_without_duplicating_lines(repo: Path) -> None:
+    (repo / ".gitignore").write_text("__pycache__/\n.mlci/\n*.log")  # no final newline
+    args = (str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo), "--ci", "none")
+    assert init(*args)[0] == 0
+    first = (repo / ".gitignore").read_text()
+    lines = first.splitlines()
+    assert lines[:3] == ["__pycache__/", ".mlci/", "*.log"]  # the user's lines, untouched
+    assert (
+        lines.count(".mlci/") == 1
+        and lines.count("/predictions/") == 1
+        and lines.count("/monitor-state/") == 1
+    )
+    code, out = init(*args, "--force")  # again: nothing to add
+    assert code == 0, out
+    assert (repo / ".gitignore").read_text() == first
+    assert "already ignores" in out
+
+
+def test_gitignore_that_is_not_a_file_is_refused(repo: Path) -> None:
+    (repo / ".gitignore").mkdir()
+    code, out = init(
+        str(repo / "data" / "customers.csv"), "--target", "churn", "--dir", str(repo), "--ci", "none"
+    )
+    assert code == 2 and "'.gitignore'" in out and "not a file" in out
+    assert not (repo / "mlci.toml").exists()
 
 
 def test_only_the_chosen_vendors(repo: Path) -> None:
@@ -135,10 +197,10 @@ def test_data_must_exist_inside_the_repository(repo: Path, tmp_path: Path) -> No
 def test_a_header_without_rows_or_only_a_target_is_refused(tmp_path: Path) -> None:
     (tmp_path / "empty.csv").write_text("a,target\n")
     code, out = init(str(tmp_path / "empty.csv"), "--dir", str(tmp_path))
-    assert code == 1 and "no data rows" in out
+    assert code == 2 and "no data rows" in out
     (tmp_path / "only.csv").write_text("target\n1\n0\n")
     code, out = init(str(tmp_path / "only.csv"), "--dir", str(tmp_path))
-    assert code == 1 and "only the target column" in out
+    assert code == 2 and "only the target column" in out
     assert not (tmp_path / "mlci.toml").exists()
 
 
