@@ -23,6 +23,8 @@ def prometheus_text(report: Mapping[str, Any], rows_total: int, alerts: list[dic
         out.extend(f"{name}{{model=\"{model}\"{extra}}} {value!r}" for extra, value in samples)
 
     metric("mlci_monitor_rows_total", "counter", "Rows judged by the monitor.", [("", float(rows_total))])
+    metric("mlci_monitor_synthetic_rows_total", "counter", "Synthetic rows (smoke tests, checks) left out.",
+           [("", float(report.get("synthetic_rows_total", 0)))])  # fmt: skip
     metric("mlci_monitor_cycle_seconds", "gauge", "Duration of the last cycle.", [("", float(report.get("duration_s", 0.0)))])
     windows = report["windows"]
     if windows:

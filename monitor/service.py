@@ -39,7 +39,7 @@ from mlci.monitor.outliers import OutlierDetector, outlier_test
 from mlci.monitor.performance import evaluate_performance, join_labels, read_labels
 from mlci.monitor.policy import Decision, decide, new_state
 from mlci.monitor.settings import Settings
-from mlci.monitor.window import Window, WindowBuilder
+from mlci.monitor.window import Window, WindowBuilder, traffic_note
 from mlci.serving.predlog import BlobReader
 
 __all__ = ["Action", "Monitor"]
@@ -211,6 +211,9 @@ class Monitor:
                 self._index(traffic.window)
         elif lines and not rows:
             state["cursor"] = cursor  # nothing of ours in them: never re-read
+        synthetic, unmarked = parser.builder.synthetic_rows, parser.builder.unmarked_rows
+        if state["cursor"] is cursor:  # the lines are read for good: count their synthetic rows once
+            state["synthetic_rows_total"] = state.get("synthetic_rows_total", 0) + synthetic
         performance = self._performance(state) if self.labels is not None else None
         if performance is not None and performance["status"] != "insufficient":
             policy_state, made = decide(policy_state, {"decay": performance["status"] == "decay"}, now, s.policy())
@@ -223,8 +226,11 @@ class Monitor:
             "model": self.artifact_.name,
             "digest": self.artifact_.digest,
             "status": status,
-            "message": self._message(status, windows, performance, rows),
+            "message": self._message(status, windows, performance, rows) + traffic_note(synthetic, unmarked),
             "rows": rows,
+            "synthetic_rows": synthetic,  # smoke tests, post-deploy checks: in no window
+            "synthetic_rows_total": state.get("synthetic_rows_total", 0),
+            "unmarked_rows": unmarked,  # judged, from a server older than the traffic mark
             "new_lines": lines,
             "skipped_other_model": skipped,
             "bad_lines": bad,

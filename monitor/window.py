@@ -23,6 +23,12 @@ hold both (a server upgraded in place keeps appending to the same file):
 - older: no ``numeric``; every feature as a list under ``inputs`` (``null`` for a missing numeric
   value) and every output as a plain (nested) list.
 
+Every current record also says ``"synthetic": true`` or ``false``: true for a request its client marked
+as synthetic traffic (the smoke test, the post-deploy check). Those never enter a window, so no drift,
+outlier or performance check sees them; the builder counts them. A record without the key comes from a
+server older than the mark, where a check's rows cannot be told from real ones: it is taken in as
+traffic (as it always was) and its rows are counted as *unmarked*, so the report can say so.
+
 A window concatenates them, in log order, into one numpy column per feature (numeric: float64 with NaN
 for a missing value; categorical: ``str`` with ``""`` for a missing one) and one array per output. A
 packed matrix is decoded once and kept as a numpy block; it is never turned into Python lists.
@@ -39,7 +45,9 @@ import numpy as np
 from mlci.monitor.errors import MonitorError
 from mlci.serving.predlog import BlobReader, unpack_array
 
-__all__ = ["Window", "WindowBuilder", "build_window"]
+__all__ = ["Window", "WindowBuilder", "build_window", "traffic_note"]
+
+_UNMARKED = object()  # a record without the "synthetic" key: from a server older than the traffic mark
 
 
 @dataclass(frozen=True)
@@ -179,10 +187,16 @@ class WindowBuilder:
         self._values = _Rows(_first)
         self.record_rows: list[int] = []
         self._ts: list[float] = []
+        self.synthetic_rows = self.synthetic_records = 0  # left out: smoke tests, post-deploy checks
+        self.unmarked_rows = 0  # taken in, from records older than the traffic mark
 
     def add(self, record: Mapping[str, Any]) -> None:
         """Append one prediction-log record (either format); raise, leaving the builder unchanged, if it does
-        not fit the schema or holds a malformed packed array."""
+        not fit the schema or holds a malformed packed array.
+
+        A record marked ``"synthetic": true`` is only counted (:attr:`synthetic_rows`); one without the
+        key (written before the mark existed) is taken in and its rows counted in :attr:`unmarked_rows`.
+        """
         rows = record.get("rows")
         inputs = record.get("inputs")
         if not isinstance(rows, int) or not isinstance(inputs, dict):
@@ -192,6 +206,16 @@ class WindowBuilder:
         if "id" not in record:
             raise MonitorError(f"Log record with {rows} row(s) has no 'id'; is this an mlci prediction log?")
         rid = record["id"]
+        mark = record.get("synthetic", _UNMARKED)
+        if mark is True:  # a smoke test's or a check's request: never traffic to judge
+            self.synthetic_rows += rows
+            self.synthetic_records += 1
+            return
+        if mark is not False and mark is not _UNMARKED:
+            raise MonitorError(
+                f"Log record {rid!r} has 'synthetic' {mark!r:.40}; expected true or false (the server's "
+                "traffic mark). Was it written by another program?"
+            )
         packed = record.get("numeric")
         # Packed arrays are decoded and checked before anything is appended; the input lists are checked
         # while they are appended, and the ones already appended taken back if one does not fit.
@@ -247,6 +271,8 @@ class WindowBuilder:
         self._ids.extend([str(rid)] * rows)
         self._index.extend(range(rows))
         self.record_rows.append(rows)
+        if mark is _UNMARKED:
+            self.unmarked_rows += rows
         if self.task == "classification":
             self._labels.extend(label.ravel().tolist() if isinstance(label, np.ndarray) else label or ())
             if isinstance(probabilities, np.ndarray):
@@ -330,6 +356,20 @@ class WindowBuilder:
             values=values,
             ts=np.array(self._ts, dtype=np.float64),
         )
+
+
+def traffic_note(synthetic_rows: int, unmarked_rows: int) -> str:
+    """What a report's message adds about rows it left out, or judged without knowing what they were."""
+    note = ""
+    if synthetic_rows:
+        note += f"; {synthetic_rows} synthetic rows (smoke tests, post-deploy checks) left out"
+    if unmarked_rows:
+        note += (
+            f"; {unmarked_rows} rows were logged by a server from before traffic marking (no 'synthetic' "
+            "field): they are judged as real traffic, and smoke or post-deploy requests among them cannot "
+            "be told apart"
+        )
+    return note
 
 
 def build_window(

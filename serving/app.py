@@ -47,6 +47,8 @@ from mlci.serving.predlog import PredictionLog
 from mlci.serving.protocol import encode_response
 from mlci.serving.runtime import ModelInfo, ModelRuntime, model_info
 from mlci.serving.settings import Settings
+from mlci.serving.traffic import RAW_NAME as _TRAFFIC_KEY
+from mlci.serving.traffic import is_synthetic
 
 __all__ = ["ServerState", "create_app"]
 
@@ -154,10 +156,10 @@ class ServerState:
         return runtime
 
 
-def _infer_headers(request: Request) -> tuple[int | None, int | None, bytes | None]:
-    """Content-Length, Inference-Header-Content-Length and Content-Encoding, in one pass over the raw
-    (lower-cased) headers."""
-    content_length = header_length = encoding = None
+def _infer_headers(request: Request) -> tuple[int | None, int | None, bytes | None, bool]:
+    """Content-Length, Inference-Header-Content-Length, Content-Encoding and whether the request is
+    marked synthetic (``X-MLCI-Traffic``), in one pass over the raw (lower-cased) headers."""
+    content_length = header_length = encoding = traffic = None
     for key, value in request.scope["headers"]:
         if key == b"content-length":
             content_length = value
@@ -165,10 +167,13 @@ def _infer_headers(request: Request) -> tuple[int | None, int | None, bytes | No
             header_length = value
         elif key == b"content-encoding":
             encoding = value
+        elif key == _TRAFFIC_KEY:
+            traffic = value
     return (
         _byte_count("Content-Length", content_length),
         _byte_count("Inference-Header-Content-Length", header_length),
         encoding,
+        traffic is not None and is_synthetic(traffic),
     )
 
 
@@ -281,7 +286,7 @@ def _routes(state: ServerState) -> list[Route]:
         request.scope["mlci.endpoint"] = "infer"
         start = request.scope["mlci.start"] = time.perf_counter()
         runtime = state.check_model(request)
-        content_length, header_length, encoding = _infer_headers(request)
+        content_length, header_length, encoding, synthetic = _infer_headers(request)
         body = await _read_body(request, content_length, state)
         if encoding is not None:
             body = _decompress(body, encoding, state.settings.max_body_bytes)
@@ -321,9 +326,12 @@ def _routes(state: ServerState) -> list[Route]:
                 decoded.categories,
                 by_name,  # probabilities are float32 already (runtime.PROBABILITY_TYPE)
                 None if labels is None else {runtime.label_output: (labels.classes, index)},
+                synthetic,
             )
         metrics = state.metrics
-        if labels is not None:
+        if synthetic:  # a smoke test's or a check's rows: counted apart from the predictions
+            metrics.synthetic_rows += decoded.rows
+        elif labels is not None:
             metrics.inference(decoded.rows, None, labels.counts(index))
         else:
             metrics.inference(decoded.rows, results[0] if info.task == "classification" else None)

@@ -50,8 +50,8 @@ class _Histogram:
 
 
 class ServingMetrics(Collector):
-    """Request counts by endpoint and status, latency, batch sizes, predictions per class, log health, limits
-    hit, readiness."""
+    """Request counts by endpoint and status, latency, batch sizes, predictions per class, synthetic rows,
+    log health, limits hit, readiness."""
 
     def __init__(self, *, model: str, digest: str, registry: CollectorRegistry | None = None) -> None:
         self.model = model
@@ -61,6 +61,7 @@ class ServingMetrics(Collector):
         self.batch = _Histogram(BATCH_BUCKETS)
         self.onnxruntime_rows = _Histogram(BATCH_BUCKETS)
         self.predictions: dict[str, int] = {}
+        self.synthetic_rows = 0  # rows of requests marked X-MLCI-Traffic: synthetic (not in predictions)
         self.log_lines = 0
         self.log_dropped = 0
         self.limits: dict[str, int] = {}
@@ -160,6 +161,14 @@ class ServingMetrics(Collector):
         for label, count in sorted(self.predictions.items()):
             predictions.add_metric([d, label], count)
         yield predictions
+        synthetic = CounterMetricFamily(
+            "mlci_synthetic_rows",
+            "Rows of requests marked synthetic (X-MLCI-Traffic: smoke tests, post-deploy checks); "
+            "not in mlci_predictions or mlci_batch_rows.",
+            labels=["digest"],
+        )
+        synthetic.add_metric([d], self.synthetic_rows)
+        yield synthetic
         lines = CounterMetricFamily(
             "mlci_prediction_log_lines", "Lines written to the prediction log.", labels=["digest"]
         )

@@ -31,7 +31,7 @@ Files in ``directory``, one *segment* at a time:
 One line (``ts`` is Unix time in seconds; keys in this order)::
 
     {"id": "...", "ts": 1767225600.123456, "model": "name", "digest": "sha256:...", "rows": 1024,
-     "inputs": {"<categorical feature>": ["a", "", ...], ...},
+     "synthetic": false, "inputs": {"<categorical feature>": ["a", "", ...], ...},
      "outputs": {"label": {"dtype": "|u1", "shape": [1024], "b64": "AAE...", "classes": ["benign", "malignant"]},
                  "probabilities": {"dtype": "<f4", "shape": [1024, 2], "blob": ["predictions-...-000003.bin", 122944]}},
      "numeric": {"dtype": "<f4", "shape": [30, 1024], "blob": ["predictions-...-000003.bin", 64]}}
@@ -48,6 +48,13 @@ inputs, labels of other models) stay JSON lists, a missing category ``""``. :fun
 packed array back, checking it (with a :class:`BlobReader` for arrays in a blob file). Records written
 before packing existed carry every feature as a JSON list under ``inputs`` (``null`` for missing); the
 monitor reads every format.
+
+``synthetic`` is true for a request its client marked as synthetic traffic (``X-MLCI-Traffic:
+synthetic``, see :mod:`mlci.serving.traffic`: mlci's smoke test and post-deploy check), false for all
+others. Marked requests are written, not skipped: the log is then a record of every check a version got
+(when, on which rows, with which answers), and the monitor leaves them out of its windows and counts
+them. Records written before the mark existed have no ``synthetic`` key; the monitor counts their rows
+as *unmarked* (a check's rows among them cannot be told apart).
 """
 
 from __future__ import annotations
@@ -403,6 +410,7 @@ class PredictionLog:
         categories: dict[str, list[str]],
         outputs: dict[str, np.ndarray],
         labels: dict[str, tuple[Sequence[str], np.ndarray]] | None = None,
+        synthetic: bool = False,
     ) -> bool:
         """Serialize one record and queue it; False if the queue is full (``max_pending`` records or
         ``max_pending_bytes``: the disk cannot keep up) or the log closed: the record is dropped and counted.
@@ -413,6 +421,8 @@ class PredictionLog:
         class names and indices (then packed indices: 1 byte a row instead of the name in JSON). Outputs
         of fewer than 64 values (a single row's) stay plain JSON lists: cheaper to write than to pack.
         Arrays of ``blob_from`` bytes or more go to the blob file; the arrays must not change afterwards.
+        ``synthetic`` marks a smoke test's or a check's request (``X-MLCI-Traffic: synthetic``): written
+        on every record, true or false, so that a record without it is known to be older than the mark.
         """
         blobs: _Blobs = []
         record: dict[str, Any] = {
@@ -421,6 +431,7 @@ class PredictionLog:
             "model": self.model,
             "digest": self.digest,
             "rows": rows,
+            "synthetic": synthetic,
             "inputs": categories,
             "outputs": {
                 name: _output(array, labels.get(name) if labels else None, blobs, self.blob_from)

@@ -4,6 +4,8 @@
 post-deploy check), waits for readiness with a bounded timeout, sends holdout rows one at a time (for
 latency) and as one batch, and compares every output with onnxruntime run in this process on the same
 artifact. The server is always stopped, also on failure; its log tail is quoted when it fails to start.
+Every request is marked ``X-MLCI-Traffic: synthetic`` (:mod:`mlci.serving.traffic`): a live server logs it
+flagged, and the monitor never takes it for production traffic.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from mlci.errors import CheckFailed
+from mlci.serving.traffic import SYNTHETIC_HEADERS
 
 __all__ = ["ServerProcess", "SmokeReport", "free_port", "run_smoke", "start_server"]
 
@@ -191,7 +194,7 @@ def run_smoke(
         expected_all = in_process()
         infer = f"{base}/v2/models/{manifest['name']}/infer"
         latencies, mismatches = [], []
-        with httpx.Client(timeout=10.0) as client:
+        with httpx.Client(timeout=10.0, headers=SYNTHETIC_HEADERS) as client:  # logged flagged, not monitored
             for i in range(len(X)):
                 body = _request(features, X.iloc[[i]])
                 t0 = time.perf_counter()

@@ -61,12 +61,19 @@ def bc(tmp_path_factory: pytest.TempPathFactory) -> Project:
 
 
 def predict_records(
-    artifact: Path, frame: pd.DataFrame, *, batch: int = 1, start: int = 0, prefix: str = "req"
+    artifact: Path,
+    frame: pd.DataFrame,
+    *,
+    batch: int = 1,
+    start: int = 0,
+    prefix: str = "req",
+    synthetic: bool | None = False,
 ) -> list[dict[str, Any]]:
     """Prediction-log records for ``frame`` exactly as the server writes them (serving/predlog.py), outputs
     from the real model.onnx: the numeric features packed as one float32 feature-major ``(n_numeric, rows)``
     matrix (NaN missing), categorical features as string lists (``""`` missing), numeric outputs packed,
-    class labels as packed indices plus the class names."""
+    class labels as packed indices plus the class names. ``synthetic`` is the traffic mark (True: a smoke
+    test's request); None leaves the key out, as a server from before traffic marking did."""
     from mlci.model.onnxio import open_session
 
     manifest = orjson.loads((artifact / "manifest.json").read_bytes())
@@ -93,6 +100,8 @@ def predict_records(
             "id": f"{prefix}-{start + i}", "ts": 1767225600.0 + start + i, "model": manifest["name"],
             "digest": manifest["digest"], "rows": len(part),
         }  # fmt: skip
+        if synthetic is not None:
+            record["synthetic"] = synthetic
         if matrix is not None:
             record["numeric"] = pack_array(matrix)
         record["inputs"] = categories
