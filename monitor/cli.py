@@ -154,5 +154,6 @@ def register(group: click.Group) -> None:
             click.echo(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2, sort_keys=True, default=str))
         failed = sum(r["status"] == "error" for r in reports)
         if failed:
-            click.echo(f"Error: {failed} of {len(reports)} cycle(s) failed (see above and errors.json in the state directory).", err=True)
+            where = "see above and errors.json in the state directory"
+            click.echo(f"Error: {failed} of {len(reports)} cycle(s) failed ({where}).", err=True)
         sys.exit(_exit_code(reports, fail_on_drift))

@@ -396,8 +396,9 @@ class Monitor:
         if legacy and not sources:
             sources[key] = {"dev": info.st_dev, "inode": info.st_ino, "offset": int(legacy), "line": 1}
         source = sources.get(key)
-        if source is None or (source["dev"], source["inode"]) != (info.st_dev, info.st_ino) or info.st_size < source["offset"]:
-            source = {"dev": info.st_dev, "inode": info.st_ino, "offset": 0, "line": 1}  # new, replaced or rotated
+        same = source is not None and (source["dev"], source["inode"]) == (info.st_dev, info.st_ino)
+        if source is None or not same or info.st_size < source["offset"]:
+            source = {"dev": info.st_dev, "inode": info.st_ino, "offset": 0, "line": 1}  # new, replaced, rotated
         source["read"] = self.clock()
         sources.pop(key, None)
         sources[key] = source  # most recently read last
@@ -429,8 +430,8 @@ class Monitor:
 
     def _performance(self, state: dict[str, Any]) -> dict[str, Any]:
         fresh, bad = self._read_labels(state)
-        pending: dict[str, dict[str, Any]] = {
-            k: v if isinstance(v, dict) else {"labels": v, "source": None, "line": None}  # older states: a list
+        pending: dict[str, dict[str, Any]] = {  # older states kept a bare list of labels
+            k: v if isinstance(v, dict) else {"labels": v, "source": None, "line": None}
             for k, v in state["pending_labels"].items()
         }
         pending.update(fresh)
@@ -447,7 +448,8 @@ class Monitor:
             where = f"line {entry['line']} " if entry["line"] else ""
             bad.append(BadLine(str(entry["source"]), entry["line"] or 0, text[:1000], f"{where}{reason}"))
 
-        y_true, y_pred, unmatched = join_labels({k: v["labels"] for k, v in pending.items()}, index, on_mismatch=mismatch)
+        labels = {k: v["labels"] for k, v in pending.items()}
+        y_true, y_pred, unmatched = join_labels(labels, index, on_mismatch=mismatch)
         bad.sort(key=lambda b: (b.source, b.line))
         self._quarantine(bad)
         state["labels_quarantined"] = int(state.get("labels_quarantined", 0)) + len(bad)
@@ -496,7 +498,7 @@ class Monitor:
             entry: dict[str, Any] = {"condition": d.condition, "action": d.action, "reason": d.reason, "suppressed": d.suppressed}
             if not d.suppressed:
                 # unique per monitor instance: a fresh state directory also starts at cycle 1
-                alert_id = f"{self.instance_id}-{a.digest[7:19]}-{cycle_no:06d}-{where}-{d.condition}-{d.action}"
+                alert_id = "-".join((self.instance_id, a.digest[7:19], f"{cycle_no:06d}", where, d.condition, d.action))
                 event: dict[str, Any] = {"event": d.action if d.action != "alert" else "alert", "condition": d.condition, "reason": d.reason, **summary}
                 if d.action == "retrain":
                     path = self.state_dir / "retrain" / f"{alert_id}.json"
@@ -533,7 +535,8 @@ class Monitor:
             "labels_quarantined": int(state.get("labels_quarantined", 0)),
             "delivery_failures": dict(state.get("delivery_failures", {})),
         }
-        text = prometheus_text(report, int(state.get("rows_total", 0)), self.outbox.alerts(), counters, self.artifact_.name)
+        rows_total = int(state.get("rows_total", 0))
+        text = prometheus_text(report, rows_total, self.outbox.alerts(), counters, self.artifact_.name)
         tmp = self.state_dir / ".metrics.prom.tmp"
         tmp.write_text(text)
         tmp.replace(self.state_dir / "metrics.prom")
