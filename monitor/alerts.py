@@ -4,31 +4,47 @@ Every alert is first written to ``<outbox>/<id>.json`` (write to a temporary fil
 delivered. One file per alert holds the payload and the delivery record::
 
     {"id", "seq", "created", "status": "pending" | "delivered" | "dead", "attempts", "failures",
-     "next_attempt", "last_error", "delivered_at", "payload": {...}}
+     "rejections", "next_attempt", "last_error", "delivered_at", "payload": {...}}
 
 Delivery POSTs the payload as JSON with an ``Idempotency-Key`` header equal to the alert id (the same
-on every retry, so a receiver can drop duplicates when a response was lost). Within one call each
-pending alert gets up to ``attempts_per_cycle`` tries with exponential backoff. What counts toward
-giving up (``max_failures``, then the file stays, marked ``dead``): an HTTP error answer (5xx, 408,
-429). A 4xx answer means the receiver rejects the payload itself, so the alert is dead at once. An
-unreachable receiver does *not* count: the alert waits for a later cycle, however long the outage.
+on every retry, so a receiver can drop duplicates when a response was lost; the monitor makes ids
+unique per monitor instance). Each POST has a total deadline (``deadline_s``: connect, send and every
+read together; a receiver that drips its answer a byte at a time is cut off). What each answer does:
+
+- 2xx: delivered.
+- 5xx, 408, 425, 429: a failure; up to ``attempts_per_cycle`` tries per call with exponential backoff,
+  then later cycles; after ``max_failures`` failures the alert is marked ``dead`` (the file stays).
+- other 4xx and every 3xx: *rejected*. The receiver refuses this body (e.g. a Slack-style receiver that
+  wants its own format) or the URL is wrong (a redirect is never followed: a POST re-sent elsewhere can
+  lose its body; the error names the ``Location``). Both need a fix by a person, so the alert stays
+  pending and is tried once per due cycle with a long backoff (``reject_backoff_s`` doubling up to
+  ``max_reject_backoff_s``); only after ``max_rejections`` rejections is it ``dead``.
+- 410 Gone: the receiver says this endpoint is gone for good: ``dead`` at once.
+- unreachable, or no complete answer within the deadline: does *not* count; the alert (and the ones
+  after it) wait for a later cycle, however long the outage.
+
+Every outcome but 2xx is returned in :attr:`DeliveryResult.failures` (status, the receiver's reason,
+what happens next) for the caller to say out loud.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
-__all__ = ["DeliveryResult", "Outbox", "atomic_write_json"]
+__all__ = ["DeliveryResult", "Outbox", "atomic_write_json", "webhook_problem"]
 
 _RETRYABLE = {408, 425, 429}
 
@@ -39,7 +55,11 @@ def atomic_write_json(path: Path, document: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY))
+            f.write(
+                orjson.dumps(
+                    document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
+                )
+            )
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -51,12 +71,77 @@ def atomic_write_json(path: Path, document: Any) -> None:
 
 @dataclass(frozen=True)
 class DeliveryResult:
-    """What one delivery pass did."""
+    """What one delivery pass did; ``failures`` has one entry per alert not delivered on its last try:
+    ``{"id", "kind", "error", "status", "retry_at"}`` (kind: failed, rejected, redirect, gone,
+    unreachable, timeout; status: pending or dead; retry_at: the clock time of the next try or None)."""
 
     delivered: list[str]
     pending: list[str]
     dead: list[str]
     attempts: int
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    failed_attempts: dict[str, int] = field(default_factory=dict)
+
+
+_KIND_OUTCOME = {"failed": "failed", "rejected": "rejected", "redirect": "rejected", "gone": "gone",
+                 "unreachable": "unreachable", "timeout": "unreachable"}  # fmt: skip
+
+
+def webhook_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a webhook (http or https with a host), or None when it can."""
+    parts = urlsplit(url)
+    if not parts.scheme or "://" not in url:
+        return "it has no scheme"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"its scheme is {parts.scheme!r}"
+    if not parts.hostname:
+        return "it has no host"
+    try:
+        parts.port  # noqa: B018  (raises on a port that is not a number or out of range)
+    except ValueError as exc:
+        return f"its port is invalid ({exc})"
+    return None
+
+
+class _Deadline:
+    """A wall-clock limit on one HTTP exchange: at expiry it shuts the connection's socket down, which
+    ends a blocked connect, send or read at once (httpx's own timeouts are per operation)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace hook: remember every socket the exchange opens (TCP, then TLS)."""
+        stream = info.get("return_value")
+        sock = getattr(stream, "get_extra_info", lambda _name: None)("socket")
+        if isinstance(sock, socket.socket):
+            with self._lock:
+                self._sockets.append(sock)
+                if self.expired:  # opened just as the time ran out
+                    self._shutdown(sock)
+
+    @staticmethod
+    def _shutdown(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                self._shutdown(sock)
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
 
 
 class Outbox:
@@ -71,6 +156,10 @@ class Outbox:
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
         timeout_s: float = 5.0,
+        deadline_s: float = 10.0,
+        reject_backoff_s: float = 300.0,
+        max_reject_backoff_s: float = 3600.0,
+        max_rejections: int = 24,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -80,19 +169,25 @@ class Outbox:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.timeout_s = timeout_s
+        self.deadline_s = deadline_s
+        self.reject_backoff_s = reject_backoff_s
+        self.max_reject_backoff_s = max_reject_backoff_s
+        self.max_rejections = max_rejections
         self.clock = clock
         self.sleep = sleep
         directory.mkdir(parents=True, exist_ok=True)
 
     def put(self, payload: Mapping[str, Any], alert_id: str | None = None) -> str:
         """Store one alert (pending) and return its id; an existing id is left as it is (idempotent)."""
-        alert_id = alert_id or f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(self.clock()))}-{uuid.uuid4().hex[:12]}"
+        alert_id = (
+            alert_id or f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(self.clock()))}-{uuid.uuid4().hex[:12]}"
+        )
         path = self.directory / f"{alert_id}.json"
         if not path.exists():
             seq = sum(1 for _ in self.directory.glob("*.json"))  # keeps creation order within one clock tick
             atomic_write_json(path, {
                 "id": alert_id, "seq": seq, "created": self.clock(), "status": "pending", "attempts": 0, "failures": 0,
-                "next_attempt": 0.0, "last_error": None, "delivered_at": None, "payload": dict(payload),
+                "rejections": 0, "next_attempt": 0.0, "last_error": None, "delivered_at": None, "payload": dict(payload),
             })  # fmt: skip
         return alert_id
 
@@ -108,67 +203,117 @@ class Outbox:
     def _backoff(self, step: int) -> float:
         return float(min(self.backoff_s * 2**step, self.max_backoff_s))
 
+    def _reject_backoff(self, rejections: int) -> float:
+        return float(min(self.reject_backoff_s * 2 ** max(rejections - 1, 0), self.max_reject_backoff_s))
+
     def deliver(self, url: str | None, client: Any = None) -> DeliveryResult:
         """POST every pending alert that is due to ``url``; returns what was delivered, left or given up.
 
-        ``client`` is an ``httpx.Client`` (tests may pass one with a custom transport); one is created if None.
+        ``client`` is an ``httpx.Client`` (tests may pass one with a custom transport); one is created if
+        None (no redirects followed, no kept-alive connections, so the deadline sees every socket).
         """
         import httpx
 
         delivered: list[str] = []
         dead: list[str] = []
+        failures: list[dict[str, Any]] = []
+        counts: dict[str, int] = {}
         attempts = 0
         pending = self.alerts("pending")
         if url is None or not pending:
             return DeliveryResult([], [d["id"] for d in pending], [], 0)
         own = client is None
-        http = client if client is not None else httpx.Client(timeout=self.timeout_s)
+        http = client if client is not None else httpx.Client(
+            timeout=self.timeout_s, follow_redirects=False, limits=httpx.Limits(max_keepalive_connections=0)
+        )  # fmt: skip
         try:
             for doc in pending:
                 if doc["next_attempt"] > self.clock():
                     continue
-                outcome = ""
+                kind = ""
                 for step in range(self.attempts_per_cycle):
                     if step:
                         self.sleep(self._backoff(step - 1))
                     attempts += 1
                     doc["attempts"] += 1
-                    outcome = self._post(http, url, doc)
-                    if outcome == "delivered":
-                        doc.update(status="delivered", delivered_at=self.clock(), last_error=None)
-                    elif outcome == "rejected" or (outcome == "failed" and doc["failures"] >= self.max_failures):
-                        doc["status"] = "dead"
+                    kind = self._post(http, url, doc)
+                    if kind != "delivered":
+                        counts[kind] = counts.get(kind, 0) + 1
+                    self._settle(doc, kind)
                     self._save(doc)
-                    if doc["status"] != "pending":
-                        break
-                if doc["status"] == "pending":
-                    doc["next_attempt"] = self.clock() + self._backoff(doc["failures"])
-                    self._save(doc)
-                (delivered if doc["status"] == "delivered" else dead if doc["status"] == "dead" else []).append(doc["id"])
-                if outcome == "unreachable":
-                    break  # the receiver is down: the other alerts wait for a later cycle too
+                    if doc["status"] != "pending" or _KIND_OUTCOME.get(kind) != "failed":
+                        break  # only server errors are worth another try right away
+                if doc["status"] == "delivered":
+                    delivered.append(doc["id"])
+                    continue
+                if doc["status"] == "dead":
+                    dead.append(doc["id"])
+                failures.append({"id": doc["id"], "kind": kind, "error": doc["last_error"], "status": doc["status"],
+                                 "retry_at": doc["next_attempt"] if doc["status"] == "pending" else None})  # fmt: skip
+                if _KIND_OUTCOME[kind] == "unreachable":
+                    break  # the receiver is down or stuck: the other alerts wait for a later cycle too
         finally:
             if own:
                 http.close()
         left = [d["id"] for d in self.alerts("pending")]
-        return DeliveryResult(delivered, left, dead, attempts)
+        return DeliveryResult(delivered, left, dead, attempts, failures, counts)
+
+    def _settle(self, doc: dict[str, Any], kind: str) -> None:
+        """Update ``doc``'s status and next try after an attempt that ended as ``kind``."""
+        outcome = _KIND_OUTCOME.get(kind, kind)
+        if outcome == "delivered":
+            doc.update(status="delivered", delivered_at=self.clock(), last_error=None)
+        elif outcome == "gone":
+            doc["status"] = "dead"
+        elif outcome == "failed":
+            doc["failures"] += 1
+            if doc["failures"] >= self.max_failures:
+                doc["status"] = "dead"
+            else:
+                doc["next_attempt"] = self.clock() + self._backoff(doc["failures"])
+        elif outcome == "rejected":
+            doc["rejections"] = doc.get("rejections", 0) + 1
+            if doc["rejections"] >= self.max_rejections:
+                doc["status"] = "dead"
+            else:
+                doc["next_attempt"] = self.clock() + self._reject_backoff(doc["rejections"])
+        else:  # unreachable: does not count, try again next cycle
+            doc["next_attempt"] = self.clock() + self._backoff(doc["failures"])
 
     def _post(self, http: Any, url: str, doc: dict[str, Any]) -> str:
+        """One POST under the deadline; returns its kind and sets ``doc["last_error"]`` when it failed."""
         import httpx
 
-        try:
-            response = http.post(
-                url,
-                content=orjson.dumps(doc["payload"], option=orjson.OPT_SERIALIZE_NUMPY),
-                headers={"Content-Type": "application/json", "Idempotency-Key": doc["id"]},
-            )
-        except httpx.TransportError as exc:
-            doc["last_error"] = f"{type(exc).__name__}: {exc}"
-            return "unreachable"
-        if 200 <= response.status_code < 300:
+        with _Deadline(self.deadline_s) as deadline:
+            try:
+                response = http.post(
+                    url,
+                    content=orjson.dumps(doc["payload"], option=orjson.OPT_SERIALIZE_NUMPY),
+                    headers={"Content-Type": "application/json", "Idempotency-Key": doc["id"]},
+                    # per operation; the deadline bounds the whole exchange
+                    timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, self.deadline_s)),
+                    extensions={"trace": deadline.trace},
+                )
+            except httpx.TransportError as exc:
+                if deadline.expired:
+                    doc["last_error"] = (
+                        f"no complete answer within the {self.deadline_s:g} s delivery deadline"
+                    )
+                    return "timeout"
+                doc["last_error"] = f"{type(exc).__name__}: {exc}"
+                return "unreachable"
+        code = response.status_code
+        if 200 <= code < 300:
             return "delivered"
-        doc["last_error"] = f"HTTP {response.status_code}: {response.text[:200]}"
-        if response.status_code >= 500 or response.status_code in _RETRYABLE:
-            doc["failures"] += 1
+        reason = " ".join(response.text.split())[:300]
+        doc["last_error"] = f"HTTP {code}: {reason}" if reason else f"HTTP {code}"
+        if code >= 500 or code in _RETRYABLE:
             return "failed"
-        return "rejected"
+        if 300 <= code < 400:
+            location = response.headers.get("location", "(no Location header)")
+            doc["last_error"] = (
+                f"HTTP {code} redirect to {location}, not followed: the webhook URL is misconfigured; "
+                "set it to the address the receiver answers at"
+            )
+            return "redirect"
+        return "gone" if code == 410 else "rejected"

@@ -1,8 +1,10 @@
 """`mlci monitor`: the thin shell around :class:`mlci.monitor.service.Monitor`.
 
 Only click and the standard library are imported at module level (`mlci --help` stays fast); the
-monitor, numpy, scipy and onnxruntime load inside the command. Exit 0 ok, 1 drift/decay/outliers with
-``--fail-on-drift``, 2 bad input.
+monitor, numpy, scipy and onnxruntime load inside the command. Exit 0 ok; 1 with ``--fail-on-drift``
+when drift, decay or outliers were detected or an alert could not be delivered; 2 bad input. A cycle
+that fails does not end a run: every cycle asked for is tried, and the exit code is the failure's (2 for
+bad input, else 1). Delivery failures and quarantined labels lines are printed on stderr.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,57 @@ def _rollback_action(config_path: Path, deploy: bool) -> Any:
     return action
 
 
+def _delivery_lines(report: dict[str, Any]) -> list[str]:
+    """Loud lines for the alerts not delivered in this cycle: the receiver's status, reason and what next."""
+    lines = []
+    for f in report["alerts"].get("failures", []):
+        if f["status"] == "dead":
+            then = "dead: not retried (see the outbox file)"
+        elif f["kind"] in ("unreachable", "timeout"):
+            then = "kept, retried next cycle"
+        else:
+            then = f"kept, retried at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(f['retry_at']))}"
+            if f["kind"] == "rejected":
+                then += " (the receiver refuses the body or the URL: fix it and the alert goes out)"
+        lines.append(f"  alert {f['id']} not delivered: {f['error']}; {then}")
+    return lines
+
+
+def _echo_report(r: dict[str, Any]) -> None:
+    """One cycle's report as text: the verdict on stdout, what needs a person's attention on stderr."""
+    click.echo(f"cycle {r['cycle']}: {r['status']} ({r['rows']} rows) — {r['message']}")
+    for a in r["actions"]:
+        click.echo(f"  action {a['action']} for {a['condition']}: {'held back, ' if a['suppressed'] else ''}{a['reason']}")
+    _echo_warnings(r, waiting=True)
+
+
+def _echo_warnings(r: dict[str, Any], *, waiting: bool = False) -> None:
+    """Delivery failures and quarantined labels lines (and, with ``waiting``, alerts waiting) on stderr."""
+    for line in _delivery_lines(r):
+        click.echo(line, err=True)
+    performance = r.get("performance") or {}
+    if performance.get("quarantined"):
+        click.echo(
+            f"  {performance['quarantined']} bad labels line(s) quarantined in labels-quarantine.jsonl "
+            f"(first: {performance['quarantined_first']})",
+            err=True,
+        )
+    pending = r["alerts"]["pending"]
+    if waiting and pending:
+        click.echo(f"  {len(pending)} alert(s) waiting in the outbox", err=True)
+
+
+def _exit_code(reports: list[dict[str, Any]], fail_on_drift: bool) -> int:
+    """2/1 when a cycle failed (its error's code), 1 with --fail-on-drift on a finding or a failed delivery."""
+    failed = [int(r["exit_code"]) for r in reports if r["status"] == "error"]
+    if failed:
+        return max(failed)
+    undelivered = any(r["alerts"].get("failures") for r in reports)
+    if fail_on_drift and (undelivered or any(r["status"] in ("drift", "decay", "outliers") for r in reports)):
+        return 1
+    return 0
+
+
 def register(group: click.Group) -> None:
     """Add `mlci monitor` to ``group``."""
 
@@ -69,7 +123,8 @@ def register(group: click.Group) -> None:
     @click.option("--rollback-config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
                   help="mlci.toml whose registry holds the production tag: enables the rollback action.")
     @click.option("--no-deploy", is_flag=True, help="On rollback, move the production tag only (no redeploy).")
-    @click.option("--fail-on-drift", is_flag=True, help="Exit 1 when drift, outliers or decay was detected.")
+    @click.option("--fail-on-drift", is_flag=True,
+                  help="Exit 1 when drift, outliers or decay was detected or an alert could not be delivered.")  # fmt: skip
     @click.option("--json", "as_json", is_flag=True, help="Print the report(s) as JSON on stdout.")
     def monitor(
         artifact: Path, log_dir: Path, labels: Path | None, webhook: str | None, state_dir: Path | None,
@@ -91,17 +146,14 @@ def register(group: click.Group) -> None:
         settings = dataclasses.replace(settings, **overrides)
         actions = {"rollback": _rollback_action(rollback_config, not no_deploy)} if rollback_config else {}
         service = Monitor(artifact, log_dir, state_dir or log_dir.parent / "monitor-state", settings=settings,
-                          labels=labels, actions=actions)  # fmt: skip
-        reports = service.run(settings.interval_s, 1 if cycles is None else (cycles or None))
+                          labels=labels, actions=actions, log=lambda line: click.echo(line, err=True))  # fmt: skip
+        # each cycle says what needs attention as it happens (a daemon's cycles never return)
+        reports = service.run(settings.interval_s, 1 if cycles is None else (cycles or None),
+                              on_report=_echo_warnings if as_json else _echo_report)  # fmt: skip
         if as_json:
             click.echo(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2, sort_keys=True, default=str))
-        else:
-            for r in reports:
-                click.echo(f"cycle {r['cycle']}: {r['status']} ({r['rows']} rows) — {r['message']}")
-                for a in r["actions"]:
-                    click.echo(f"  action {a['action']} for {a['condition']}: {'held back, ' if a['suppressed'] else ''}{a['reason']}")
-                pending = r["alerts"]["pending"]
-                if pending:
-                    click.echo(f"  {len(pending)} alert(s) waiting in the outbox", err=True)
-        if fail_on_drift and any(r["status"] in ("drift", "decay", "outliers") for r in reports):
-            sys.exit(1)
+        failed = sum(r["status"] == "error" for r in reports)
+        if failed:
+            where = "see above and errors.json in the state directory"
+            click.echo(f"Error: {failed} of {len(reports)} cycle(s) failed ({where}).", err=True)
+        sys.exit(_exit_code(reports, fail_on_drift))

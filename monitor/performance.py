@@ -2,7 +2,9 @@
 
 Labels arrive as JSON Lines ``{"id": "<request id>", "labels": [...]}`` (one label per row of the
 request) or as a CSV with columns ``id,label`` (optionally ``row``, the row within the request; rows
-without it are taken in order). Both are read incrementally from a byte offset, complete lines only.
+without it are taken in order; one record per physical line). Both are read incrementally from a byte
+offset, complete lines only. A line that cannot be used is returned as a :class:`BadLine` (the monitor
+quarantines it) instead of failing the read: one bad line must not stop every later cycle.
 
 Classification: accuracy and F1 on the labelled rows; decay when a one-sided binomial test says the
 accuracy is below the baseline (``scipy.stats.binomtest``) *and* the drop is at least ``margin``.
@@ -13,8 +15,7 @@ Regression: RMSE and MAE; decay when the lower end of a seeded bootstrap interva
 from __future__ import annotations
 
 import csv
-import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from scipy import stats
 
 from mlci.monitor.errors import MonitorError
 
-__all__ = ["PerformanceReport", "evaluate_performance", "join_labels", "read_labels"]
+__all__ = ["BadLine", "LabelsRead", "PerformanceReport", "evaluate_performance", "join_labels", "read_labels"]
 
 
 @dataclass(frozen=True)
@@ -46,45 +47,133 @@ class PerformanceReport:
         return asdict(self)
 
 
-def read_labels(path: Path, offset: int = 0) -> tuple[dict[str, list[Any]], int]:
-    """Labels by request id from ``offset`` to the last complete line; returns them and the new offset."""
+@dataclass(frozen=True)
+class BadLine:
+    """A labels line that cannot be used: where it is, its text and why (quarantined, never fatal)."""
+
+    source: str
+    line: int
+    text: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class LabelsRead:
+    """What :func:`read_labels` found: labels by request id, the line each came from, the bad lines, and
+    where the next read starts (``offset`` bytes, ``line`` the number of the next line)."""
+
+    labels: dict[str, list[Any]]
+    lines: dict[str, int]
+    bad: list[BadLine]
+    offset: int
+    line: int
+
+
+def _text(line: bytes) -> str:
+    """A line as text for the quarantine file: undecodable bytes shown as escapes, capped at 1000 characters."""
+    return line.decode("utf-8", errors="backslashreplace")[:1000]
+
+
+def _decode(line: bytes) -> str:
+    """``line`` as UTF-8; a ValueError naming the first bad byte otherwise."""
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"is not UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1}); write the labels file as UTF-8"
+        ) from None
+
+
+def _json_label(line: bytes) -> tuple[str, list[Any]]:
+    """(request id, labels) of one JSON Lines entry; a ValueError saying what is wrong otherwise."""
+    _decode(line)
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"is not JSON ({exc})") from None
+    if not isinstance(doc, dict) or "id" not in doc or not isinstance(doc.get("labels"), list):
+        raise ValueError('must be {"id": <request id>, "labels": [<one label per row of the request>]}')
+    return str(doc["id"]), doc["labels"]
+
+
+def _csv_label(line: bytes, header: list[str]) -> tuple[str, int | None, Any]:
+    """(request id, row or None, label) of one CSV line; a ValueError saying what is wrong otherwise."""
+    [fields] = list(csv.reader([_decode(line)])) or [[]]
+    if len(fields) != len(header):
+        raise ValueError(f"has {len(fields)} field(s) but the header {header} has {len(header)}")
+    entry = dict(zip(header, fields, strict=True))
+    row = entry.get("row")
+    if row in (None, ""):
+        return entry["id"], None, entry["label"]
+    try:
+        return entry["id"], int(row), entry["label"]
+    except ValueError:
+        raise ValueError(
+            f"'row' must be an integer (the row within the request, from 0); got {row!r}"
+        ) from None
+
+
+def read_labels(path: Path, offset: int = 0, line: int = 1) -> LabelsRead:
+    """Labels by request id from ``offset`` (whose line number is ``line``) to the last complete line.
+
+    A line that cannot be used (not JSON, not UTF-8, a CSV ``row`` that is not an integer, ...) is
+    returned in ``bad`` with its number and reason; only a CSV without an ``id,label`` header is an error.
+    """
     if not path.is_file():
-        raise MonitorError(f"Labels file '{path}' does not exist; pass --labels with a JSON Lines or CSV file.")
+        raise MonitorError(
+            f"Labels file '{path}' does not exist; pass --labels with a JSON Lines or CSV file."
+        )
+    is_csv = path.suffix.lower() == ".csv"
     with path.open("rb") as f:
-        header = f.readline() if path.suffix.lower() == ".csv" else b""
-        start = max(offset, len(header))
+        header_line = f.readline() if is_csv else b""
+        start = max(offset, len(header_line))
+        if start == len(header_line):
+            line = 2 if is_csv else 1  # reading from the start: line numbers too
         f.seek(start)
         data = f.read()
     end = data.rfind(b"\n") + 1
-    data = data[:end]
-    out: dict[str, list[Any]] = {}
-    if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(header.decode() + data.decode()))
-        if reader.fieldnames is None or not {"id", "label"} <= set(reader.fieldnames):
-            raise MonitorError(f"'{path}' needs a header with 'id' and 'label' columns (and optionally 'row'); got {reader.fieldnames}.")
-        rows: dict[str, dict[int, Any]] = {}
-        for entry in reader:
-            slot = rows.setdefault(entry["id"], {})
-            slot[int(entry["row"]) if entry.get("row") not in (None, "") else len(slot)] = entry["label"]
-        out = {k: [v[i] for i in sorted(v)] for k, v in rows.items()}
-        return out, start + end
-    for number, line in enumerate(data.splitlines(), 1):
-        if not line.strip():
+    header: list[str] = []
+    if is_csv:
+        header = next(csv.reader([header_line.decode("utf-8", errors="replace")]), [])
+        header = [h.strip() for h in header]
+        if not {"id", "label"} <= set(header):
+            raise MonitorError(
+                f"'{path}' needs a header with 'id' and 'label' columns (and optionally 'row'); got {header}."
+            )
+    labels: dict[str, list[Any]] = {}
+    numbers: dict[str, int] = {}
+    csv_rows: dict[str, dict[int, Any]] = {}
+    bad: list[BadLine] = []
+    for number, text in enumerate(data[:end].split(b"\n")[:-1], line):
+        if not text.strip():
             continue
         try:
-            doc = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise MonitorError(f"'{path}' line {number} after byte {start} is not JSON ({exc}).") from exc
-        if not isinstance(doc, dict) or "id" not in doc or not isinstance(doc.get("labels"), list):
-            raise MonitorError(f"'{path}' line {number} after byte {start} must be {{\"id\": ..., \"labels\": [...]}}; got {line[:80]!r}.")
-        out[str(doc["id"])] = doc["labels"]
-    return out, start + end
+            if is_csv:
+                request, row, label = _csv_label(text.rstrip(b"\r"), header)
+                slot = csv_rows.setdefault(request, {})
+                slot[row if row is not None else len(slot)] = label
+                numbers.setdefault(request, number)
+            else:
+                request, values = _json_label(text)
+                labels[request] = values
+                numbers[request] = number
+        except ValueError as exc:
+            bad.append(BadLine(str(path), number, _text(text), f"line {number} {exc}"))
+    for request, slot in csv_rows.items():
+        labels[request] = [slot[i] for i in sorted(slot)]
+    return LabelsRead(labels, numbers, bad, start + end, line + data[:end].count(b"\n"))
 
 
 def join_labels(
-    labels: Mapping[str, Sequence[Any]], predictions: Mapping[str, Sequence[Any]]
+    labels: Mapping[str, Sequence[Any]],
+    predictions: Mapping[str, Sequence[Any]],
+    on_mismatch: Callable[[str, str], None] | None = None,
 ) -> tuple[list[Any], list[Any], list[str]]:
-    """(true, predicted, unmatched ids): rows whose request id has both a label and a logged prediction."""
+    """(true, predicted, unmatched ids): rows whose request id has both a label and a logged prediction.
+
+    A request whose label count differs from its predicted rows is an error, or, with ``on_mismatch``,
+    passed to it (request id, reason) and left out.
+    """
     y_true: list[Any] = []
     y_pred: list[Any] = []
     unmatched: list[str] = []
@@ -94,7 +183,13 @@ def join_labels(
             unmatched.append(request_id)
             continue
         if len(predicted) != len(values):
-            raise MonitorError(f"Request {request_id!r} has {len(predicted)} predicted row(s) but {len(values)} label(s).")
+            reason = (
+                f"request {request_id!r} has {len(predicted)} predicted row(s) but {len(values)} label(s)"
+            )
+            if on_mismatch is None:
+                raise MonitorError(reason[0].upper() + reason[1:] + ".")
+            on_mismatch(request_id, reason)
+            continue
         y_true.extend(values)
         y_pred.extend(predicted)
     return y_true, y_pred, unmatched
@@ -130,7 +225,16 @@ def evaluate_performance(
         base_acc = float(baseline["accuracy"])
         base = {"accuracy": base_acc, **({"f1": float(baseline["f1"])} if "f1" in baseline else {})}
         if n < min_rows:
-            return PerformanceReport("insufficient", n, {}, base, "binomial", None, None, f"need ≥ {min_rows} labelled rows, got {n}")
+            return PerformanceReport(
+                "insufficient",
+                n,
+                {},
+                base,
+                "binomial",
+                None,
+                None,
+                f"need ≥ {min_rows} labelled rows, got {n}",
+            )
         correct = int(np.sum(y == p))
         acc = correct / n
         metrics = {"accuracy": acc, "f1": _f1(y, p, list(classes) or sorted(set(y) | set(p)))}
@@ -138,13 +242,24 @@ def evaluate_performance(
         interval = stats.binomtest(correct, n).proportion_ci(confidence_level=1 - alpha)
         decayed = pval < alpha and base_acc - acc >= margin
         message = f"accuracy {acc:.4f} on {n} labelled rows vs baseline {base_acc:.4f} (p={pval:.3g}, one-sided binomial)"
-        return PerformanceReport("decay" if decayed else "ok", n, metrics, base, "binomial", pval, (interval.low, interval.high), message)
+        return PerformanceReport(
+            "decay" if decayed else "ok",
+            n,
+            metrics,
+            base,
+            "binomial",
+            pval,
+            (interval.low, interval.high),
+            message,
+        )
     y_f = np.asarray(y_true, dtype=np.float64)
     p_f = np.asarray(y_pred, dtype=np.float64)
     base_rmse = float(baseline["rmse"])
     base = {"rmse": base_rmse, **({"mae": float(baseline["mae"])} if "mae" in baseline else {})}
     if n < min_rows:
-        return PerformanceReport("insufficient", n, {}, base, "bootstrap", None, None, f"need ≥ {min_rows} labelled rows, got {n}")
+        return PerformanceReport(
+            "insufficient", n, {}, base, "bootstrap", None, None, f"need ≥ {min_rows} labelled rows, got {n}"
+        )
     sq = (y_f - p_f) ** 2
     rmse = float(np.sqrt(sq.mean()))
     rng = np.random.default_rng(seed)
@@ -155,4 +270,6 @@ def evaluate_performance(
     metrics = {"rmse": rmse, "mae": float(np.abs(y_f - p_f).mean())}
     decayed = low > base_rmse * (1 + margin)
     message = f"RMSE {rmse:.4g} on {n} labelled rows, {1 - alpha:.0%} bootstrap interval [{low:.4g}, {high:.4g}] vs baseline {base_rmse:.4g}"
-    return PerformanceReport("decay" if decayed else "ok", n, metrics, base, "bootstrap", None, (low, high), message)
+    return PerformanceReport(
+        "decay" if decayed else "ok", n, metrics, base, "bootstrap", None, (low, high), message
+    )

@@ -9,10 +9,21 @@ predictions by request id for the performance check. Every window's signals go t
 its decisions become alerts in the outbox, a retrain-request document, or a call to an injected action
 (``rollback``). The state (cursor, policy, labels bookkeeping) is saved before the outbox is delivered.
 
+Labels are read per source: each labels file (by resolved path) has its own offset, restarted from the
+beginning when the file at that path is another one (another inode, or shorter than the offset: replaced
+or rotated). Every cycle indexes the logged predictions by request id, with or without ``--labels``, so
+labels supplied later still join. A labels line that cannot be used (not JSON, not UTF-8, a bad CSV
+``row``, a label count unlike the request's rows) is appended to ``labels-quarantine.jsonl`` and counted;
+the other lines are used. A cycle that fails anyway is logged, counted in ``errors.json`` and retried after
+a backoff by :meth:`Monitor.run`: it never ends the loop.
+
 State directory::
 
-    state.json          cursor, labels offset, policy state, counters
-    predictions.jsonl   request id → predicted outputs (only with labels; the most recent ``index_limit``)
+    state.json          cursor, labels offsets per source, policy state, counters
+    instance-id         random id of this monitor instance: alert ids (idempotency keys) start with it
+    predictions.jsonl   request id → predicted outputs (the most recent ``index_limit`` requests)
+    labels-quarantine.jsonl  unusable labels lines: source, line number, text, reason
+    errors.json         failed cycles: count, the last error
     outbox/             one JSON file per alert (see mlci.monitor.alerts)
     retrain/            retrain-request documents
     report.json         the last cycle's report (and reports/<cycle>.json)
@@ -21,7 +32,11 @@ State directory::
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
+import secrets
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,13 +45,14 @@ from typing import Any
 
 import orjson
 
+from mlci.errors import MlciError
 from mlci.monitor.alerts import Outbox, atomic_write_json
 from mlci.monitor.drift import detect_drift
 from mlci.monitor.errors import MonitorError
 from mlci.monitor.logtail import read_new, start_cursor
 from mlci.monitor.metrics import prometheus_text
 from mlci.monitor.outliers import OutlierDetector, outlier_test
-from mlci.monitor.performance import evaluate_performance, join_labels, read_labels
+from mlci.monitor.performance import BadLine, evaluate_performance, join_labels, read_labels
 from mlci.monitor.policy import Decision, decide, new_state
 from mlci.monitor.settings import Settings
 from mlci.monitor.window import Window, WindowBuilder, traffic_note
@@ -45,6 +61,8 @@ from mlci.serving.predlog import BlobReader
 __all__ = ["Action", "Monitor"]
 
 Action = Callable[[dict[str, Any]], Mapping[str, Any]]
+
+_MAX_SOURCES = 64  # labels sources remembered (offsets); the least recently read are forgotten beyond that
 
 
 @dataclass(frozen=True)
@@ -135,6 +153,7 @@ class Monitor:
         sleep: Callable[[float], None] = time.sleep,
         http_client: Any = None,
         index_limit: int = 500_000,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.artifact_, outlier_path = _load_artifact(artifact)
         self.detector_ = OutlierDetector(outlier_path, self.artifact_.features)
@@ -147,13 +166,16 @@ class Monitor:
         self.sleep = sleep
         self.http_client = http_client
         self.index_limit = index_limit
+        self.log = log if log is not None else _stderr
         if not log_dir.is_dir():
             raise MonitorError(f"Log directory '{log_dir}' does not exist; pass the --log-dir the server writes to.")
         state_dir.mkdir(parents=True, exist_ok=True)
+        self.instance_id = _instance_id(state_dir)
         self.outbox = Outbox(
             state_dir / "outbox", max_failures=settings.max_failures, attempts_per_cycle=settings.attempts_per_cycle,
-            backoff_s=settings.backoff_s, clock=clock, sleep=sleep,
-        )
+            backoff_s=settings.backoff_s, deadline_s=settings.delivery_deadline_s,
+            reject_backoff_s=settings.reject_backoff_s, max_rejections=settings.max_rejections, clock=clock, sleep=sleep,
+        )  # fmt: skip
 
     # -- state -------------------------------------------------------------------------------------
     @property
@@ -162,8 +184,9 @@ class Monitor:
 
     def _load_state(self) -> dict[str, Any]:
         if not self._state_file.is_file():
-            return {"cursor": start_cursor(), "labels_offset": 0, "policy": new_state(), "cycle": 0, "rows_total": 0,
-                    "pending_labels": {}, "labelled": {"true": [], "pred": []}, "artifact": self.artifact_.digest}  # fmt: skip
+            return {"cursor": start_cursor(), "labels_sources": {}, "policy": new_state(), "cycle": 0, "rows_total": 0,
+                    "pending_labels": {}, "labelled": {"true": [], "pred": []}, "artifact": self.artifact_.digest,
+                    "labels_quarantined": 0, "delivery_failures": {}}  # fmt: skip
         try:
             state: dict[str, Any] = orjson.loads(self._state_file.read_bytes())
         except orjson.JSONDecodeError as exc:
@@ -207,8 +230,7 @@ class Monitor:
                 }
                 policy_state, made = decide(policy_state, signals, now, s.policy())
                 decisions.extend((f"w{number}", d) for d in made)
-            if self.labels is not None:
-                self._index(traffic.window)
+            self._index(traffic.window)  # also without labels: labels supplied later must find their rows
         elif lines and not rows:
             state["cursor"] = cursor  # nothing of ours in them: never re-read
         synthetic, unmarked = parser.builder.synthetic_rows, parser.builder.unmarked_rows
@@ -243,25 +265,77 @@ class Monitor:
         state["cycle"] = cycle_no
         atomic_write_json(self._state_file, state)
         delivery = self.outbox.deliver(s.webhook, client=self.http_client)
-        report["alerts"] = {"delivered": delivery.delivered, "pending": delivery.pending, "dead": delivery.dead, "attempts": delivery.attempts}
+        report["alerts"] = {"delivered": delivery.delivered, "pending": delivery.pending, "dead": delivery.dead,
+                            "attempts": delivery.attempts, "failures": delivery.failures}  # fmt: skip
+        if delivery.failed_attempts:
+            counts = state.setdefault("delivery_failures", {})
+            for kind, n in delivery.failed_attempts.items():
+                counts[kind] = counts.get(kind, 0) + n
+            atomic_write_json(self._state_file, state)  # the counters only: saved again after delivery
         report["duration_s"] = round(time.perf_counter() - started, 4)
         atomic_write_json(self.state_dir / "reports" / f"{cycle_no:06d}.json", report)
         atomic_write_json(self.state_dir / "report.json", report)
         self._write_metrics(report, state)
         return report
 
-    def run(self, interval_s: float, cycles: int | None) -> list[dict[str, Any]]:
-        """Run ``cycles`` cycles (forever when None), ``interval_s`` apart; returns the reports."""
+    def run(
+        self, interval_s: float, cycles: int | None, on_report: Callable[[dict[str, Any]], None] | None = None
+    ) -> list[dict[str, Any]]:
+        """Run ``cycles`` cycles (forever when None), ``interval_s`` apart; returns the reports (each is
+        also passed to ``on_report`` as soon as its cycle ends).
+
+        A cycle that raises does not end the loop: the error is logged, counted (``errors.json``, the
+        ``mlci_monitor_cycle_errors_total`` metric) and its report has ``status: "error"``; the next try
+        waits ``error_backoff_s`` doubling per failure in a row (never less than ``interval_s``, at most
+        ten minutes unless the interval is longer).
+        """
         reports: list[dict[str, Any]] = []
-        count = 0
+        count = failing = 0
+        wait = interval_s
         while cycles is None or count < cycles:
             if count:
-                self.sleep(interval_s)
-            report = self.cycle()
+                self.sleep(wait)
+            try:
+                report = self.cycle()
+                failing = 0
+                wait = interval_s
+            except Exception as exc:  # one bad cycle must not stop the monitor; it says so and backs off
+                failing += 1
+                wait = max(interval_s, min(self.settings.error_backoff_s * 2 ** (failing - 1), 600.0))
+                report = self._failed(exc, failing, wait)
             count += 1
+            if on_report is not None:
+                on_report(report)
             if cycles is not None:
                 reports.append(report)
         return reports
+
+    def _failed(self, exc: Exception, in_a_row: int, wait: float) -> dict[str, Any]:
+        """Log, count and report a cycle that raised ``exc``."""
+        path = self.state_dir / "errors.json"
+        try:
+            errors = orjson.loads(path.read_bytes()) if path.is_file() else {}
+        except orjson.JSONDecodeError:
+            errors = {}
+        cycle_no = 1
+        with contextlib.suppress(Exception):
+            cycle_no = int(orjson.loads(self._state_file.read_bytes())["cycle"]) + 1
+        text = f"{type(exc).__name__}: {exc}"
+        total = int(errors.get("total", 0)) + 1
+        last = {"time": self.clock(), "cycle": cycle_no, "error": text}
+        with contextlib.suppress(OSError):
+            atomic_write_json(path, {"total": total, "last": last})
+            self._write_metrics(None, None, cycle_errors=total)
+        self.log(
+            f"[mlci monitor] cycle {cycle_no} failed ({in_a_row} in a row, {total} in total; {path}): {text}; "
+            f"next try in {wait:g} s"
+        )
+        return {
+            "cycle": cycle_no, "time": last["time"], "model": self.artifact_.name, "digest": self.artifact_.digest,
+            "status": "error", "error": text, "exit_code": exc.exit_code if isinstance(exc, MlciError) else 1,
+            "message": f"cycle failed: {text}", "rows": 0, "windows": [], "actions": [],
+            "alerts": {"delivered": [], "pending": [], "dead": [], "attempts": 0, "failures": []},
+        }  # fmt: skip
 
     # -- pieces ------------------------------------------------------------------------------------
     def _chunks(self, record_rows: list[int]) -> list[tuple[int, int]]:
@@ -318,20 +392,73 @@ class Monitor:
             tmp.write_bytes(b"\n".join(existing[-self.index_limit :]) + b"\n")
             tmp.replace(path)
 
-    def _performance(self, state: dict[str, Any]) -> dict[str, Any]:
+    def _source(self, state: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The labels file's key (resolved path) and its read position, restarted when it is another file."""
         assert self.labels is not None
-        if self.labels.is_file():
-            fresh, state["labels_offset"] = read_labels(self.labels, int(state["labels_offset"]))
-        else:
-            fresh = {}  # labels arrive later than predictions: a file not written yet is not an error
-        pending: dict[str, list[Any]] = {**state["pending_labels"], **fresh}
+        key = str(self.labels.resolve())
+        info = os.stat(key)
+        sources: dict[str, dict[str, Any]] = state.setdefault("labels_sources", {})
+        legacy = state.pop("labels_offset", None)  # a state written before offsets were kept per source
+        if legacy and not sources:
+            sources[key] = {"dev": info.st_dev, "inode": info.st_ino, "offset": int(legacy), "line": 1}
+        source = sources.get(key)
+        same = source is not None and (source["dev"], source["inode"]) == (info.st_dev, info.st_ino)
+        if source is None or not same or info.st_size < source["offset"]:
+            source = {"dev": info.st_dev, "inode": info.st_ino, "offset": 0, "line": 1}  # new, replaced, rotated
+        source["read"] = self.clock()
+        sources.pop(key, None)
+        sources[key] = source  # most recently read last
+        for stale in list(sources)[:-_MAX_SOURCES]:
+            del sources[stale]
+        return key, source
+
+    def _quarantine(self, bad: list[BadLine]) -> None:
+        """Append unusable labels lines to labels-quarantine.jsonl (source, line, text, reason)."""
+        if not bad:
+            return
+        now = self.clock()
+        with (self.state_dir / "labels-quarantine.jsonl").open("ab") as f:
+            f.write(b"".join(orjson.dumps({"time": now, "source": b.source, "line": b.line, "reason": b.reason,
+                                           "text": b.text}) + b"\n" for b in bad))  # fmt: skip
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _read_labels(self, state: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[BadLine]]:
+        """New labels of the labels file as pending entries ({labels, source, line}), and its bad lines."""
+        assert self.labels is not None
+        if not self.labels.is_file():
+            return {}, []  # labels arrive later than predictions: a file not written yet is not an error
+        key, source = self._source(state)
+        got = read_labels(Path(key), int(source["offset"]), int(source["line"]))
+        source.update(offset=got.offset, line=got.line)
+        fresh = {k: {"labels": v, "source": key, "line": got.lines.get(k)} for k, v in got.labels.items()}
+        return fresh, got.bad
+
+    def _performance(self, state: dict[str, Any]) -> dict[str, Any]:
+        fresh, bad = self._read_labels(state)
+        pending: dict[str, dict[str, Any]] = {  # older states kept a bare list of labels
+            k: v if isinstance(v, dict) else {"labels": v, "source": None, "line": None}
+            for k, v in state["pending_labels"].items()
+        }
+        pending.update(fresh)
         index: dict[str, list[Any]] = {}
         if self._index_file().is_file():
             for line in self._index_file().read_bytes().splitlines():
                 if line:
                     doc = orjson.loads(line)
                     index[doc["id"]] = doc["p"]
-        y_true, y_pred, unmatched = join_labels(pending, index)
+
+        def mismatch(request_id: str, reason: str) -> None:
+            entry = pending[request_id]
+            text = orjson.dumps({"id": request_id, "labels": entry["labels"]}).decode()
+            where = f"line {entry['line']} " if entry["line"] else ""
+            bad.append(BadLine(str(entry["source"]), entry["line"] or 0, text[:1000], f"{where}{reason}"))
+
+        labels = {k: v["labels"] for k, v in pending.items()}
+        y_true, y_pred, unmatched = join_labels(labels, index, on_mismatch=mismatch)
+        bad.sort(key=lambda b: (b.source, b.line))
+        self._quarantine(bad)
+        state["labels_quarantined"] = int(state.get("labels_quarantined", 0)) + len(bad)
         # Labels can arrive before their prediction is logged (or read); keep a bounded number waiting.
         state["pending_labels"] = {k: pending[k] for k in unmatched[-self.index_limit :]}
         labelled = state["labelled"]
@@ -345,6 +472,8 @@ class Monitor:
         if result["status"] != "insufficient":
             state["labelled"] = {"true": [], "pred": []}
         result["waiting_labels"] = len(state["pending_labels"])
+        result["quarantined"] = len(bad)
+        result["quarantined_first"] = f"{bad[0].source}: {bad[0].reason}" if bad else None
         return dict(result)
 
     @staticmethod
@@ -374,7 +503,8 @@ class Monitor:
         for where, d in decisions:
             entry: dict[str, Any] = {"condition": d.condition, "action": d.action, "reason": d.reason, "suppressed": d.suppressed}
             if not d.suppressed:
-                alert_id = f"{a.digest[7:19]}-{cycle_no:06d}-{where}-{d.condition}-{d.action}"
+                # unique per monitor instance: a fresh state directory also starts at cycle 1
+                alert_id = "-".join((self.instance_id, a.digest[7:19], f"{cycle_no:06d}", where, d.condition, d.action))
                 event: dict[str, Any] = {"event": d.action if d.action != "alert" else "alert", "condition": d.condition, "reason": d.reason, **summary}
                 if d.action == "retrain":
                     path = self.state_dir / "retrain" / f"{alert_id}.json"
@@ -394,8 +524,44 @@ class Monitor:
             done.append(entry)
         return done
 
-    def _write_metrics(self, report: dict[str, Any], state: dict[str, Any]) -> None:
-        text = prometheus_text(report, state["rows_total"], self.outbox.alerts())
+    def _write_metrics(
+        self, report: dict[str, Any] | None, state: dict[str, Any] | None, cycle_errors: int | None = None
+    ) -> None:
+        """metrics.prom from the report and state (after a failed cycle: the last good report, if any)."""
+        if report is None:
+            with contextlib.suppress(OSError, orjson.JSONDecodeError, KeyError):
+                report = orjson.loads((self.state_dir / "report.json").read_bytes())
+                state = orjson.loads(self._state_file.read_bytes())
+        if cycle_errors is None:
+            with contextlib.suppress(OSError, orjson.JSONDecodeError, KeyError):
+                cycle_errors = int(orjson.loads((self.state_dir / "errors.json").read_bytes())["total"])
+        state = state or {}
+        counters = {
+            "cycle_errors": cycle_errors or 0,
+            "labels_quarantined": int(state.get("labels_quarantined", 0)),
+            "delivery_failures": dict(state.get("delivery_failures", {})),
+        }
+        rows_total = int(state.get("rows_total", 0))
+        text = prometheus_text(report, rows_total, self.outbox.alerts(), counters, self.artifact_.name)
         tmp = self.state_dir / ".metrics.prom.tmp"
         tmp.write_text(text)
         tmp.replace(self.state_dir / "metrics.prom")
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _instance_id(state_dir: Path) -> str:
+    """This monitor instance's random id, made once and kept in ``state_dir/instance-id``."""
+    path = state_dir / "instance-id"
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        text = ""
+    if not text:
+        text = secrets.token_hex(8)
+        tmp = state_dir / ".instance-id.tmp"
+        tmp.write_text(text + "\n")
+        tmp.replace(path)
+    return text

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from mlci.envcast import non_negative_float, positive_int, probability
+from mlci.monitor.alerts import webhook_problem
 from mlci.monitor.drift import DriftSettings
 from mlci.monitor.errors import MonitorError
 from mlci.monitor.policy import PolicySettings
@@ -30,6 +31,13 @@ def _optional_str(text: str) -> str | None:
     return text or None
 
 
+def _positive_float(text: str) -> float:
+    value = non_negative_float(text)
+    if value <= 0:
+        raise ValueError
+    return value
+
+
 _CASTS: dict[str, tuple[Callable[[str], Any], str]] = {
     "window": (positive_int, "a positive int"),
     "min_rows": (positive_int, "a positive int"),
@@ -46,8 +54,12 @@ _CASTS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max_failures": (positive_int, "a positive int"),
     "attempts_per_cycle": (positive_int, "a positive int"),
     "backoff_s": (non_negative_float, "a float ≥ 0 (seconds)"),
+    "reject_backoff_s": (non_negative_float, "a float ≥ 0 (seconds)"),
+    "max_rejections": (positive_int, "a positive int"),
+    "delivery_deadline_s": (_positive_float, "a float > 0 (seconds)"),
     "webhook": (_optional_str, "a URL"),
     "interval_s": (non_negative_float, "a float ≥ 0 (seconds)"),
+    "error_backoff_s": (non_negative_float, "a float ≥ 0 (seconds)"),
 }
 
 
@@ -70,8 +82,12 @@ class Settings:
     max_failures: int = 5
     attempts_per_cycle: int = 3
     backoff_s: float = 0.5
+    reject_backoff_s: float = 300.0  # a 3xx/4xx answer: the next try of that alert waits this long, doubling
+    max_rejections: int = 24  # ... up to an hour; dead after this many rejections (about a day)
+    delivery_deadline_s: float = 10.0  # one POST, connect to last byte
     webhook: str | None = None
     interval_s: float = 60.0
+    error_backoff_s: float = 5.0  # after a failed cycle: the wait before the next, doubling while they fail
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -95,6 +111,15 @@ class Settings:
             )
         self.drift()  # validates alpha and correction
         self.policy()
+        if self.delivery_deadline_s <= 0:
+            raise MonitorError(
+                f"delivery_deadline_s is {self.delivery_deadline_s}; a delivery needs a deadline > 0 s."
+            )
+        if self.webhook is not None and (problem := webhook_problem(self.webhook)) is not None:
+            raise MonitorError(
+                f"Webhook URL {self.webhook!r} cannot be used: {problem}. Expected an http:// or https:// URL with "
+                "a host, e.g. https://hooks.example.com/mlci (from --webhook or MLCI_MONITOR_WEBHOOK)."
+            )
 
     def drift(self) -> DriftSettings:
         """The drift checks' part."""

@@ -148,6 +148,8 @@ class Receiver:
     requests: list[dict[str, Any]] = field(default_factory=list)
     status: int = 200
     script: list[int] = field(default_factory=list)  # answered first, one per request, before ``status``
+    answer: Any = None  # the JSON body of every answer (default: {"ok": status < 300})
+    headers: dict[str, str] = field(default_factory=dict)  # extra answer headers (e.g. a redirect's Location)
 
     def bodies(self) -> list[dict[str, Any]]:
         """JSON bodies of the requests answered 2xx."""
@@ -174,7 +176,8 @@ class ReceiverServer:
             receiver.requests.append(
                 {"headers": dict(request.headers), "body": orjson.loads(body), "status": status}
             )
-            return JSONResponse({"ok": status < 300}, status_code=status)
+            answer = receiver.answer if receiver.answer is not None else {"ok": status < 300}
+            return JSONResponse(answer, status_code=status, headers=receiver.headers)
 
         return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
 

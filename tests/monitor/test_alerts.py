@@ -98,13 +98,37 @@ def test_transient_errors_across_cycles_keep_the_same_key(tmp_path: Path, webhoo
     assert {r["headers"]["idempotency-key"] for r in webhook.receiver.requests} == {alert_id}
 
 
-def test_a_rejected_payload_is_dead_at_once(tmp_path: Path, webhook: ReceiverServer) -> None:
+def test_a_rejected_payload_waits_with_a_long_backoff_then_is_dead(
+    tmp_path: Path, webhook: ReceiverServer
+) -> None:
+    """4xx: one try per due cycle (the same body gets the same answer), backoff 300 s doubling to 3600 s,
+    dead only after max_rejections; 410 Gone is dead at once."""
     clock = Clock()
-    box = outbox(tmp_path, clock)
+    box = outbox(tmp_path, clock, max_rejections=3, attempts_per_cycle=3)
     webhook.receiver.status = 422
+    webhook.receiver.answer = {"error": "missing field 'text'"}
     alert_id = box.put({"event": "alert"})
-    assert box.deliver(webhook.receiver.url).dead == [alert_id]
-    assert len(webhook.receiver.requests) == 1
+    result = box.deliver(webhook.receiver.url)
+    assert result.pending == [alert_id] and result.dead == [] and result.attempts == 1
+    [failure] = result.failures
+    assert (
+        failure["kind"] == "rejected"
+        and failure["status"] == "pending"
+        and failure["retry_at"] == clock.now + 300
+    )
+    assert "HTTP 422" in failure["error"] and "missing field 'text'" in failure["error"]
+    assert box.deliver(webhook.receiver.url).attempts == 0  # not due yet
+    clock.now += 300
+    assert box.deliver(webhook.receiver.url).failures[0]["retry_at"] == clock.now + 600
+    clock.now += 600
+    assert box.deliver(webhook.receiver.url).dead == [alert_id]  # the third rejection
+    assert len(webhook.receiver.requests) == 3 and clock.slept == []
+    webhook.receiver.status = 410
+    gone = box.put({"event": "alert"}, "gone-1")
+    result = box.deliver(webhook.receiver.url)
+    assert (
+        result.dead == [gone] and result.failures[0]["kind"] == "gone" and len(webhook.receiver.requests) == 4
+    )
 
 
 def test_put_is_idempotent_and_no_webhook_keeps_alerts(tmp_path: Path) -> None:

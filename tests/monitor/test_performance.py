@@ -71,27 +71,41 @@ def test_regression_decay_uses_a_bootstrap_interval() -> None:
 def test_labels_are_read_incrementally_from_json_lines_and_csv(tmp_path: Path) -> None:
     jsonl = tmp_path / "labels.jsonl"
     jsonl.write_bytes(b'{"id": "a", "labels": ["x"]}\n{"id": "b", "labels": ["y", "z"]}\n{"id": "c", "lab')
-    first, offset = read_labels(jsonl)
-    assert first == {"a": ["x"], "b": ["y", "z"]}  # the incomplete last line waits
+    first = read_labels(jsonl)
+    assert first.labels == {"a": ["x"], "b": ["y", "z"]} and first.line == 3  # the incomplete last line waits
     with jsonl.open("ab") as f:
         f.write(b'els": ["w"]}\n')
-    second, offset2 = read_labels(jsonl, offset)
-    assert second == {"c": ["w"]} and offset2 == jsonl.stat().st_size
+    second = read_labels(jsonl, first.offset, first.line)
+    assert (
+        second.labels == {"c": ["w"]} and second.lines == {"c": 3} and second.offset == jsonl.stat().st_size
+    )
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("id,row,label\nr1,1,b\nr1,0,a\nr2,,c\n")
-    got, offset = read_labels(csv_path)
-    assert got == {"r1": ["a", "b"], "r2": ["c"]}
+    got = read_labels(csv_path)
+    assert got.labels == {"r1": ["a", "b"], "r2": ["c"]} and got.bad == []
     with csv_path.open("a") as f:
         f.write("r3,0,d\n")
-    assert read_labels(csv_path, offset)[0] == {"r3": ["d"]}
+    again = read_labels(csv_path, got.offset, got.line)
+    assert again.labels == {"r3": ["d"]} and again.lines == {"r3": 5}
 
 
-def test_bad_labels_are_refused_with_the_line(tmp_path: Path) -> None:
+def test_bad_labels_lines_are_returned_with_their_numbers_not_raised(tmp_path: Path) -> None:
     path = tmp_path / "labels.jsonl"
     path.write_text('{"id": "a", "labels": ["x"]}\n{"id": "b"}\n')
-    with pytest.raises(MonitorError, match=r"line 2 .* must be"):
-        read_labels(path)
+    got = read_labels(path)
+    assert got.labels == {"a": ["x"]}
+    [bad] = got.bad
+    assert bad.line == 2 and bad.text == '{"id": "b"}' and "line 2 must be" in bad.reason
     with pytest.raises(MonitorError, match="does not exist"):
         read_labels(tmp_path / "nope.jsonl")
+    headless = tmp_path / "labels.csv"
+    headless.write_text("request,truth\nr,1\n")
+    with pytest.raises(MonitorError, match="needs a header with 'id' and 'label'"):
+        read_labels(headless)  # the whole file is unusable: that is an error, not a bad line
     with pytest.raises(MonitorError, match="1 predicted row\\(s\\) but 2 label\\(s\\)"):
         join_labels({"a": ["x", "y"]}, {"a": ["x"]})
+    seen: list[tuple[str, str]] = []
+    assert join_labels({"a": ["x", "y"], "b": ["z"]}, {"a": ["x"], "b": ["z"]}, on_mismatch=lambda i, r: seen.append((i, r))) == (
+        ["z"], ["z"], []
+    )  # fmt: skip
+    assert seen == [("a", "request 'a' has 1 predicted row(s) but 2 label(s)")]
