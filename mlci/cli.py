@@ -244,7 +244,11 @@ def runs(config_path: Path, workspace: Path | None, limit: int, prometheus: bool
 
 @cli.command()
 @click.argument("artifact")
-@click.option("--registry", default=None, help="Registry URL: ARTIFACT is then a tag or digest in it (with --repository).")
+@click.option(
+    "--registry",
+    default=None,
+    help="Registry URL: ARTIFACT is then a tag, a digest or a unique digest prefix in it (with --repository).",
+)
 @click.option("--repository", default=None, help="Repository name in --registry.")
 @click.option("--host", default=None, help="Interface to bind (default 127.0.0.1, or MLCI_SERVE_HOST).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default 8080, or MLCI_SERVE_PORT).")
@@ -334,8 +338,9 @@ def serve(
 ) -> None:
     """Serve ARTIFACT over the Open Inference Protocol (KServe V2 REST) until SIGTERM.
 
-    ARTIFACT is an artifact directory, or with --registry/--repository a tag or digest that is pulled
-    (every blob verified) into the local cache ($MLCI_CACHE_DIR, default ~/.cache/mlci/artifacts) first.
+    ARTIFACT is an artifact directory, or with --registry/--repository a tag or digest (or a unique digest
+    prefix, at least 7 hex digits) that is pulled (every blob verified) into the local cache
+    ($MLCI_CACHE_DIR, default ~/.cache/mlci/artifacts) first.
 
     The artifact's hashes and digest are verified first; a tampered artifact is refused (exit 2).
     Once the model is loaded and warmed up, one line on stderr says what serves where:

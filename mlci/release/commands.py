@@ -161,7 +161,7 @@ def register(
     @click.option("--repository", default=None, help="Repository name (instead of [registry] repository).")
     @json_option
     def pull(ref: str, config_path: Path, workspace: Path | None, out: Path, registry: str | None, repository: str | None, as_json: bool) -> None:
-        """Pull REF (a tag, an artifact digest or a manifest digest), verifying every blob."""
+        """Pull REF (a tag, an artifact digest or a unique prefix of one, or a manifest digest), verifying every blob."""
         from mlci.registry import pull_artifact
 
         store = explicit_store(registry, repository) or store_of(load(config_path, workspace))
@@ -171,7 +171,12 @@ def register(
     @group.command()
     @click.argument("env", type=_ENV)
     @config_option
-    @click.option("--digest", default=None, help="Artifact to promote (default: candidate for staging, staging for production).")
+    @click.option(
+        "--digest",
+        default=None,
+        help="Artifact to promote: its digest or a unique prefix (sha256:<hex> or bare hex, at least 7 digits) "
+        "(default: candidate for staging, staging for production).",
+    )
     @click.option("--approve", is_flag=True, help="A human approves this promotion (needed unless continuous deployment is on).")
     @click.option("--reason", default="", help="Why, for the history.")
     @click.option("--deploy/--no-deploy", "then_deploy", default=True, show_default=True, help="Deploy right after promoting.")
@@ -193,7 +198,7 @@ def register(
         deployed = deploy_environment(config, store, env, release) if then_deploy else None
         emit(
             as_json, {"promotion": entry, "deployed": deployed},
-            f"{env} → {digest}" + (f" (serving at {deployed.get('url') or deployed.get('manifest')})" if deployed else "") + note_of(deployed),
+            f"{env} → {entry['to']}" + (f" (serving at {deployed.get('url') or deployed.get('manifest')})" if deployed else "") + note_of(deployed),
         )  # fmt: skip
 
     @group.command()
