@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -34,6 +34,7 @@ from .conftest import EXAMPLE, reseal
 def invoke(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
     return result.exit_code, result.output
+
 
 
 @pytest.fixture
@@ -402,3 +403,117 @@ def test_no_process_mlci_starts_inherits_the_registry_credentials(
     assert any(name.startswith("git.") for name in seen) and any(name.startswith("kubectl.") for name in seen)
     leaked = [name for name, text in seen.items() if "MLCI_REGISTRY_" in text or secret in text]
     assert leaked == [], f"registry credentials reached {leaked}"
+
+
+# A real `mlci serve` that takes the port in the window between deploy's free-port probe and its server's
+# bind: the socket is bound first (SO_REUSEADDR, not listening: the probe still binds beside it), and it
+# listens as soon as the test says so. It then serves ARTIFACT on that socket until killed.
+STRANGER = r"""
+import dataclasses, socket, sys
+from pathlib import Path
+from mlci.serving.server import serve
+from mlci.serving.settings import Settings
+artifact, port = Path(sys.argv[1]), int(sys.argv[2])
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind(("127.0.0.1", port))
+print("bound", flush=True)
+sys.stdin.readline()
+sock.listen(128)
+settings = Settings.from_env({})
+serve(dataclasses.replace(settings, artifact=artifact, host="127.0.0.1", port=port, log_dir=None), sockets=[sock])
+"""
+
+
+def profile_variant(artifact: Path, root: Path) -> tuple[Path, str]:
+    """Another version of ``artifact``: the same model (so the same outputs), another profile, another digest."""
+    copy = root / "variant"
+    shutil.copytree(artifact, copy)
+    profile = json.loads((copy / "profile.json").read_text())
+    profile["variant"] = 1
+    (copy / "profile.json").write_text(json.dumps(profile))
+    return copy, reseal(copy)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("stranger_serves", ["the same artifact", "another version"])
+def test_deploy_whose_server_cannot_bind_names_the_port_clash(project: Path, tmp_path: Path, stranger_serves: str) -> None:
+    """Issue 13 item 2: another process took the port after deploy's probe, so deploy's own server died with
+    "address already in use" while the post-deploy check talked to the stranger: deploy printed
+    `staging serves sha256:…`, exit 0 (or, depending on the race, blamed the artifact and rolled back).
+
+    The stranger is a real `mlci serve` (of the same artifact, or of another version whose model gives the
+    same outputs, so a smoke test alone cannot tell them apart). Deploy must check that its own process
+    listens there and serves the deployed digest, and name the clash: the port, the other process, the fix.
+    """
+    assert invoke("run", "-c", str(project))[0] == 0
+    assert invoke("promote", "staging", "-c", str(project), "--approve", "--no-deploy")[0] == 0
+    config = load_config(project)
+    store = open_registry(config)
+    before = (tag_digest(store, "staging"), history(store, "staging"))
+    artifact = Path(json.loads((config.workspace / "latest.json").read_text())["path"])
+    served = artifact if stranger_serves == "the same artifact" else profile_variant(artifact, tmp_path)[0]
+    folder = config.workspace / "deploy" / "staging"
+    port = config.deploy.staging_port
+    stranger = subprocess.Popen(
+        [sys.executable, "-c", STRANGER, str(served), str(port)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True, text=True,
+    )  # fmt: skip
+    try:
+        assert stranger.stdout is not None and stranger.stdin is not None
+        assert stranger.stdout.readline().strip() == "bound"
+        deploy = subprocess.Popen(
+            [sys.executable, "-m", "mlci", "deploy", "staging", "-c", str(project)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        wait_until(lambda: bool(servers_under(folder)) or deploy.poll() is not None, 120, "deploy to start its server")
+        stranger.stdin.write("go\n")
+        stranger.stdin.flush()
+        out, err = deploy.communicate(timeout=240)
+        assert stranger.poll() is None, "the stranger was signalled"
+        assert deploy.returncode == 2 and "Traceback" not in err, (deploy.returncode, out, err)
+        assert f"port {port}" in err and "staging_port" in err, err
+        assert f"pid {stranger.pid}" in err and "could not bind" in err and "address already in use" in err, err
+        assert "staging serves" not in out
+        assert (tag_digest(store, "staging"), history(store, "staging")) == before  # no rollback for a port clash
+        assert servers_under(folder) == [] and running(config, "staging") is None
+        assert not (folder / "state.json").exists()
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_the_post_deploy_check_requires_the_deployed_digest(project: Path, tmp_path: Path) -> None:
+    """The check reads the served version from `GET /v2/models/{name}` (serving/runtime.py's metadata puts the
+    artifact digest in `versions`): a live server of another version of the model is not the deployment,
+    even though its outputs are the same and a smoke test passes against it."""
+    from mlci.errors import CheckFailed
+    from mlci.release.deploy import confirm_serving
+    from mlci.release.smoke import start_server, wait_ready
+
+    assert invoke("run", "-c", str(project), "--until", "evaluate")[0] == 0
+    config = load_config(project)
+    artifact = Path(json.loads((config.workspace / "latest.json").read_text())["path"])
+    deployed = json.loads((artifact / "manifest.json").read_text())["digest"]
+    variant, other = profile_variant(artifact, tmp_path)
+    port = free_port()
+    server = start_server(variant, port, tmp_path / "server.log")
+    try:
+        wait_ready(server.url, 60, server)
+        confirm_serving(server, port, other, "breast-cancer", 10)  # its own digest: fine
+        with pytest.raises(CheckFailed) as caught:
+            confirm_serving(server, port, deployed, "breast-cancer", 10)
+        assert f"version {other}" in str(caught.value) and f"not the deployed {deployed}" in str(caught.value)
+        with pytest.raises(CheckFailed) as caught:
+            confirm_serving(server, port, other, "another-model", 10)
+        assert "HTTP 404 for model 'another-model'" in str(caught.value)
+    finally:
+        server.stop()
+

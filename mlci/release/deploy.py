@@ -6,6 +6,11 @@ the workspace), then runs the post-deploy check: readiness and a smoke test agai
 the check fails, the environment is rolled back to its previous version, that version is started again,
 and the deploy fails with the reason (exit 1).
 
+The check judges mlci's own server, never whoever answers on the port: the process it started must be the
+one listening there (its socket, read from /proc) and must serve the deployed digest (the model's version in
+``GET /v2/models/{name}``). A server that lost its port to another process is a port clash, named as such
+(the port, the other process, the fix), with no rollback: the artifact was not at fault.
+
 The state file is a record, not an authority: it names the server by PID *and* start time (field 22 of
 ``/proc/<pid>/stat``), and mlci signals a process only while both still match and it leads its own process
 group, so a stale record never hits a process that merely reuses the PID. The file is written atomically
@@ -35,7 +40,18 @@ from mlci.errors import CheckFailed, MlciError
 from mlci.release.promote import Release, rollback
 from mlci.release.smoke import ServerProcess, start_server, wait_ready
 
-__all__ = ["DeployResult", "deploy", "local_state", "process_start_time", "render_kubernetes", "running", "stop"]
+__all__ = [
+    "DeployResult",
+    "confirm_serving",
+    "deploy",
+    "listening_pids",
+    "local_state",
+    "process_start_time",
+    "render_kubernetes",
+    "running",
+    "served_version",
+    "stop",
+]
 
 Checker = Callable[[Path, str], Any]  # (artifact dir, live url) -> SmokeReport-like with .passed/.reason
 
@@ -239,6 +255,138 @@ def _require_free_port(host: str, port: int, env: str) -> None:
         ) from exc
 
 
+class _PortTaken(MlciError):
+    """The environment's port belongs to another process: deploy's own server could not bind it."""
+
+
+def _listening_inodes(port: int) -> set[str] | None:
+    """Socket inodes listening on TCP ``port`` (any address, IPv4 or IPv6), from /proc/net; None without /proc."""
+    inodes: set[str] = set()
+    readable = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        readable = True
+        for line in lines:
+            fields = line.split()  # sl local_address rem_address st … uid timeout inode
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes if readable else None
+
+
+def _holds_socket(pid: int, inodes: set[str]) -> bool:
+    """Whether process ``pid`` has one of the socket ``inodes`` open (False where its fds cannot be read)."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            return True
+    return False
+
+
+def listening_pids(port: int) -> set[int] | None:
+    """PIDs of the processes listening on TCP ``port`` that this user may see; None where /proc cannot tell."""
+    inodes = _listening_inodes(port)
+    if inodes is None:
+        return None
+    if not inodes:
+        return set()
+    return {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _holds_socket(int(p.name), inodes)}
+
+
+def _describe(pid: int) -> str:
+    """``pid N (its command line)``, shortened, for an error message."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        command = " ".join(a.decode(errors="replace") for a in argv)
+    except OSError:
+        command = ""
+    command = command if len(command) <= 120 else command[:117] + "..."
+    return f"pid {pid} ({command})" if command else f"pid {pid}"
+
+
+def _listens(server: ServerProcess, port: int) -> bool:
+    """Whether the process we started holds the socket listening on ``port`` (alive, where /proc cannot tell)."""
+    inodes = _listening_inodes(port)
+    if inodes is None:
+        return server.process.poll() is None
+    return bool(inodes) and _holds_socket(server.process.pid, inodes)
+
+
+def served_version(url: str, name: str, timeout: float = 5.0) -> tuple[str | None, str]:
+    """(the version the server at ``url`` serves as model ``name``, what it answered).
+
+    The version is the first of ``versions`` in the V2 model metadata (``GET /v2/models/{name}``): mlci's
+    server puts the artifact digest there. None, with the reason, when nothing or something else answers.
+    """
+    import httpx
+
+    try:
+        response = httpx.get(f"{url}/v2/models/{name}", timeout=timeout)
+    except httpx.HTTPError as exc:
+        return None, f"no answer ({type(exc).__name__})"
+    if response.status_code != 200:
+        return None, f"HTTP {response.status_code} for model {name!r}"
+    try:
+        versions = response.json().get("versions")
+    except (ValueError, AttributeError):
+        return None, "an answer that is not V2 model metadata"
+    if not isinstance(versions, list) or not versions or not isinstance(versions[0], str):
+        return None, "model metadata without a version"
+    return versions[0], f"version {versions[0]}"
+
+
+def confirm_serving(server: ServerProcess, port: int, digest: str, name: str, timeout: float) -> None:
+    """Raise CheckFailed unless the process we started listens on ``port`` and serves ``digest``.
+
+    A ready answer on the port proves nothing by itself: another process may hold it while ours is still
+    loading, or after ours failed to bind.
+    """
+    pid = server.process.pid
+    deadline = time.monotonic() + timeout
+    while not _listens(server, port):
+        if server.process.poll() is not None:
+            raise CheckFailed(
+                f"The server (pid {pid}) exited with code {server.process.returncode}.\n"
+                f"Server log (tail):\n{server.log_tail()}"
+            )
+        if time.monotonic() >= deadline:
+            raise CheckFailed(f"The server (pid {pid}) does not listen on port {port} after {timeout:.0f} s.")
+        time.sleep(0.05)
+    version, answer = served_version(server.url, name)
+    if version != digest:
+        raise CheckFailed(f"{server.url} answers {answer}, not the deployed {digest}.")
+
+
+def _port_clash(server: ServerProcess, host: str, port: int, env: str) -> _PortTaken | None:
+    """The error for a server of ours that another process kept off its port, or None if that did not happen."""
+    pid = server.process.pid
+    holders = listening_pids(port)
+    others = sorted(holders - {pid}) if holders is not None else []
+    log = server.log_tail()
+    exited = server.process.poll() is not None
+    bind_failed = exited and ("address already in use" in log.lower() or "errno 98" in log.lower())
+    if not bind_failed and not (others and pid not in (holders or set())):
+        return None
+    who = ", ".join(map(_describe, others)) or f"another process (`ss -ltnp 'sport = :{port}'` shows which)"
+    how = "address already in use" if bind_failed else "it never listened there"
+    return _PortTaken(
+        f"{env}'s server (pid {pid}) could not bind port {port} on {host} ({how}): {who} listens there. "
+        f"The post-deploy check stopped: what answers on port {port} is not mlci's {env} server, so nothing "
+        f"was judged and nothing rolled back; the {env} tag is unchanged and no server of mlci's serves {env} "
+        f"now. Stop that process, or set [deploy] {env}_port to a free port in mlci.toml, then run "
+        f"`mlci deploy {env}` again."
+    )
+
+
 def _record(path: Path, server: ServerProcess, state: dict[str, Any], env: str) -> None:
     """Write the state file atomically; if that fails, stop the server so that none runs untracked."""
     try:
@@ -254,8 +402,12 @@ def _record(path: Path, server: ServerProcess, state: dict[str, Any], env: str) 
         ) from exc
 
 
+def _port(config: Config, env: str) -> int:
+    return config.deploy.staging_port if env == "staging" else config.deploy.production_port
+
+
 def _start(config: Config, env: str, artifact: Path, digest: str) -> ServerProcess:
-    port = config.deploy.staging_port if env == "staging" else config.deploy.production_port
+    port = _port(config, env)
     folder = _env_dir(config, env)
     folder.mkdir(parents=True, exist_ok=True)
     _require_free_port(config.deploy.host, port, env)
@@ -269,14 +421,30 @@ def _start(config: Config, env: str, artifact: Path, digest: str) -> ServerProce
     return server
 
 
-def _check(server: ServerProcess, artifact: Path, config: Config, checker: Checker) -> str | None:
-    """None when the live server is ready and passes the check, else the reason."""
+def _check(server: ServerProcess, artifact: Path, digest: str, config: Config, env: str, checker: Checker) -> str | None:
+    """None when our own server is ready, listens on the port, serves ``digest`` and passes the check, else
+    the reason. Raises _PortTaken when another process holds the port (then nothing of ours was checked)."""
+    from mlci.model.artifact import read_manifest
+
+    port, timeout = _port(config, env), config.deploy.check_timeout_s
     try:
-        wait_ready(server.url, config.deploy.check_timeout_s, server)
+        wait_ready(server.url, timeout, server)
+        name = str(read_manifest(artifact)["name"])
+        confirm_serving(server, port, digest, name, timeout)
         report = checker(artifact, server.url)
+        confirm_serving(server, port, digest, name, timeout)  # still ours when the check ended
     except MlciError as exc:
+        clash = _port_clash(server, config.deploy.host, port, env)
+        if clash is not None:
+            raise clash from exc
         return str(exc)
     return None if report.passed else report.reason
+
+
+def _forget(config: Config, env: str, server: ServerProcess) -> None:
+    """Stop a server of ours that must not stay, and remove its state file."""
+    server.stop()
+    _state_file(config, env).unlink(missing_ok=True)
 
 
 def deploy(config: Config, store: Any, env: str, *, release: Release, checker: Checker) -> DeployResult:
@@ -290,7 +458,11 @@ def deploy(config: Config, store: Any, env: str, *, release: Release, checker: C
     with _env_lock(config, env):
         _, note = _stop_recorded(config, env, 15.0)
         server = _start(config, env, artifact, digest)
-        problem = _check(server, artifact, config, checker)
+        try:
+            problem = _check(server, artifact, digest, config, env, checker)
+        except _PortTaken:
+            _forget(config, env, server)
+            raise
         if problem is not None:
             _roll_back(config, store, env, release, server, digest, problem, checker)
     return DeployResult(env, digest, server.url, server.process.pid, note=note)
@@ -300,8 +472,7 @@ def _roll_back(
     config: Config, store: Any, env: str, release: Release, server: ServerProcess, digest: str, problem: str, checker: Checker
 ) -> NoReturn:
     """The post-deploy check failed: stop the new server, move the tag back, start the previous version; raise."""
-    server.stop()
-    _state_file(config, env).unlink(missing_ok=True)
+    _forget(config, env, server)
     tail = server.log_tail()
     try:
         entry = rollback(store, env, release=release, reason=f"post-deploy check failed for {digest[:19]}: {problem[:200]}")
@@ -312,7 +483,12 @@ def _roll_back(
         ) from exc
     previous = entry["to"]
     restored = _start(config, env, _materialise(store, config, env, previous), previous)
-    restored_problem = _check(restored, _env_dir(config, env) / "artifacts" / previous.replace(":", "-"), config, checker)
+    previous_dir = _env_dir(config, env) / "artifacts" / previous.replace(":", "-")
+    try:
+        restored_problem = _check(restored, previous_dir, previous, config, env, checker)
+    except _PortTaken as exc:
+        _forget(config, env, restored)
+        restored_problem = str(exc)
     state = "is serving again" if restored_problem is None else f"was restarted but fails its check too ({restored_problem})"
     raise CheckFailed(
         f"Deploy of {digest[:19]} to {env} failed its post-deploy check: {problem}. Rolled back automatically: "
