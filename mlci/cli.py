@@ -103,6 +103,7 @@ def run(config_path: Path, workspace: Path | None, no_cache: bool, until: str | 
     """Run the pipeline in-process: train → export → evaluate → smoke → gate → push (→ promote/deploy)."""
     from mlci.pipeline import run_pipeline
     from mlci.progress import Progress
+    from mlci.release.flow import describe_deployment
 
     config = _load(config_path, workspace)
     progress = Progress(sys.stderr if as_json else sys.stdout)
@@ -132,7 +133,7 @@ def run(config_path: Path, workspace: Path | None, no_cache: bool, until: str | 
             f"metrics   {metrics}",
             *([f"gate      {'passed' if result.verdict['passed'] else 'FAILED'}" + (" (first release)" if result.verdict["first_run"] else "")] if result.verdict else []),
             *([f"pushed    {result.release['push']['tags'][0]} → {config.registry.url if config.registry else ''}"] if "push" in result.release else []),
-            *[f"{env:<9} {result.release[env].get('url') or result.release[env].get('manifest')}" for env in ("staging", "production") if env in result.release],
+            *[describe_deployment(env, result.release[env]) for env in ("staging", "production") if env in result.release],
             f"run       {result.run_id} {result.status} in {result.duration_s:.2f}s "
             f"({len(result.stages)} stages, {hits} from cache)",
         ]

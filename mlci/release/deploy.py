@@ -36,12 +36,14 @@ from typing import Any, NoReturn
 
 from mlci.canonical import atomic_write
 from mlci.config import Config
-from mlci.errors import CheckFailed, MlciError
+from mlci.errors import CheckFailed, ConfigError, MlciError
 from mlci.release.promote import Release, rollback
 from mlci.release.smoke import ServerProcess, start_server, wait_ready
 
 __all__ = [
+    "Applied",
     "DeployResult",
+    "apply_kubernetes",
     "confirm_serving",
     "deploy",
     "listening_pids",
@@ -53,6 +55,7 @@ __all__ = [
     "stop",
 ]
 
+ALREADY_STOPPED = "already stopped (no local server was running)"
 Checker = Callable[[Path, str], Any]  # (artifact dir, live url) -> SmokeReport-like with .passed/.reason
 
 
@@ -223,12 +226,12 @@ def stop(config: Config, env: str, timeout: float = 15.0) -> str:
     mlci's is removed. Returns what happened, in a sentence.
     """
     if not _env_dir(config, env).is_dir():
-        return "no local server was running"
+        return ALREADY_STOPPED
     with _env_lock(config, env):
         pid, note = _stop_recorded(config, env, timeout)
     if note is not None:
         return f"{note}. Removed the state file."
-    return f"stopped its server (pid {pid})" if pid is not None else "no local server was running"
+    return f"stopped its server (pid {pid})" if pid is not None else ALREADY_STOPPED
 
 
 def _materialise(store: Any, config: Config, env: str, digest: str) -> Path:
@@ -496,45 +499,125 @@ def _roll_back(
     )
 
 
+PREDICTION_LOG_DIR = "/var/lib/mlci/predictions"  # where the serving container writes its prediction log
+
+
+def _dump_yaml(docs: list[dict[str, Any]]) -> str:
+    """YAML for ``docs`` with every object written out in full: no ``&id001`` anchors for shared ones."""
+    import yaml
+
+    class NoAliases(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    return yaml.dump_all(docs, Dumper=NoAliases, sort_keys=False)
+
+
+def _cluster_registry(config: Config) -> str:
+    """The registry URL the cluster pulls from; refused when a pod cannot reach it."""
+    assert config.registry is not None
+    url = config.deploy.cluster_registry or config.registry.url
+    key = "[deploy] cluster_registry" + ("" if config.deploy.cluster_registry else " (it defaults to [registry] url)")
+    fix = (
+        f"Push to a registry the cluster can pull from and set [registry] url to it, or set {key.split(' (')[0]} "
+        'to the address the cluster knows it by (e.g. "https://ghcr.io", "http://registry.kube-system:5000").'
+    )
+    if url.startswith("oci-layout:") or "://" not in url:
+        raise ConfigError(f"{key} is {url!r}, an OCI layout on this machine: a pod in the cluster cannot read it. {fix}")
+    import httpx
+
+    from mlci.registry.http import is_loopback
+
+    try:
+        host = httpx.URL(url).host
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"{key} is {url!r}, which is not a URL ({exc}). {fix}") from exc
+    if is_loopback(host):
+        raise ConfigError(
+            f"{key} is {url!r}, a loopback address: inside a pod that is the pod itself, not this machine's "
+            f"registry. {fix}"
+        )
+    return url
+
+
+def _pinned_image(config: Config) -> str:
+    """The serving image, refused unless pinned (a digest, or a tag other than ``latest``)."""
+    image = config.deploy.image
+    last = image.rsplit("/", 1)[-1]
+    tag = last.rsplit(":", 1)[1] if ":" in last else None
+    if "@sha256:" not in image and tag in (None, "latest"):
+        raise ConfigError(
+            f"[deploy] image is {image!r}, which is not pinned (no tag, or :latest): the pods would run whatever that "
+            "name points at when they start, not the serving code mlci checked. Set [deploy] image to an image "
+            "with mlci installed, by digest (…@sha256:<hex>) or by a release tag (…:1.4.2)."
+        )
+    return image
+
+
+def _resources(config: Config) -> dict[str, dict[str, str]]:
+    """Requests and limits for every container, from [deploy] cpu/memory_request/limit ("" leaves one out)."""
+    d = config.deploy
+    requests = {k: v for k, v in (("cpu", d.cpu_request), ("memory", d.memory_request)) if v}
+    limits = {k: v for k, v in (("cpu", d.cpu_limit), ("memory", d.memory_limit)) if v}
+    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+
+def _prediction_log_volume(config: Config) -> dict[str, Any]:
+    """The prediction log's volume: the configured PersistentVolumeClaim, else an emptyDir (lost with the pod)."""
+    claim = config.deploy.prediction_log_claim
+    if claim:
+        return {"name": "predictions", "persistentVolumeClaim": {"claimName": claim}}
+    return {"name": "predictions", "emptyDir": {}}
+
+
 def render_kubernetes(config: Config, env: str, digest: str) -> str:
     """YAML for a Deployment + Service (or a KServe InferenceService) serving ``digest``.
 
     An init container pulls the artifact by digest with `mlci pull` (verifying every blob; registry
     credentials from the optional Secret `<name>-registry`), and the serving container runs
-    `mlci serve` on the pulled directory.
+    `mlci serve` on the pulled directory, writing its prediction log to a volume of its own. Refused
+    (ConfigError) when the cluster could not reach the registry or the image is not pinned. The YAML has
+    no anchors: every object is written out in full.
     """
-    import yaml
-
     name = f"{config.name}-{env}"
     labels = {"app.kubernetes.io/name": config.name, "app.kubernetes.io/instance": name, "mlci.dev/environment": env}
     assert config.registry is not None
-    registry, repository = config.registry.url, config.registry.repository
+    registry, repository = _cluster_registry(config), config.registry.repository
+    image, resources = _pinned_image(config), _resources(config)
     annotations = {"mlci.dev/digest": digest, "mlci.dev/registry": registry, "mlci.dev/repository": repository}
-    volume = {"name": "artifact", "emptyDir": {}}
+    volumes = [{"name": "artifact", "emptyDir": {}}, _prediction_log_volume(config)]
     pull = {
         "name": "pull-artifact",
-        "image": config.deploy.image,
+        "image": image,
         "command": ["mlci", "pull", digest, "--registry", registry, "--repository", repository, "--out", "/artifact/model"],
         "envFrom": [{"secretRef": {"name": f"{name}-registry", "optional": True}}],
+        "resources": resources,
         "volumeMounts": [{"name": "artifact", "mountPath": "/artifact"}],
     }
     serve = {
         "name": "server",
-        "image": config.deploy.image,
-        "command": ["mlci", "serve", "/artifact/model", "--host", "0.0.0.0", "--port", "8080"],
+        "image": image,
+        "command": [
+            "mlci", "serve", "/artifact/model", "--host", "0.0.0.0", "--port", "8080", "--log-dir", PREDICTION_LOG_DIR,
+        ],
         "ports": [{"name": "http", "containerPort": 8080}],
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 2},
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10},
-        "volumeMounts": [{"name": "artifact", "mountPath": "/artifact"}],
-    }
+        "resources": resources,
+        "volumeMounts": [
+            {"name": "artifact", "mountPath": "/artifact"},
+            {"name": "predictions", "mountPath": PREDICTION_LOG_DIR},
+        ],
+    }  # fmt: skip
     meta = {"name": name, "namespace": config.deploy.namespace, "labels": labels, "annotations": annotations}
+    pod = {"initContainers": [pull], "containers": [serve], "volumes": volumes}
     if config.deploy.kind == "inferenceservice":
         docs: list[dict[str, Any]] = [
             {
                 "apiVersion": "serving.kserve.io/v1beta1",
                 "kind": "InferenceService",
                 "metadata": meta,
-                "spec": {"predictor": {"minReplicas": config.deploy.replicas, "initContainers": [pull], "containers": [serve], "volumes": [volume]}},
+                "spec": {"predictor": {"minReplicas": config.deploy.replicas, **pod}},
             }
         ]
     else:
@@ -547,10 +630,7 @@ def render_kubernetes(config: Config, env: str, digest: str) -> str:
                     "replicas": config.deploy.replicas,
                     "selector": {"matchLabels": labels},
                     "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-                    "template": {
-                        "metadata": {"labels": labels, "annotations": annotations},
-                        "spec": {"initContainers": [pull], "containers": [serve], "volumes": [volume]},
-                    },
+                    "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod},
                 },
             },
             {
@@ -560,21 +640,58 @@ def render_kubernetes(config: Config, env: str, digest: str) -> str:
                 "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
             },
         ]
-    return yaml.safe_dump_all(docs, sort_keys=False)
+    return _dump_yaml(docs)
 
 
-def apply_kubernetes(manifest: str) -> str | None:
-    """`kubectl apply` the manifest when kubectl and a current context exist; None means render-only."""
+@dataclass(frozen=True)
+class Applied:
+    """What `kubectl` did with a manifest: the context it applied to (None: not applied, and why)."""
+
+    context: str | None
+    not_applied: str = ""
+    rollout: str = ""
+
+
+def _kubectl(kubectl: str, args: list[str], env: dict[str, str], timeout: float, manifest: str | None = None) -> Any:
+    """Run kubectl with a deadline; stdin is the manifest or nothing (never the caller's terminal)."""
+    try:
+        return subprocess.run(
+            [kubectl, *args], input=manifest, stdin=None if manifest is not None else subprocess.DEVNULL,
+            capture_output=True, text=True, check=False, env=env, timeout=timeout,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        raise CheckFailed(f"`kubectl {' '.join(args)}` did not finish within {timeout:.0f} s.") from exc
+
+
+def apply_kubernetes(manifest: str, config: Config, env: str) -> Applied:
+    """`kubectl apply` the manifest when kubectl and a current context exist, then wait (bounded by
+    [deploy] rollout_timeout_s) for the rollout; otherwise say why nothing was applied."""
     from mlci.registry.settings import without_credentials
 
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        return None
-    env = without_credentials(os.environ)  # kubectl needs its kubeconfig, never the registry's password
-    context = subprocess.run([kubectl, "config", "current-context"], capture_output=True, text=True, check=False, env=env)
+        return Applied(None, "kubectl is not on PATH")
+    environ = without_credentials(os.environ)  # kubectl needs its kubeconfig, never the registry's password
+    context = _kubectl(kubectl, ["config", "current-context"], environ, 30)
     if context.returncode != 0 or not context.stdout.strip():
-        return None
-    done = subprocess.run([kubectl, "apply", "-f", "-"], input=manifest, capture_output=True, text=True, check=False, env=env)
+        return Applied(None, f"kubectl has no current context ({(context.stderr.strip() or 'none set')[:200]})")
+    done = _kubectl(kubectl, ["apply", "-f", "-"], environ, 120, manifest)
     if done.returncode != 0:
         raise CheckFailed(f"kubectl apply failed ({done.returncode}): {done.stderr.strip()[:500]}")
-    return context.stdout.strip()
+    name, namespace, timeout = f"{config.name}-{env}", config.deploy.namespace, config.deploy.rollout_timeout_s
+    if config.deploy.kind == "inferenceservice":
+        wait = ["wait", "--for=condition=Ready", f"inferenceservice/{name}", "-n", namespace, f"--timeout={timeout:.0f}s"]
+        undo = f"`kubectl -n {namespace} describe inferenceservice/{name}` says why; `mlci rollback {env}` goes back"
+    else:
+        wait = ["rollout", "status", f"deployment/{name}", "-n", namespace, f"--timeout={timeout:.0f}s"]
+        undo = (
+            f"the previous pods keep serving (maxUnavailable 0); `kubectl -n {namespace} describe deployment/{name}` "
+            f"says why; `kubectl -n {namespace} rollout undo deployment/{name}` or `mlci rollback {env}` goes back"
+        )
+    rolled = _kubectl(kubectl, wait, environ, timeout + 30)
+    if rolled.returncode != 0:
+        raise CheckFailed(
+            f"Applied to {context.stdout.strip()}, but the rollout of {name} did not complete within {timeout:.0f} s "
+            f"([deploy] rollout_timeout_s): {(rolled.stderr or rolled.stdout).strip()[:500]}. {undo}."
+        )
+    return Applied(context.stdout.strip(), rollout=rolled.stdout.strip()[:200])
