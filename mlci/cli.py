@@ -103,6 +103,7 @@ def run(config_path: Path, workspace: Path | None, no_cache: bool, until: str | 
     """Run the pipeline in-process: train → export → evaluate → smoke → gate → push (→ promote/deploy)."""
     from mlci.pipeline import run_pipeline
     from mlci.progress import Progress
+    from mlci.release.flow import describe_deployment
 
     config = _load(config_path, workspace)
     progress = Progress(sys.stderr if as_json else sys.stdout)
@@ -132,7 +133,7 @@ def run(config_path: Path, workspace: Path | None, no_cache: bool, until: str | 
             f"metrics   {metrics}",
             *([f"gate      {'passed' if result.verdict['passed'] else 'FAILED'}" + (" (first release)" if result.verdict["first_run"] else "")] if result.verdict else []),
             *([f"pushed    {result.release['push']['tags'][0]} → {config.registry.url if config.registry else ''}"] if "push" in result.release else []),
-            *[f"{env:<9} {result.release[env].get('url') or result.release[env].get('manifest')}" for env in ("staging", "production") if env in result.release],
+            *[describe_deployment(env, result.release[env]) for env in ("staging", "production") if env in result.release],
             f"run       {result.run_id} {result.status} in {result.duration_s:.2f}s "
             f"({len(result.stages)} stages, {hits} from cache)",
         ]
@@ -244,7 +245,11 @@ def runs(config_path: Path, workspace: Path | None, limit: int, prometheus: bool
 
 @cli.command()
 @click.argument("artifact")
-@click.option("--registry", default=None, help="Registry URL: ARTIFACT is then a tag or digest in it (with --repository).")
+@click.option(
+    "--registry",
+    default=None,
+    help="Registry URL: ARTIFACT is then a tag, a digest or a unique digest prefix in it (with --repository).",
+)
 @click.option("--repository", default=None, help="Repository name in --registry.")
 @click.option("--host", default=None, help="Interface to bind (default 127.0.0.1, or MLCI_SERVE_HOST).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default 8080, or MLCI_SERVE_PORT).")
@@ -334,8 +339,9 @@ def serve(
 ) -> None:
     """Serve ARTIFACT over the Open Inference Protocol (KServe V2 REST) until SIGTERM.
 
-    ARTIFACT is an artifact directory, or with --registry/--repository a tag or digest that is pulled
-    (every blob verified) into the local cache ($MLCI_CACHE_DIR, default ~/.cache/mlci/artifacts) first.
+    ARTIFACT is an artifact directory, or with --registry/--repository a tag or digest (or a unique digest
+    prefix, at least 7 hex digits) that is pulled (every blob verified) into the local cache
+    ($MLCI_CACHE_DIR, default ~/.cache/mlci/artifacts) first.
 
     The artifact's hashes and digest are verified first; a tampered artifact is refused (exit 2).
     Once the model is loaded and warmed up, one line on stderr says what serves where:

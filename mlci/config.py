@@ -47,7 +47,8 @@ _KNOWN: dict[str, tuple[str, ...]] = {
     "registry": ("url", "repository", "insecure"),
     "deploy": (
         "target", "continuous_deployment", "host", "staging_port", "production_port", "check_timeout_s",
-        "image", "namespace", "replicas", "kind",
+        "image", "namespace", "replicas", "kind", "cluster_registry", "rollout_timeout_s", "prediction_log_claim",
+        "cpu_request", "memory_request", "cpu_limit", "memory_limit",
     ),
 }
 COMPARABLE = ("accuracy", "f1", "roc_auc", "log_loss", "rmse", "mae", "r2")
@@ -81,6 +82,20 @@ def _get(table: Mapping[str, Any], section: str, key: str, kind: type | tuple[ty
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         names = " or ".join(k.__name__ for k in kinds)
         raise ConfigError(f"[{section}] {key} must be {names}; got {value!r} ({type(value).__name__}).")
+    return value
+
+
+_QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
+
+
+def _quantity(table: Mapping[str, Any], key: str) -> str:
+    """A Kubernetes resource quantity from [deploy] (e.g. "250m", "1Gi"), or "" to leave it out."""
+    value: str = _get(table, "deploy", key, str, getattr(DeployConfig, key))
+    if value and _QUANTITY.fullmatch(value) is None:
+        raise ConfigError(
+            f"[deploy] {key} must be a Kubernetes quantity such as \"250m\", \"2\", \"512Mi\" or \"1Gi\" "
+            f"(or \"\" to leave it out); got {value!r}."
+        )
     return value
 
 
@@ -187,6 +202,13 @@ class DeployConfig:
     namespace: str = "default"
     replicas: int = 2
     kind: str = "deployment"
+    cluster_registry: str = ""  # the registry URL as the cluster reaches it (default: [registry] url)
+    rollout_timeout_s: float = 300.0
+    prediction_log_claim: str = ""  # a PersistentVolumeClaim for the prediction log (default: an emptyDir)
+    cpu_request: str = "250m"  # Kubernetes quantities; "" leaves one out
+    memory_request: str = "512Mi"
+    cpu_limit: str = ""
+    memory_limit: str = "1Gi"
 
 
 @dataclass(frozen=True)
@@ -386,7 +408,13 @@ def parse_config(raw: Mapping[str, Any], path: Path, workspace: Path | str | Non
         namespace=_get(dep, "deploy", "namespace", str, DeployConfig.namespace),
         replicas=_get(dep, "deploy", "replicas", int, DeployConfig.replicas),
         kind=_get(dep, "deploy", "kind", str, DeployConfig.kind),
+        cluster_registry=_get(dep, "deploy", "cluster_registry", str, DeployConfig.cluster_registry),
+        rollout_timeout_s=float(_get(dep, "deploy", "rollout_timeout_s", (float, int), DeployConfig.rollout_timeout_s)),
+        prediction_log_claim=_get(dep, "deploy", "prediction_log_claim", str, DeployConfig.prediction_log_claim),
+        **{k: _quantity(dep, k) for k in ("cpu_request", "memory_request", "cpu_limit", "memory_limit")},
     )
+    if deploy_cfg.rollout_timeout_s <= 0:
+        raise ConfigError(f"[deploy] rollout_timeout_s must be a positive number of seconds; got {deploy_cfg.rollout_timeout_s}.")
     if deploy_cfg.target not in DEPLOY_TARGETS:
         raise ConfigError(f"[deploy] target must be one of {', '.join(DEPLOY_TARGETS)}; got {deploy_cfg.target!r}.")
     if deploy_cfg.kind not in ("deployment", "inferenceservice"):

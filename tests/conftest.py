@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,37 @@ seed = 3
 latency_runs = 20
 outlier_estimators = 20
 """
+
+
+# MLCI_* variables the test infrastructure itself reads (Makefile, tests/dagger, tests/serving): kept.
+# Every other MLCI_* variable configures the product (registry credentials, serve/monitor settings, the
+# actor, the cache…) and is cleared, so that no test depends on, or acts through, the caller's settings.
+TEST_INFRASTRUCTURE_VARIABLES = (
+    "MLCI_KSERVE_PYTHON",
+    "MLCI_TEST_CACHE",
+    "MLCI_EXECUTOR_CACHE",
+    "MLCI_EXECUTOR_REQUIRED",
+    "MLCI_DAGGER_SCHEMA",
+    "MLCI_DAGGER_MIRROR",
+)
+TEST_INFRASTRUCTURE_PREFIXES = ("MLCI_EXECUTOR_NET",)  # MLCI_EXECUTOR_NET, MLCI_EXECUTOR_NETNS_LOCK
+
+
+def is_test_infrastructure(name: str) -> bool:
+    """Whether the MLCI_* variable ``name`` belongs to the test infrastructure (kept) or to mlci (cleared)."""
+    return name in TEST_INFRASTRUCTURE_VARIABLES or name.startswith(TEST_INFRASTRUCTURE_PREFIXES)
+
+
+@pytest.fixture(autouse=True)
+def no_cluster_and_no_product_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Every test: KUBECONFIG names a file that does not exist (so a kubectl on PATH finds no cluster and
+    nothing is ever applied from the suite; a test that exercises applying puts a fake kubectl on PATH),
+    and mlci's own MLCI_* settings from the caller's environment are cleared."""
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path_factory.getbasetemp() / "no-kubeconfig" / "config"))
+    for name in [n for n in os.environ if n.startswith("MLCI_") and not is_test_infrastructure(n)]:
+        monkeypatch.delenv(name)
 
 
 def mixed_frame(rows: int = 400, seed: int = 0) -> pd.DataFrame:

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -21,10 +21,10 @@ import yaml
 from click.testing import CliRunner
 
 from mlci.cli import cli
-from mlci.config import load_config
+from mlci.config import Config, load_config
 from mlci.pipeline import open_registry
 from mlci.registry import push_artifact, tag_digest
-from mlci.release.deploy import running, stop
+from mlci.release.deploy import render_kubernetes, running, stop
 from mlci.release.promote import history, store_verdict
 from mlci.release.smoke import free_port
 
@@ -34,6 +34,12 @@ from .conftest import EXAMPLE, reseal
 def invoke(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
     return result.exit_code, result.output
+
+
+CLUSTER_DEPLOY = (
+    '[deploy]\ntarget = "kubernetes"\nimage = "ghcr.io/acme/mlci:1.0"\n'
+    'cluster_registry = "https://registry.example.com"\n'
+)
 
 
 @pytest.fixture
@@ -144,7 +150,7 @@ def test_failing_gate_pushes_the_verdict_but_never_promotes(project: Path) -> No
 
 
 def test_kubernetes_target_renders_manifests_naming_the_digest(project: Path) -> None:
-    project.write_text(project.read_text().replace("[deploy]\n", '[deploy]\ntarget = "kubernetes"\nimage = "ghcr.io/acme/mlci:1.0"\n'))
+    project.write_text(project.read_text().replace("[deploy]\n", CLUSTER_DEPLOY))
     assert invoke("run", "-c", str(project))[0] == 0
     code, out = invoke("promote", "staging", "-c", str(project), "--approve", "--json")
     assert code == 0, out
@@ -154,7 +160,8 @@ def test_kubernetes_target_renders_manifests_naming_the_digest(project: Path) ->
     assert docs[0]["metadata"]["annotations"]["mlci.dev/digest"] == deployed["digest"]
     pull = docs[0]["spec"]["template"]["spec"]["initContainers"][0]["command"]
     assert pull[:3] == ["mlci", "pull", deployed["digest"]] and pull[pull.index("--repository") + 1] == "breast-cancer"
-    assert deployed["applied_to"] is None  # no kubectl context here: render only
+    assert pull[pull.index("--registry") + 1] == "https://registry.example.com"  # as the cluster reaches it
+    assert deployed["applied_to"] is None and not deployed["applied"]  # no kubectl context here: render only
     project.write_text(project.read_text().replace('target = "kubernetes"', 'target = "kubernetes"\nkind = "inferenceservice"'))
     code, out = invoke("deploy", "staging", "-c", str(project), "--json")
     assert code == 0, out
@@ -394,7 +401,7 @@ def test_no_process_mlci_starts_inherits_the_registry_credentials(
     live = running(load_config(project), "staging")
     assert live is not None
     server_env = Path(f"/proc/{live['pid']}/environ").read_bytes().decode(errors="replace")
-    project.write_text(project.read_text().replace("[deploy]\n", '[deploy]\ntarget = "kubernetes"\n'))
+    project.write_text(project.read_text().replace("[deploy]\n", CLUSTER_DEPLOY))
     code, out = invoke("deploy", "staging", "-c", str(project), "--json")
     assert code == 0 and json.loads(out)["applied_to"] == "test-context", out
 
@@ -402,3 +409,283 @@ def test_no_process_mlci_starts_inherits_the_registry_credentials(
     assert any(name.startswith("git.") for name in seen) and any(name.startswith("kubectl.") for name in seen)
     leaked = [name for name, text in seen.items() if "MLCI_REGISTRY_" in text or secret in text]
     assert leaked == [], f"registry credentials reached {leaked}"
+
+
+# A real `mlci serve` that takes the port in the window between deploy's free-port probe and its server's
+# bind: the socket is bound first (SO_REUSEADDR, not listening: the probe still binds beside it), and it
+# listens as soon as the test says so. It then serves ARTIFACT on that socket until killed.
+STRANGER = r"""
+import dataclasses, socket, sys
+from pathlib import Path
+from mlci.serving.server import serve
+from mlci.serving.settings import Settings
+artifact, port = Path(sys.argv[1]), int(sys.argv[2])
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind(("127.0.0.1", port))
+print("bound", flush=True)
+sys.stdin.readline()
+sock.listen(128)
+settings = Settings.from_env({})
+serve(dataclasses.replace(settings, artifact=artifact, host="127.0.0.1", port=port, log_dir=None), sockets=[sock])
+"""
+
+
+def profile_variant(artifact: Path, root: Path) -> tuple[Path, str]:
+    """Another version of ``artifact``: the same model (so the same outputs), another profile, another digest."""
+    copy = root / "variant"
+    shutil.copytree(artifact, copy)
+    profile = json.loads((copy / "profile.json").read_text())
+    profile["variant"] = 1
+    (copy / "profile.json").write_text(json.dumps(profile))
+    return copy, reseal(copy)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("stranger_serves", ["the same artifact", "another version"])
+def test_deploy_whose_server_cannot_bind_names_the_port_clash(project: Path, tmp_path: Path, stranger_serves: str) -> None:
+    """Issue 13 item 2: another process took the port after deploy's probe, so deploy's own server died with
+    "address already in use" while the post-deploy check talked to the stranger: deploy printed
+    `staging serves sha256:…`, exit 0 (or, depending on the race, blamed the artifact and rolled back).
+
+    The stranger is a real `mlci serve` (of the same artifact, or of another version whose model gives the
+    same outputs, so a smoke test alone cannot tell them apart). Deploy must check that its own process
+    listens there and serves the deployed digest, and name the clash: the port, the other process, the fix.
+    """
+    assert invoke("run", "-c", str(project))[0] == 0
+    assert invoke("promote", "staging", "-c", str(project), "--approve", "--no-deploy")[0] == 0
+    config = load_config(project)
+    store = open_registry(config)
+    before = (tag_digest(store, "staging"), history(store, "staging"))
+    artifact = Path(json.loads((config.workspace / "latest.json").read_text())["path"])
+    served = artifact if stranger_serves == "the same artifact" else profile_variant(artifact, tmp_path)[0]
+    folder = config.workspace / "deploy" / "staging"
+    port = config.deploy.staging_port
+    stranger = subprocess.Popen(
+        [sys.executable, "-c", STRANGER, str(served), str(port)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True, text=True,
+    )  # fmt: skip
+    try:
+        assert stranger.stdout is not None and stranger.stdin is not None
+        assert stranger.stdout.readline().strip() == "bound"
+        deploy = subprocess.Popen(
+            [sys.executable, "-m", "mlci", "deploy", "staging", "-c", str(project)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        wait_until(lambda: bool(servers_under(folder)) or deploy.poll() is not None, 120, "deploy to start its server")
+        stranger.stdin.write("go\n")
+        stranger.stdin.flush()
+        out, err = deploy.communicate(timeout=240)
+        assert stranger.poll() is None, "the stranger was signalled"
+        assert deploy.returncode == 2 and "Traceback" not in err, (deploy.returncode, out, err)
+        assert f"port {port}" in err and "staging_port" in err, err
+        assert f"pid {stranger.pid}" in err and "could not bind" in err and "address already in use" in err, err
+        assert "staging serves" not in out
+        assert (tag_digest(store, "staging"), history(store, "staging")) == before  # no rollback for a port clash
+        assert servers_under(folder) == [] and running(config, "staging") is None
+        assert not (folder / "state.json").exists()
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_the_post_deploy_check_requires_the_deployed_digest(project: Path, tmp_path: Path) -> None:
+    """The check reads the served version from `GET /v2/models/{name}` (serving/runtime.py's metadata puts the
+    artifact digest in `versions`): a live server of another version of the model is not the deployment,
+    even though its outputs are the same and a smoke test passes against it."""
+    from mlci.errors import CheckFailed
+    from mlci.release.deploy import confirm_serving
+    from mlci.release.smoke import start_server, wait_ready
+
+    assert invoke("run", "-c", str(project), "--until", "evaluate")[0] == 0
+    config = load_config(project)
+    artifact = Path(json.loads((config.workspace / "latest.json").read_text())["path"])
+    deployed = json.loads((artifact / "manifest.json").read_text())["digest"]
+    variant, other = profile_variant(artifact, tmp_path)
+    port = free_port()
+    server = start_server(variant, port, tmp_path / "server.log")
+    try:
+        wait_ready(server.url, 60, server)
+        confirm_serving(server, port, other, "breast-cancer", 10)  # its own digest: fine
+        with pytest.raises(CheckFailed) as caught:
+            confirm_serving(server, port, deployed, "breast-cancer", 10)
+        assert f"version {other}" in str(caught.value) and f"not the deployed {deployed}" in str(caught.value)
+        with pytest.raises(CheckFailed) as caught:
+            confirm_serving(server, port, other, "another-model", 10)
+        assert "HTTP 404 for model 'another-model'" in str(caught.value)
+    finally:
+        server.stop()
+
+
+
+def kubernetes_config(project: Path, extra: str = "") -> Config:
+    """The project's config with the Kubernetes target, a pinned image and a registry a cluster can reach."""
+    project.write_text(project.read_text().replace("[deploy]\n", CLUSTER_DEPLOY + extra))
+    return load_config(project)
+
+
+@pytest.mark.parametrize("kind", ["deployment", "inferenceservice"])
+def test_kubernetes_manifests_have_no_anchors_and_give_resources_and_a_prediction_log(project: Path, kind: str) -> None:
+    """Issue 13 item 11: PyYAML wrote `&id001` anchors for the labels shared by selector and template; the
+    containers had no resources; the server got no `--log-dir` and the pod no volume for the prediction log."""
+    config = kubernetes_config(project, f'kind = "{kind}"\n')
+    digest = "sha256:" + "ab" * 32
+    text = render_kubernetes(config, "staging", digest)
+    assert "&id" not in text and "*id" not in text, text
+    docs = list(yaml.safe_load_all(text))
+    pod = docs[0]["spec"]["predictor"] if kind == "inferenceservice" else docs[0]["spec"]["template"]["spec"]
+    for container in [*pod["initContainers"], *pod["containers"]]:
+        assert container["resources"] == {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}
+    (server,) = pod["containers"]
+    log_dir = server["command"][server["command"].index("--log-dir") + 1]
+    assert {"name": "predictions", "mountPath": log_dir} in server["volumeMounts"]
+    assert {"name": "predictions", "emptyDir": {}} in pod["volumes"]
+
+    project.write_text(
+        project.read_text().replace(
+            "[deploy]\n", '[deploy]\nprediction_log_claim = "demo-predictions"\ncpu_limit = "2"\nmemory_request = "1Gi"\n'
+        )
+    )
+    text = render_kubernetes(load_config(project), "staging", digest)
+    docs = list(yaml.safe_load_all(text))
+    pod = docs[0]["spec"]["predictor"] if kind == "inferenceservice" else docs[0]["spec"]["template"]["spec"]
+    assert {"name": "predictions", "persistentVolumeClaim": {"claimName": "demo-predictions"}} in pod["volumes"]
+    assert pod["containers"][0]["resources"] == {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "1Gi"}}
+
+
+@pytest.mark.parametrize(
+    ("setting", "words"),
+    [
+        ('cluster_registry = "oci-layout:/home/me/project/.mlci/registry"', "an OCI layout on this machine"),
+        ('cluster_registry = "/home/me/registry"', "an OCI layout on this machine"),
+        ('cluster_registry = "http://127.0.0.1:5000"', "loopback"),
+        ('cluster_registry = "http://localhost:5000"', "loopback"),
+        ('image = "ghcr.io/example/mlci-serving:latest"', "not pinned"),
+        ('image = "ghcr.io/acme/mlci"', "not pinned"),
+        ('memory_limit = "lots"', "memory_limit"),
+    ],
+)
+def test_kubernetes_refuses_what_a_cluster_cannot_reach(project: Path, setting: str, words: str) -> None:
+    """A laptop's `oci-layout:` path or a loopback registry cannot be pulled from inside a pod, and a `:latest`
+    placeholder image names no particular serving code: each is refused with what to set instead."""
+    from mlci.errors import ConfigError
+
+    key = setting.split(" = ")[0]
+    text = project.read_text().replace("[deploy]\n", CLUSTER_DEPLOY)
+    text = "\n".join(line for line in text.splitlines() if not line.startswith(f"{key} = ")) + "\n"
+    bad = project.with_name("bad.toml")  # beside mlci.toml, which the fixture's teardown still loads
+    bad.write_text(text.replace("[deploy]\n", f"[deploy]\n{setting}\n"))
+    with pytest.raises(ConfigError) as caught:
+        render_kubernetes(load_config(bad), "staging", "sha256:" + "ab" * 32)
+    assert words in str(caught.value) and f"[deploy] {key}" in str(caught.value), str(caught.value)
+
+
+FAKE_KUBECTL = r"""#!/bin/sh
+# A stand-in for kubectl (no cluster can run here): records each call, keeps what `apply` was given, and
+# answers `rollout status` / `wait` with $FAKE_ROLLOUT_RC (a failed rollout when it is not 0).
+echo "$*" >> "$FAKE_KUBECTL_LOG"
+case "$1" in
+  config) echo fake-context ;;
+  apply) cat > "$FAKE_KUBECTL_LOG.applied" ;;
+  rollout|wait)
+    if [ "${FAKE_ROLLOUT_RC:-0}" != 0 ]; then echo 'error: timed out waiting for the condition' >&2; exit "$FAKE_ROLLOUT_RC"; fi
+    echo 'deployment "x" successfully rolled out' ;;
+esac
+"""
+
+
+def test_kubernetes_deploy_tells_rendered_from_applied_and_waits_for_the_rollout(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13 item 11: `deploy` printed "serving at …/kubernetes.yaml", exit 0, when nothing was applied, and
+    never waited for the rollout it started.
+
+    No cluster can run here, so applying is exercised with a fake `kubectl` on PATH (FAKE_KUBECTL: it records
+    its argv and can simulate a failed rollout); without it, the autouse fixture's KUBECONFIG names no file.
+    """
+    assert invoke("run", "-c", str(project))[0] == 0
+    assert invoke("promote", "staging", "-c", str(project), "--approve", "--no-deploy")[0] == 0
+    config = kubernetes_config(project, "rollout_timeout_s = 42\n")
+    digest = tag_digest(open_registry(config), "staging")
+    manifest = config.workspace / "deploy" / "staging" / "kubernetes.yaml"
+
+    monkeypatch.setenv("PATH", "/nonexistent")  # no kubectl at all: rendered only, and said so
+    code, out = invoke("deploy", "staging", "-c", str(project))
+    assert code == 0 and "serves" not in out and "serving" not in out, out
+    assert f"rendered {manifest}" in out and "NOT applied" in out and "kubectl is not on PATH" in out, out
+    code, out = invoke("deploy", "staging", "-c", str(project), "--json")
+    report = json.loads(out)
+    assert report["applied"] is False and report["applied_to"] is None and "kubectl" in report["not_applied"]
+
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    (shims / "kubectl").write_text(FAKE_KUBECTL)
+    (shims / "kubectl").chmod(0o755)
+    calls = tmp_path / "kubectl.log"
+    monkeypatch.setenv("PATH", f"{shims}{os.pathsep}/usr/bin:/bin")
+    monkeypatch.setenv("FAKE_KUBECTL_LOG", str(calls))
+    code, out = invoke("deploy", "staging", "-c", str(project))
+    assert code == 0 and "applied to fake-context" in out and "rolled out" in out and digest in out, out
+    lines = calls.read_text().splitlines()
+    assert lines[1:] == ["apply -f -", "rollout status deployment/breast-cancer-staging -n default --timeout=42s"], lines
+    assert Path(f"{calls}.applied").read_text() == manifest.read_text()
+
+    calls.unlink()
+    monkeypatch.setenv("FAKE_ROLLOUT_RC", "1")
+    code, out = invoke("deploy", "staging", "-c", str(project))
+    assert code == 1 and "did not complete within 42 s" in out and "timed out waiting" in out, out
+    assert "kubectl rollout undo" in out or "mlci rollback staging" in out, out
+
+
+def test_status_asks_the_server_what_it_serves(project: Path) -> None:
+    """Issue 13 item 7: after `rollback --no-deploy` the tag names the older version while the server still
+    serves the newer one; `status` said `staging <tag digest> serving at …` and `--json` `"consistent": true`.
+    Its history also printed a literal `None` as the first move's origin."""
+    assert invoke("run", "-c", str(project))[0] == 0
+    config = load_config(project)
+    store = open_registry(config)
+    first = tag_digest(store, "candidate")
+    assert invoke("promote", "staging", "-c", str(project), "--approve", "--no-deploy")[0] == 0
+    project.write_text(project.read_text().replace("C = 1.0", "C = 0.3"))
+    assert invoke("run", "-c", str(project))[0] == 0
+    second = tag_digest(store, "candidate")
+    assert first and second and first != second
+    assert invoke("promote", "staging", "-c", str(project), "--approve")[0] == 0  # serves the second
+    code, out = invoke("status", "-c", str(project), "--json")
+    staging = json.loads(out)["staging"]
+    assert staging["served_digest"] == second and staging["consistent"], staging
+
+    assert invoke("rollback", "staging", "-c", str(project), "--no-deploy")[0] == 0
+    assert tag_digest(store, "staging") == first
+    code, out = invoke("status", "-c", str(project), "--json")
+    staging = json.loads(out)["staging"]
+    assert code == 0 and staging["digest"] == first and staging["served_digest"] == second, staging
+    assert staging["consistent"] is False and staging["history_consistent"] is True
+    code, out = invoke("status", "-c", str(project))
+    line = next(x for x in out.splitlines() if x.startswith("staging"))
+    assert f"tag {first}" in line and f"serves {second}" in line and "not what the tag names" in line, out
+    assert "mlci deploy staging" in out
+    assert "None" not in out and f"{'(first)':<19} → {first[:19]}" in out, out
+
+    invoke("stop", "staging", "-c", str(project))
+    code, out = invoke("status", "-c", str(project), "--json")
+    staging = json.loads(out)["staging"]
+    assert staging["served_digest"] is None and staging["local_server"] is None and staging["consistent"]
+
+
+def test_stop_says_when_an_environment_is_already_stopped(project: Path) -> None:
+    """Issue 13 item 12: `mlci stop` on a stopped environment says so, and exits 0 (the README's release
+    exit codes: 0 unless a check failed or the input is bad)."""
+    assert invoke("stop", "staging", "-c", str(project)) == (0, "staging: already stopped (no local server was running)\n")
+    assert invoke("run", "-c", str(project))[0] == 0
+    assert invoke("promote", "staging", "-c", str(project), "--approve")[0] == 0
+    pid = running(load_config(project), "staging")["pid"]  # type: ignore[index]
+    assert invoke("stop", "staging", "-c", str(project)) == (0, f"staging: stopped its server (pid {pid})\n")
+    assert invoke("stop", "staging", "-c", str(project)) == (0, "staging: already stopped (no local server was running)\n")

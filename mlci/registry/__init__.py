@@ -19,6 +19,7 @@ from __future__ import annotations
 from mlci.registry.artifacts import (
     PushResult,
     digest_tag,
+    expand_ref,
     get_document,
     pull_artifact,
     push_artifact,
@@ -40,6 +41,7 @@ __all__ = [
     "Store",
     "default_cache_dir",
     "digest_tag",
+    "expand_ref",
     "fetch",
     "get_document",
     "open_store",

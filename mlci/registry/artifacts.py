@@ -30,9 +30,11 @@ __all__ = [
     "CONFIG_MEDIA_TYPE",
     "LAYER_MEDIA_TYPES",
     "MAX_FILE_BYTES",
+    "MIN_DIGEST_PREFIX",
     "MODEL_ARTIFACT_TYPE",
     "PushResult",
     "digest_tag",
+    "expand_ref",
     "get_document",
     "model_manifest",
     "pull_artifact",
@@ -68,6 +70,10 @@ MAX_FILE_BYTES = {
 _FILES = (*ARTIFACT_FILES, MANIFEST_FILE)
 _KIND = re.compile(r"[a-z0-9][a-z0-9-]*")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# The fewest hex digits that name an artifact by a digest prefix (as git's short hashes); mlci prints 12.
+MIN_DIGEST_PREFIX = 7
+_HEX = re.compile(r"[0-9a-f]+")
+_DIGEST_TAG = re.compile(r"sha256-([0-9a-f]{64})")
 
 
 @dataclass(frozen=True)
@@ -161,8 +167,79 @@ def push_artifact(
     return PushResult(manifest_digest, str(mlci_manifest["digest"]), all_tags)
 
 
+def _digest_form(ref: str) -> str | None:
+    """The lowercase hex a digest-like ``ref`` gives (``sha256:<hex>``, or bare hex long enough), else None.
+
+    Text that claims to be a digest but is not one is refused here with what was expected.
+    """
+    scheme, colon, rest = ref.partition(":")
+    if not colon:
+        text = ref.lower()
+        return text if len(text) >= MIN_DIGEST_PREFIX and _HEX.fullmatch(text) else None
+    expected = (
+        f"expected a tag, or a digest 'sha256:' followed by {MIN_DIGEST_PREFIX} to 64 hexadecimal digits "
+        "(the short form mlci prints, 'sha256:<12 hex>', is enough)"
+    )
+    if scheme.lower() != "sha256":
+        raise ConfigError(
+            f"{ref!r} is neither a tag nor a sha256 digest: {expected}. Only sha256 digests are supported."
+        )
+    hex_ = rest.lower()
+    if hex_ and _HEX.fullmatch(hex_) is None:
+        raise ConfigError(
+            f"{ref!r} is not a digest: after 'sha256:' only hexadecimal digits (0-9, a-f) may follow; {expected}."
+        )
+    if len(hex_) < MIN_DIGEST_PREFIX:
+        raise ConfigError(
+            f"{ref!r} is too short to name an artifact: give at least {MIN_DIGEST_PREFIX} hex digits ({expected})."
+        )
+    if len(hex_) > 64:
+        raise ConfigError(f"{ref!r} is too long: a sha256 digest has at most 64 hex digits ({expected}).")
+    return hex_
+
+
+def _artifact_digests(store: Store) -> list[str]:
+    """Every artifact digest the repository names by its ``sha256-<hex>`` tag (what every push adds), sorted."""
+    return sorted("sha256:" + m.group(1) for t in store.tags() if (m := _DIGEST_TAG.fullmatch(t)))
+
+
+def expand_ref(store: Store, ref: str) -> str:
+    """``ref`` with a digest prefix expanded to the one full artifact digest it names; a tag unchanged.
+
+    Accepted: a tag; ``sha256:<hex>`` with 7 to 64 hex digits (any case); bare hex of at least 7 digits,
+    unless a tag of exactly that name exists (the tag wins). Prefixes match artifact digests (the
+    ``sha256-<hex>`` tag every push adds), in an OCI layout and in a registry alike; a full digest is
+    returned as it is (it may also be a manifest digest). An ambiguous prefix is refused listing its
+    matches; a prefix nothing has is a RegistryError listing what the repository holds.
+    """
+    hex_ = _digest_form(ref)
+    if hex_ is None:
+        return check_tag(ref)
+    if ":" not in ref and store.get_manifest(check_tag(ref)) is not None:
+        return ref  # a tag that merely looks like hex
+    if len(hex_) == 64:
+        return "sha256:" + hex_
+    prefix = "sha256:" + hex_
+    matches = [d for d in _artifact_digests(store) if d.startswith(prefix)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise ConfigError(
+            f"{ref!r} is ambiguous in {store!r}: {len(matches)} artifacts have digests starting with {prefix}: "
+            f"{', '.join(matches)}. Give more digits (or the whole digest)."
+        )
+    known = _artifact_digests(store)
+    more = f" and {len(known) - 10} more" if len(known) > 10 else ""
+    listed = ", ".join(d[:19] for d in known[:10]) + more
+    raise RegistryError(
+        f"No artifact in {store!r} has a digest starting with {prefix}. It holds: {listed or 'no artifacts'}. "
+        "Push the artifact first (`mlci push`), or check the digest (`mlci status` lists what is tagged)."
+    )
+
+
 def resolve(store: Store, ref: str) -> str | None:
-    """The manifest digest for a tag, an mlci digest (via its ``sha256-<hex>`` tag) or a manifest digest."""
+    """The manifest digest for a tag, an mlci digest or prefix (via its ``sha256-<hex>`` tag) or a manifest digest."""
+    ref = expand_ref(store, ref)
     candidates = [digest_tag(ref), ref] if is_digest(ref) else [check_tag(ref)]
     for candidate in candidates:
         found = store.get_manifest(candidate)

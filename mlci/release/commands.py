@@ -161,7 +161,7 @@ def register(
     @click.option("--repository", default=None, help="Repository name (instead of [registry] repository).")
     @json_option
     def pull(ref: str, config_path: Path, workspace: Path | None, out: Path, registry: str | None, repository: str | None, as_json: bool) -> None:
-        """Pull REF (a tag, an artifact digest or a manifest digest), verifying every blob."""
+        """Pull REF (a tag, an artifact digest or a unique prefix of one, or a manifest digest), verifying every blob."""
         from mlci.registry import pull_artifact
 
         store = explicit_store(registry, repository) or store_of(load(config_path, workspace))
@@ -171,7 +171,12 @@ def register(
     @group.command()
     @click.argument("env", type=_ENV)
     @config_option
-    @click.option("--digest", default=None, help="Artifact to promote (default: candidate for staging, staging for production).")
+    @click.option(
+        "--digest",
+        default=None,
+        help="Artifact to promote: its digest or a unique prefix (sha256:<hex> or bare hex, at least 7 digits) "
+        "(default: candidate for staging, staging for production).",
+    )
     @click.option("--approve", is_flag=True, help="A human approves this promotion (needed unless continuous deployment is on).")
     @click.option("--reason", default="", help="Why, for the history.")
     @click.option("--deploy/--no-deploy", "then_deploy", default=True, show_default=True, help="Deploy right after promoting.")
@@ -179,7 +184,7 @@ def register(
     def promote(env: str, config_path: Path, workspace: Path | None, digest: str | None, approve: bool, reason: str, then_deploy: bool, as_json: bool) -> None:
         """Point ENV at an artifact with a passing verdict, then deploy it (with post-deploy check and auto-rollback)."""
         from mlci.registry import tag_digest
-        from mlci.release.flow import deploy_environment
+        from mlci.release.flow import deploy_environment, describe_deployment
         from mlci.release.promote import promote as do_promote
 
         config = load(config_path, workspace)
@@ -193,7 +198,7 @@ def register(
         deployed = deploy_environment(config, store, env, release) if then_deploy else None
         emit(
             as_json, {"promotion": entry, "deployed": deployed},
-            f"{env} → {digest}" + (f" (serving at {deployed.get('url') or deployed.get('manifest')})" if deployed else "") + note_of(deployed),
+            f"{env} → {entry['to']}" + (f"\n{describe_deployment(env, deployed)}" if deployed else "") + note_of(deployed),
         )  # fmt: skip
 
     @group.command()
@@ -202,11 +207,11 @@ def register(
     @json_option
     def deploy(env: str, config_path: Path, workspace: Path | None, as_json: bool) -> None:
         """(Re)deploy what ENV's tag points at; roll back automatically if the post-deploy check fails."""
-        from mlci.release.flow import deploy_environment
+        from mlci.release.flow import deploy_environment, describe_deployment
 
         config = load(config_path, workspace)
         result = deploy_environment(config, store_of(config), env, release_of())
-        emit(as_json, result, f"{env} serves {result['digest']} ({result.get('url') or result.get('manifest')})" + note_of(result))
+        emit(as_json, result, describe_deployment(env, result) + note_of(result))
 
     @group.command()
     @click.argument("env", type=_ENV)
@@ -216,7 +221,7 @@ def register(
     @json_option
     def rollback(env: str, config_path: Path, workspace: Path | None, reason: str, then_deploy: bool, as_json: bool) -> None:
         """Move ENV back to the version it served before, and redeploy it."""
-        from mlci.release.flow import deploy_environment
+        from mlci.release.flow import deploy_environment, describe_deployment
         from mlci.release.promote import rollback as do_rollback
 
         config = load(config_path, workspace)
@@ -224,7 +229,9 @@ def register(
         release = release_of()
         entry = do_rollback(store, env, release=release, reason=reason)
         deployed = deploy_environment(config, store, env, release) if then_deploy else None
-        emit(as_json, {"rollback": entry, "deployed": deployed}, f"{env} rolled back {str(entry['from'])[:19]} → {entry['to']}")
+        text = f"{env} rolled back {str(entry['from'])[:19]} → {entry['to']}"
+        text += f"\n{describe_deployment(env, deployed)}" if deployed else f" (tag only: run `mlci deploy {env}` to serve it)"
+        emit(as_json, {"rollback": entry, "deployed": deployed}, text)
 
     @group.command()
     @click.argument("env", type=_ENV)
@@ -254,14 +261,37 @@ def register(
         for env in ("staging", "production"):
             info = report[env]
             info["local_server"], info["local_server_problem"] = local_state(config, env)
-            server = f"  serving at {info['local_server']['url']}" if info["local_server"] else ""
-            warn = "" if info["consistent"] else "  (tag moved outside mlci or history write interrupted)"
-            lines.append(f"{env:<11} {info['digest'] or '-'}{server}{warn}")
+            lines.append(environment_line(config, env, info))
             if info["local_server_problem"]:
                 lines.append(f"    local server: {info['local_server_problem']}; `mlci stop {env}` clears the record")
             for e in info["history"][-limit:]:
-                lines.append(f"    {e['at']}  {e['action']:<8} {str(e['from'])[:19]:<19} → {e['to'][:19]}  by {e['by']}: {e['why']}")
+                origin = (e["from"] or "(first)")[:19]
+                lines.append(f"    {e['at']}  {e['action']:<8} {origin:<19} → {e['to'][:19]}  by {e['by']}: {e['why']}")
         emit(as_json, report, "\n".join(lines))
+
+    def environment_line(config: Any, env: str, info: dict[str, Any]) -> str:
+        """Ask the environment's live server what it serves, record it in ``info``, and say it in one line.
+
+        ``consistent`` holds only when the tag agrees with the history (``history_consistent``) and a running
+        server serves what the tag names (``served_digest``, from its model metadata).
+        """
+        from mlci.release.deploy import served_version
+
+        server, tagged = info["local_server"], info["digest"]
+        served, answer = served_version(server["url"], config.name) if server else (None, "")
+        info["history_consistent"] = info["consistent"]
+        info["served_digest"] = served
+        info["consistent"] = info["history_consistent"] and (server is None or served == tagged)
+        warn = "" if info["history_consistent"] else "  (tag moved outside mlci or history write interrupted)"
+        if server is None:
+            return f"{env:<11} {tagged or '-'}{warn}"
+        if served == tagged:
+            return f"{env:<11} {tagged}  serving at {server['url']}{warn}"
+        what = f"serves {served}" if served else f"answers {answer}"
+        return (
+            f"{env:<11} tag {tagged or '-'}; the server at {server['url']} {what}, not what the tag names "
+            f"(`mlci deploy {env}` serves the tag){warn}"
+        )
 
     @group.command()
     @click.argument("env", type=_ENV)
@@ -270,4 +300,4 @@ def register(
         """Stop ENV's local server (graceful: drains requests and flushes the prediction log)."""
         from mlci.release.deploy import stop as stop_server
 
-        click.echo(f"{env}: {stop_server(load(config_path, workspace), env)}")
+        click.echo(f"{env}: {stop_server(load(config_path, workspace), env)}")  # exit 0, also when already stopped

@@ -9,7 +9,7 @@ from mlci.config import Config
 from mlci.errors import CheckFailed, MlciError
 from mlci.release.promote import ENVIRONMENTS, Release, history, record_move
 
-__all__ = ["deploy_environment", "hotfix", "live_checker"]
+__all__ = ["deploy_environment", "describe_deployment", "hotfix", "live_checker"]
 
 
 def live_checker(config: Config) -> Any:
@@ -41,12 +41,30 @@ def deploy_environment(config: Config, store: Any, env: str, release: Release) -
         path = config.workspace / "deploy" / env / "kubernetes.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(manifest)
-        context = apply_kubernetes(manifest)
-        return {"target": "kubernetes", "digest": digest, "manifest": str(path), "applied_to": context}
+        applied = apply_kubernetes(manifest, config, env)
+        return {
+            "target": "kubernetes", "digest": digest, "manifest": str(path), "applied": applied.context is not None,
+            "applied_to": applied.context, "not_applied": applied.not_applied, "rollout": applied.rollout,
+        }  # fmt: skip
     from mlci.release.deploy import deploy
 
     result = deploy(config, store, env, release=release, checker=live_checker(config))
     return {"target": "local", "digest": result.digest, "url": result.url, "pid": result.pid, "note": result.note}
+
+
+def describe_deployment(env: str, deployed: dict[str, Any]) -> str:
+    """One truthful line on what a deploy did: serving where, applied to which cluster, or only rendered."""
+    if deployed.get("target") != "kubernetes":
+        return f"{env} serves {deployed['digest']} ({deployed.get('url')})"
+    if deployed.get("applied"):
+        return (
+            f"{env}: {deployed['digest']} applied to {deployed['applied_to']} and rolled out "
+            f"({deployed['manifest']})"
+        )
+    return (
+        f"{env}: rendered {deployed['manifest']} for {deployed['digest']}; NOT applied ({deployed['not_applied']}). "
+        f"Apply it with `kubectl apply -f {deployed['manifest']}`."
+    )
 
 
 def hotfix(config: Config, store: Any, env: str, release: Release, reason: str = "") -> dict[str, Any]:

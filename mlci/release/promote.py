@@ -190,6 +190,19 @@ def _require_passing(store: Any, digest: str) -> dict[str, Any]:
     return verdict
 
 
+def _artifact_digest(store: Any, ref: str) -> str:
+    """The full artifact digest ``ref`` names: a digest, a unique prefix of one (``sha256:<12 hex>`` as mlci
+    prints it, or bare hex), or a tag; raises when the registry holds no such artifact."""
+    from mlci.registry import expand_ref, resolve, tag_digest
+    from mlci.registry.store import is_digest
+
+    full = expand_ref(store, ref)
+    digest = full if is_digest(full) else tag_digest(store, full)
+    if digest is None or resolve(store, digest) is None:
+        raise PromotionRefused(f"{ref[:71]} is not in the registry; push it first (`mlci push`).")
+    return digest
+
+
 def promote(
     store: Any,
     env: str,
@@ -201,12 +214,12 @@ def promote(
     reason: str = "",
     action: str = "promote",
 ) -> dict[str, Any]:
-    """Point ``env`` at ``digest``. Refused without a passing verdict, and without approval in manual mode."""
-    from mlci.registry import resolve, tag_artifact, tag_digest
+    """Point ``env`` at ``digest`` (or a unique prefix of it). Refused without a passing verdict, and without
+    approval in manual mode."""
+    from mlci.registry import tag_artifact, tag_digest
 
     _check_env(env)
-    if resolve(store, digest) is None:
-        raise PromotionRefused(f"{digest[:19]} is not in the registry; push it first (`mlci push`).")
+    digest = _artifact_digest(store, digest)
     _require_passing(store, digest)
     if not (approve or continuous):
         raise PromotionRefused(
