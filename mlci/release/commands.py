@@ -140,18 +140,24 @@ def register(
         """Push ARTIFACT to the registry as an OCI artifact (blobs first, tags last)."""
         from mlci.model.artifact import read_manifest
         from mlci.registry import push_artifact
-        from mlci.release.promote import store_verdict
+        from mlci.release.promote import push_judged
 
         verdict = json.loads(verdict_file.read_text()) if verdict_file is not None else None
         digest = read_manifest(artifact)["digest"]
         if verdict is not None and verdict.get("candidate") != digest:
             raise MlciError(f"{verdict_file} judges {verdict.get('candidate')}, not the pushed {digest}; nothing was pushed.")
         store = explicit_store(registry, repository) or store_of(load(config_path, workspace))
-        result = push_artifact(store, artifact, tags=tags)
-        if verdict is not None:
-            store_verdict(store, verdict)
-        payload = {"artifact_digest": result.artifact_digest, "manifest_digest": result.manifest_digest, "tags": list(result.tags), "registry": str(store)}
-        emit(as_json, payload, f"pushed {result.artifact_digest} → {store} (tags: {', '.join(result.tags)})")
+        if verdict is not None:  # a rejected candidate is stored by digest with its verdict, never as candidate
+            pushed = push_judged(store, artifact, verdict, tags, reuse=False)
+        else:
+            result = push_artifact(store, artifact, tags=tags)
+            pushed = {
+                "artifact_digest": result.artifact_digest, "manifest_digest": result.manifest_digest,
+                "tags": list(result.tags),
+            }  # fmt: skip
+        rejected = " (rejected by the gate: not tagged candidate)" if pushed.get("rejected") else ""
+        text = f"pushed {pushed['artifact_digest']} → {store} (tags: {', '.join(pushed['tags'])}){rejected}"
+        emit(as_json, {**pushed, "registry": str(store)}, text)
 
     @group.command()
     @click.argument("ref")
