@@ -236,8 +236,15 @@ def open_registry(config: Config) -> Any:
     )
 
 
+def _keep_report(runner: _Runner, stage: str, name: str, digest: str) -> None:
+    """Copy a stage's report into the artifact's reports directory, where standalone `mlci gate` looks."""
+    target = runner.workspace.reports_dir(digest) / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_json(target, json.loads((runner.outputs[stage] / name).read_text()))
+
+
 def _release(
-    runner: _Runner, keys: dict[str, str], artifact: Path, until: str
+    runner: _Runner, keys: dict[str, str], artifact: Path, digest: str, until: str
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """smoke → gate → push → (continuous) promote + deploy. Returns the verdict and what was released.
 
@@ -248,6 +255,7 @@ def _release(
     serving_code = code_digest(("mlci.serving", "mlci.release"))
     keys["smoke"] = digest_of({"stage": "smoke", "evaluate": keys["evaluate"], "code": serving_code, "config": config_digest(config, smoke.config_tables)})
     runner.stage(smoke, keys["smoke"])
+    _keep_report(runner, "smoke", "smoke.json", digest)
     if until == "smoke":
         return None, {}
 
@@ -264,6 +272,7 @@ def _release(
         "config": config_digest(config, gate.config_tables), "data": keys["train"],
     })
     runner.stage(gate, keys["gate"], extra)
+    _keep_report(runner, "gate", "verdict.json", digest)
     verdict = json.loads((runner.outputs["gate"] / "verdict.json").read_text())
     if until == "gate":
         return verdict, {}
@@ -336,7 +345,7 @@ def _run(config: Config, use_cache: bool, until: str, on_event: Callable[[StageE
         digest, artifact = _publish(runner.workspace, runner.outputs["evaluate"])
         write_json(runner.workspace.root / "latest.json", {"digest": digest, "path": str(artifact), "run_id": run_id})
         if until != "evaluate":
-            verdict, released = _release(runner, keys, artifact, until)
+            verdict, released = _release(runner, keys, artifact, digest, until)
             if verdict is not None and not verdict["passed"]:
                 failed = [f"{c['name']} ({c['reason']})" for c in verdict["checks"] if not c["passed"]]
                 status, error = "failed", f"The gate failed for {digest[:19]}: " + "; ".join(failed)

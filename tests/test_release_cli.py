@@ -121,3 +121,61 @@ def test_a_rejected_candidate_is_reported_recorded_and_stored_untagged(tmp_path:
     assert code == 1 and "failed the gate (min accuracy)" in out, out
     assert tag_digest(store, "staging") is None
 
+
+def test_the_readme_stage_by_stage_sequence_needs_no_paths(tmp_path: Path) -> None:
+    """Issue 13 item 9: `mlci smoke ART` then `mlci gate ART`, as the README's release table shows them.
+
+    Without --out, smoke writes smoke.json into the workspace under the artifact's digest and gate finds
+    it there; gate writes verdict.json beside it, which `mlci push --verdict` then stores.
+    """
+    root = tmp_path / "example"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".mlci"))
+    cfg = str(root / "mlci.toml")
+    t, e, a = (str(tmp_path / n) for n in ("t", "e", "a"))
+    assert invoke("train", "-c", cfg, "--out", t)[0] == 0
+    assert invoke("export", "-c", cfg, "--train", t, "--out", e)[0] == 0
+    assert invoke("evaluate", "-c", cfg, "--train", t, "--export", e, "--out", a)[0] == 0
+    digest = json.loads((Path(a) / "manifest.json").read_text())["digest"]
+
+    code, out = invoke("smoke", a, "-c", cfg)
+    assert code == 0 and out.startswith("smoke passed"), out
+    report = root / ".mlci" / "reports" / digest.replace(":", "-") / "smoke.json"
+    assert json.loads(report.read_text())["passed"] and str(report) in out
+
+    code, out = invoke("gate", a, "-c", cfg)
+    assert code == 0 and "✓ smoke" in out and "gate passed" in out, out
+    verdict_file = report.parent / "verdict.json"
+    assert json.loads(verdict_file.read_text())["candidate"] == digest and str(verdict_file) in out
+
+    code, out = invoke("push", a, "-c", cfg, "--verdict", str(verdict_file), "--json")
+    assert code == 0 and json.loads(out)["tags"][0] == "candidate", out
+    code, out = invoke("promote", "staging", "-c", cfg, "--approve", "--no-deploy")
+    assert code == 0, out
+
+
+def test_gate_after_a_passing_run_finds_the_runs_smoke_report(tmp_path: Path) -> None:
+    """Issue 13 item 9: `mlci gate ART` on the artifact a passing `mlci run` built uses that run's smoke report."""
+    root = tmp_path / "example"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".mlci"))
+    cfg = str(root / "mlci.toml")
+    code, out = invoke("run", "-c", cfg, "--json")
+    assert code == 0, out
+    artifact = _payload(out)["artifact"]
+    code, out = invoke("gate", artifact, "-c", cfg, "--production", "none")
+    assert code == 0 and "✓ smoke" in out and "gate passed" in out, out
+
+
+def test_gate_refuses_a_smoke_report_of_another_artifact(tmp_path: Path) -> None:
+    """A smoke.json passed with --smoke must judge the artifact being gated, and be readable."""
+    root = tmp_path / "example"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".mlci"))
+    cfg = str(root / "mlci.toml")
+    code, out = invoke("run", "-c", cfg, "--until", "evaluate", "--json")
+    artifact = _payload(out)["artifact"]
+    foreign = tmp_path / "smoke.json"
+    foreign.write_text(json.dumps({"passed": True, "digest": "sha256:" + "0" * 64, "reason": "ok", "p99_ms": 1.0, "max_p99_ms": 50.0}))
+    code, out = invoke("gate", artifact, "-c", cfg, "--production", "none", "--smoke", str(foreign))
+    assert code == 2 and "smoke.json" in out and "sha256:0000" in out and "mlci smoke" in out, out
+    foreign.write_text("{not json")
+    code, out = invoke("gate", artifact, "-c", cfg, "--production", "none", "--smoke", str(foreign))
+    assert code == 2 and "Cannot read the smoke report" in out and "re-run `mlci smoke`" in out, out
