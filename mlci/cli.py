@@ -100,18 +100,31 @@ def cli() -> None:
 )
 @json_option
 def run(config_path: Path, workspace: Path | None, no_cache: bool, until: str | None, as_json: bool) -> None:
-    """Run the pipeline in-process: train → export → evaluate → smoke → gate → push (→ promote/deploy)."""
-    from mlci.pipeline import run_pipeline
+    """Run the pipeline in-process: train → export → evaluate → smoke → gate → push (→ promote/deploy).
+
+    A rejected candidate still gets its report (the same lines, or with --json the same document with
+    ``status: failed``), then exit 1.
+    """
+    from mlci.pipeline import CandidateRejected, run_pipeline
     from mlci.progress import Progress
     from mlci.release.flow import describe_deployment
 
     config = _load(config_path, workspace)
     progress = Progress(sys.stderr if as_json else sys.stdout)
-    result = run_pipeline(config, use_cache=not no_cache, until=until, on_event=progress)
-    hits = sum(e.cache_hit for e in result.stages)
-    payload = {
+    try:
+        result = run_pipeline(config, use_cache=not no_cache, until=until, on_event=progress)
+    except CandidateRejected as exc:
+        _emit(as_json, _run_payload(exc.result), _run_text(exc.result, config))
+        raise
+    _emit(as_json, _run_payload(result), _run_text(result, config))
+
+
+def _run_payload(result: Any) -> dict[str, Any]:
+    """`mlci run --json`: the whole result, on success and on a rejected candidate alike."""
+    return {
         "run_id": result.run_id,
         "status": result.status,
+        "error": result.error,
         "digest": result.digest,
         "artifact": str(result.artifact),
         "metrics": result.metrics,
@@ -123,22 +136,42 @@ def run(config_path: Path, workspace: Path | None, no_cache: bool, until: str | 
             for e in result.stages
         ],
     }
+
+
+def _push_line(push: dict[str, Any], config: Config) -> str:
+    """What the push did: the tags it moved, or that a rejected candidate was stored by digest only."""
+    where = config.registry.url if config.registry else ""
+    if push.get("rejected"):
+        kept = "(rejected: not tagged candidate; kept by digest with its verdict)"
+        return f"stored    {push['artifact_digest'][:19]} → {where} {kept}"
+    again = "" if push.get("written", True) else " (already there, nothing written)"
+    return f"pushed    {push['tags'][0]} → {where}{again}"
+
+
+def _gate_line(verdict: dict[str, Any]) -> str:
+    first = " (first release)" if verdict["first_run"] else ""
+    return f"gate      {'passed' if verdict['passed'] else 'FAILED'}{first}"
+
+
+def _run_text(result: Any, config: Config) -> str:
+    """`mlci run`'s summary lines."""
+    hits = sum(e.cache_hit for e in result.stages)
     metrics = "  ".join(
         f"{k}={v:.4f}" for k, v in result.metrics.items() if isinstance(v, float) and k != "model_size_bytes"
     )
-    text = "\n".join(
+    verdict = result.verdict
+    return "\n".join(
         [
             f"artifact  {result.digest}",
             f"path      {result.artifact}",
             f"metrics   {metrics}",
-            *([f"gate      {'passed' if result.verdict['passed'] else 'FAILED'}" + (" (first release)" if result.verdict["first_run"] else "")] if result.verdict else []),
-            *([f"pushed    {result.release['push']['tags'][0]} → {config.registry.url if config.registry else ''}"] if "push" in result.release else []),
+            *([_gate_line(verdict)] if verdict else []),
+            *([_push_line(result.release["push"], config)] if "push" in result.release else []),
             *[describe_deployment(env, result.release[env]) for env in ("staging", "production") if env in result.release],
             f"run       {result.run_id} {result.status} in {result.duration_s:.2f}s "
             f"({len(result.stages)} stages, {hits} from cache)",
         ]
     )
-    _emit(as_json, payload, text)
 
 
 def _out_dir(path: Path) -> Path:

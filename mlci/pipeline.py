@@ -26,7 +26,7 @@ from mlci.runs import append_run
 from mlci.stages import RELEASE_STAGES, STAGES, Stage, code_digest, config_digest, factory_source, stage_keys
 from mlci.workspace import Workspace, atomic_dir
 
-__all__ = ["RunResult", "STEPS", "StageEvent", "open_registry", "run_pipeline"]
+__all__ = ["CandidateRejected", "RunResult", "STEPS", "StageEvent", "open_registry", "run_pipeline"]
 
 SUMMARY_FILE = "stage.json"
 STEPS = ("evaluate", "smoke", "gate", "push", "deploy")
@@ -35,6 +35,9 @@ STEPS = ("evaluate", "smoke", "gate", "push", "deploy")
 @dataclass(frozen=True)
 class StageEvent:
     """A stage starting (``status='running'``) or ending (``ok``/``failed``), for progress displays.
+
+    A smoke test or gate that ran and judged the candidate bad ends ``failed`` too (``error`` says why);
+    ``detail['note']``, when there, is one line for the display (what a push wrote, why a gate rejected).
 
     Before any stage, ``StageEvent('workspace', 'waiting', detail={'path', 'pid'})`` says the run waits
     for another run (``pid``, None if unknown) to release the workspace.
@@ -62,6 +65,27 @@ class RunResult:
     duration_s: float
     verdict: dict[str, Any] | None = None
     release: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+class CandidateRejected(CheckFailed):
+    """The gate (or, with ``until='smoke'``, the smoke test) rejected the candidate.
+
+    ``result`` is the whole run: verdict, digest, metrics and what was stored, for the caller to report.
+    """
+
+    def __init__(self, message: str, result: RunResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def _judged_failure(stage: str, detail: dict[str, Any]) -> str | None:
+    """Why a judging stage (smoke, gate) found the candidate bad, or None when it passed or judges nothing."""
+    if detail.get("passed") is not False:
+        return None
+    if stage == "gate":
+        return "candidate rejected: " + (", ".join(detail.get("failed") or []) or "the gate failed")
+    return str(detail.get("reason") or f"the {stage} check failed")
 
 
 def _record(event: StageEvent) -> dict[str, Any]:
@@ -177,13 +201,16 @@ class _Runner:
         except BaseException as exc:
             self._finish(StageEvent(stage.name, "failed", time.perf_counter() - t0, False, key, error=str(exc) or type(exc).__name__))
             raise
-        self._finish(StageEvent(stage.name, "ok", time.perf_counter() - t0, hit, key, detail))
+        judged = _judged_failure(stage.name, detail)
+        shown = detail if judged is None else {**detail, "note": judged}
+        status = "ok" if judged is None else "failed"
+        self._finish(StageEvent(stage.name, status, time.perf_counter() - t0, hit, key, shown, judged))
         self.outputs[stage.name] = out
         self.details[stage.name] = detail
         return detail
 
     def step(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """An uncached step with side effects (push, promote, deploy)."""
+        """An uncached step with side effects (push, promote, deploy); ``written: False`` marks a cache hit."""
         self.on_event(StageEvent(name, "running"))
         t0 = time.perf_counter()
         try:
@@ -191,7 +218,8 @@ class _Runner:
         except BaseException as exc:
             self._finish(StageEvent(name, "failed", time.perf_counter() - t0, error=str(exc) or type(exc).__name__))
             raise
-        self._finish(StageEvent(name, "ok", time.perf_counter() - t0, detail=detail))
+        hit = detail.get("written") is False  # it found everything already done
+        self._finish(StageEvent(name, "ok", time.perf_counter() - t0, hit, detail=detail))
         self.details[name] = detail
         return detail
 
@@ -208,17 +236,30 @@ def open_registry(config: Config) -> Any:
     )
 
 
-def _release(runner: _Runner, keys: dict[str, str], artifact: Path, until: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """smoke → gate → push → (continuous) promote + deploy. Returns the verdict and what was released."""
+def _keep_report(runner: _Runner, stage: str, name: str, digest: str) -> None:
+    """Copy a stage's report into the artifact's reports directory, where standalone `mlci gate` looks."""
+    target = runner.workspace.reports_dir(digest) / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_json(target, json.loads((runner.outputs[stage] / name).read_text()))
+
+
+def _release(
+    runner: _Runner, keys: dict[str, str], artifact: Path, digest: str, until: str
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """smoke → gate → push → (continuous) promote + deploy. Returns the verdict and what was released.
+
+    A rejected candidate is pushed by digest only, with its verdict; it never gets the `candidate` tag.
+    """
     config = runner.config
     smoke, gate = RELEASE_STAGES
     serving_code = code_digest(("mlci.serving", "mlci.release"))
     keys["smoke"] = digest_of({"stage": "smoke", "evaluate": keys["evaluate"], "code": serving_code, "config": config_digest(config, smoke.config_tables)})
     runner.stage(smoke, keys["smoke"])
+    _keep_report(runner, "smoke", "smoke.json", digest)
     if until == "smoke":
         return None, {}
 
-    from mlci.registry import pull_artifact, push_artifact, tag_digest
+    from mlci.registry import pull_artifact, tag_digest
 
     store = open_registry(config)
     production = tag_digest(store, "production")
@@ -231,17 +272,14 @@ def _release(runner: _Runner, keys: dict[str, str], artifact: Path, until: str) 
         "config": config_digest(config, gate.config_tables), "data": keys["train"],
     })
     runner.stage(gate, keys["gate"], extra)
+    _keep_report(runner, "gate", "verdict.json", digest)
     verdict = json.loads((runner.outputs["gate"] / "verdict.json").read_text())
     if until == "gate":
         return verdict, {}
 
-    from mlci.release.promote import Release, store_verdict
+    from mlci.release.promote import Release, push_judged
 
-    def push() -> dict[str, Any]:
-        result = push_artifact(store, artifact, tags=("candidate",))
-        store_verdict(store, verdict)
-        return {"artifact_digest": result.artifact_digest, "manifest_digest": result.manifest_digest, "tags": list(result.tags)}
-
+    push = partial(push_judged, store, artifact, verdict, reuse=runner.use_cache)
     released: dict[str, Any] = {"push": runner.step("push", push)}
     if until == "push" or not verdict["passed"] or not config.deploy.continuous_deployment:
         return verdict, released
@@ -265,8 +303,9 @@ def run_pipeline(
 ) -> RunResult:
     """Run the pipeline up to ``until`` (default: push, or deploy with continuous deployment).
 
-    Raises the failing stage's error; a failing gate raises CheckFailed after the candidate and its
-    verdict are pushed (so the failure is on record in the registry).
+    Raises the failing stage's error; a failing gate raises CandidateRejected (a CheckFailed carrying the
+    whole RunResult) after the candidate and its verdict are stored by digest (so the failure is on
+    record in the registry; the `candidate` tag does not move).
     """
     until = until or ("deploy" if config.deploy.continuous_deployment else "push")
     if until not in STEPS:
@@ -306,10 +345,13 @@ def _run(config: Config, use_cache: bool, until: str, on_event: Callable[[StageE
         digest, artifact = _publish(runner.workspace, runner.outputs["evaluate"])
         write_json(runner.workspace.root / "latest.json", {"digest": digest, "path": str(artifact), "run_id": run_id})
         if until != "evaluate":
-            verdict, released = _release(runner, keys, artifact, until)
+            verdict, released = _release(runner, keys, artifact, digest, until)
             if verdict is not None and not verdict["passed"]:
                 failed = [f"{c['name']} ({c['reason']})" for c in verdict["checks"] if not c["passed"]]
-                raise CheckFailed(f"The gate failed for {digest[:19]}: " + "; ".join(failed))
+                status, error = "failed", f"The gate failed for {digest[:19]}: " + "; ".join(failed)
+            elif until == "smoke" and not runner.details["smoke"]["passed"]:
+                reason = runner.details["smoke"]["reason"]
+                status, error = "failed", f"The smoke test failed for {digest[:19]}: {reason}"
     except BaseException as exc:  # a bug or Ctrl-C still leaves an honest record
         status, error = "failed", str(exc) if isinstance(exc, MlciError) else f"{type(exc).__name__}: {exc}"
         raise
@@ -328,7 +370,10 @@ def _run(config: Config, use_cache: bool, until: str, on_event: Callable[[StageE
                 "verdict": None if verdict is None else verdict["passed"],
             },
         )
-    return RunResult(
+    result = RunResult(
         run_id, status, runner.events, digest, artifact, runner.details["evaluate"].get("metrics", {}),
-        time.perf_counter() - started, verdict, released,
+        time.perf_counter() - started, verdict, released, error,
     )
+    if error is not None:
+        raise CandidateRejected(error, result)
+    return result

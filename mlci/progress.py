@@ -11,6 +11,14 @@ __all__ = ["Progress"]
 _MARK = {"ok": "✓", "failed": "✗"}
 
 
+def _one_line(note: str, limit: int = 200) -> str:
+    """A stage's note as a suffix of its progress line: its first line, cut at ``limit`` characters."""
+    if not note:
+        return ""
+    first = note.splitlines()[0]
+    return f" — {first[:limit]}" + ("…" if len(first) > limit or "\n" in note else "")
+
+
 class Progress:
     """Call with each :class:`StageEvent`; writes to ``stream`` (in place when it is a TTY)."""
 
@@ -33,8 +41,9 @@ class Progress:
                 self.stream.flush()
             return
         how = "cache hit" if event.cache_hit else f"{event.duration_s:.2f}s"
+        note = _one_line(str(event.detail.get("note") or ""))
         if self.tty:
-            self.stream.write(f"\r\x1b[2K  {_MARK.get(event.status, '?')} {event.stage:<10} {how}\n")
+            self.stream.write(f"\r\x1b[2K  {_MARK.get(event.status, '?')} {event.stage:<10} {how}{note}\n")
         else:
-            self.stream.write(f"[mlci] {event.stage}: {event.status} ({how})\n")
+            self.stream.write(f"[mlci] {event.stage}: {event.status} ({how}){note}\n")
         self.stream.flush()

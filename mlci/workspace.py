@@ -49,6 +49,14 @@ class Workspace:
         """Where the artifact with ``digest`` (``sha256:<hex>``) lives in the local store."""
         return self.root / "artifacts" / digest.replace(":", "-")
 
+    def reports_dir(self, digest: str) -> Path:
+        """Where the smoke report and gate verdict of artifact ``digest`` live (`smoke.json`, `verdict.json`).
+
+        Beside the artifact, not in it: an artifact directory holds exactly the artifact's files. `mlci run`
+        and the standalone `mlci smoke`/`mlci gate` write here, so each finds what the other wrote.
+        """
+        return self.root / "reports" / digest.replace(":", "-")
+
     @contextmanager
     def lock(self, on_wait: Callable[[int | None], None] = lambda _pid: None) -> Iterator[None]:
         """Hold the workspace for the block, waiting while another process holds it.

@@ -53,7 +53,7 @@ def test_run_prints_artifact_and_metrics_then_json(example_project: Path) -> Non
     payload = json.loads(out[out.index("{") :])
     assert payload["status"] == "ok"
     assert [(s["stage"], s["cache_hit"]) for s in payload["stages"]] == [
-        ("train", True), ("export", True), ("evaluate", True), ("smoke", True), ("gate", True), ("push", False)
+        ("train", True), ("export", True), ("evaluate", True), ("smoke", True), ("gate", True), ("push", True)
     ]
     assert payload["verdict"]["passed"] and payload["verdict"]["first_run"]
     assert Path(payload["artifact"], "model.onnx").is_file()
@@ -194,3 +194,38 @@ def test_parity_failure_exits_1_and_names_rows(make_project: ProjectFactory) -> 
         pytest.fail(f"expected a parity failure at zero tolerance, got exit {code}: {out}")
     assert code == 1 and "Worst rows: row " in out
     assert store_is_empty(config)
+
+
+def test_push_on_a_warm_run_says_the_artifact_is_already_there(example_project: Path) -> None:
+    """Issue 13 item 12: a warm run's push is a cache hit when the registry already holds it all, and says so.
+
+    When the `candidate` tag has moved on since (another artifact was pushed), the warm run moves it
+    back and says it pushed; --no-cache pushes again whatever the registry holds.
+    """
+    from mlci.config import load_config
+    from mlci.pipeline import open_registry
+    from mlci.registry import tag_digest
+
+    cfg = str(example_project)
+    code, out = invoke("run", "-c", cfg)
+    assert code == 0 and "[mlci] push: ok" in out and "pushed    candidate →" in out, out
+    code, out = invoke("run", "-c", cfg, "--json")
+    assert code == 0, out
+    payload = json.loads(out[out.index("{\n") :])
+    push = next(s for s in payload["stages"] if s["stage"] == "push")
+    assert push["cache_hit"] and payload["release"]["push"]["written"] is False, payload
+    assert f"[mlci] push: ok (cache hit) — already in the registry as candidate: {payload['digest'][:19]}" in out, out
+    code, out = invoke("run", "-c", cfg)
+    assert code == 0 and "pushed    candidate →" in out and "(already there, nothing written)" in out, out
+
+    original = example_project.read_text()
+    example_project.write_text(original.replace("C = 1.0", "C = 0.5"))
+    assert invoke("run", "-c", cfg)[0] == 0  # another artifact takes the candidate tag
+    store = open_registry(load_config(example_project))
+    assert tag_digest(store, "candidate") != payload["digest"]
+    example_project.write_text(original)
+    code, out = invoke("run", "-c", cfg)  # every model stage from the cache, but the tag must move back
+    assert code == 0 and "[mlci] push: ok" in out and "pushed    candidate →" in out, out
+    assert tag_digest(store, "candidate") == payload["digest"]
+    code, out = invoke("run", "-c", cfg, "--no-cache")
+    assert code == 0 and "[mlci] push: ok" in out, out

@@ -139,13 +139,14 @@ def test_failing_gate_pushes_the_verdict_but_never_promotes(project: Path) -> No
     project.write_text(
         project.read_text().replace("[deploy]\n", "[deploy]\ncontinuous_deployment = true\n") + "\n[gate]\nmin = { accuracy = 0.999 }\n"
     )
-    code, out = invoke("run", "-c", str(project))
+    code, out = invoke("run", "-c", str(project), "--json")
     assert code == 1 and "The gate failed" in out and "min accuracy" in out
+    rejected = json.loads(out[out.index("{\n") : out.index("\nError:")])["digest"]
     config = load_config(project)
     store = open_registry(config)
-    assert tag_digest(store, "candidate") is not None
+    assert tag_digest(store, "candidate") is None  # stored by digest with its verdict, never tagged candidate
     assert tag_digest(store, "staging") is None and tag_digest(store, "production") is None
-    code, out = invoke("promote", "staging", "-c", str(project), "--approve")
+    code, out = invoke("promote", "staging", "-c", str(project), "--approve", "--digest", rejected)
     assert code == 1 and "failed the gate (min accuracy)" in out
 
 

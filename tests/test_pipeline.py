@@ -254,3 +254,21 @@ def test_two_concurrent_no_cache_runs_share_a_workspace(example_project: Path) -
     assert "waiting: the workspace" in results[1][1], results[1][1]
     digests = {json.loads(out)["digest"] for out, _err, _code in results}
     assert len(digests) == 1, digests
+
+
+def test_a_failed_smoke_test_fails_its_stage_and_a_run_until_smoke(example_project: Path) -> None:
+    """Issue 13 item 1: a smoke test that ran and failed is not `ok`; `run_pipeline` says so with the whole result."""
+    from mlci.errors import CheckFailed
+
+    example_project.write_text(example_project.read_text() + "\n[smoke]\nrows = 8\nmax_p99_ms = 0.000001\n")
+    config = load_config(example_project)
+    events = []
+    with pytest.raises(CheckFailed, match="smoke test failed") as info:
+        run_pipeline(config, until="smoke", on_event=events.append)
+    result = info.value.result  # a CandidateRejected: the whole run, for the caller to report
+    assert result.status == "failed" and result.digest and result.metrics["accuracy"] > 0.9
+    smoke = [e for e in events if e.stage == "smoke" and e.status != "running"]
+    assert [e.status for e in smoke] == ["failed"] and "budget" in (smoke[0].error or ""), smoke
+    record = read_runs(Workspace(config.workspace).runs_file)[-1]
+    assert record["status"] == "failed" and record["error"].startswith("The smoke test failed")
+    assert (record["stages"][-1]["stage"], record["stages"][-1]["status"]) == ("smoke", "failed")

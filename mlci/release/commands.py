@@ -58,11 +58,26 @@ def register(
 
         return Release.from_env()
 
+    def report_path(config: Any, artifact: Path, name: str) -> Path:
+        """Where smoke.json / verdict.json of ARTIFACT live in the workspace (what `mlci run` writes too)."""
+        from mlci.model.artifact import read_manifest
+        from mlci.workspace import Workspace
+
+        return Workspace(config.workspace).reports_dir(read_manifest(artifact)["digest"]) / name
+
+    def write_report(report: dict[str, Any], path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+
     @group.command()
     @click.argument("artifact", type=click.Path(exists=True, file_okay=False, path_type=Path))
     @config_option
     @click.option("--url", default=None, help="Smoke-test this live endpoint instead of starting a server.")
-    @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write smoke.json here.")
+    @click.option(
+        "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+        help="Write smoke.json here (default: the workspace's .mlci/reports/sha256-<hex>/smoke.json, "
+        "where `mlci gate` finds it).",
+    )  # fmt: skip
     @json_option
     def smoke(artifact: Path, config_path: Path, workspace: Path | None, url: str | None, out: Path | None, as_json: bool) -> None:
         """Serve ARTIFACT with the real server, send holdout rows, compare with in-process output. Exit 1 on failure."""
@@ -70,16 +85,35 @@ def register(
         from mlci.stages import holdout_rows
 
         config = load(config_path, workspace)
+        kept = out or report_path(config, artifact, "smoke.json")
         report = run_smoke(
             artifact, holdout_rows(config, config.smoke.rows), max_p99_ms=config.smoke.max_p99_ms,
             timeout_s=config.smoke.timeout_s, url=url,
         ).to_json()
-        if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-        emit(as_json, report, f"smoke {'passed' if report['passed'] else 'FAILED'}: {report['reason']}")
+        write_report(report, kept)
+        text = f"smoke {'passed' if report['passed'] else 'FAILED'}: {report['reason']}\nreport → {kept}"
+        emit(as_json, {**report, "report": str(kept)}, text)
         if not report["passed"]:
             sys.exit(1)
+
+    def smoke_report(artifact: Path, path: Path, *, explicit: bool) -> dict[str, Any] | None:
+        """ARTIFACT's smoke report: None if the workspace has none; refused if it judges another artifact."""
+        from mlci.model.artifact import read_manifest
+
+        if not explicit and not path.is_file():
+            return None
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise MlciError(f"Cannot read the smoke report '{path}' ({exc}); re-run `mlci smoke`.") from exc
+        digest = read_manifest(artifact)["digest"]
+        judged = report.get("digest") if isinstance(report, dict) else None
+        if judged != digest:
+            raise MlciError(
+                f"The smoke report '{path}' is for {judged}, not for {digest} in '{artifact}'. "
+                f"Run `mlci smoke {artifact}` to test this artifact, then gate it."
+            )
+        return report
 
     @group.command()
     @click.argument("artifact", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -88,8 +122,16 @@ def register(
         "--production", default="registry", show_default=True,
         help="Production model to compare with: 'registry' (the production tag, if any), 'none', or an artifact directory.",
     )
-    @click.option("--smoke", "smoke_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="smoke.json from `mlci smoke`.")
-    @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write verdict.json here.")
+    @click.option(
+        "--smoke", "smoke_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+        help="smoke.json from `mlci smoke` (default: the one `mlci smoke` or `mlci run` wrote for ARTIFACT "
+        "in the workspace).",
+    )
+    @click.option(
+        "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+        help="Write verdict.json here (default: the workspace's .mlci/reports/sha256-<hex>/verdict.json, "
+        "beside the smoke report).",
+    )  # fmt: skip
     @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
     def gate(artifact: Path, config_path: Path, workspace: Path | None, production: str, smoke_file: Path | None, out: Path | None, fmt: str) -> None:
         """Judge ARTIFACT against the policy and production on the same holdout rows. Exit 0 pass, 1 fail."""
@@ -109,11 +151,11 @@ def register(
             prod_dir = Path(production)
             if not prod_dir.is_dir():
                 raise click.BadParameter(f"'{production}' is not a directory, 'registry' or 'none'.", param_hint="--production")
-        smoke = json.loads(smoke_file.read_text()) if smoke_file else None
+        smoke_path = smoke_file or report_path(config, artifact, "smoke.json")
+        smoke = smoke_report(artifact, smoke_path, explicit=smoke_file is not None)
         verdict = run_gate(config, artifact, prod_dir, smoke).to_json()
-        if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(verdict, indent=2, sort_keys=True) + "\n")
+        kept = out or report_path(config, artifact, "verdict.json")
+        write_report(verdict, kept)
         if fmt == "json":
             click.echo(json.dumps(verdict, indent=2, sort_keys=True))
         elif fmt == "markdown":
@@ -122,6 +164,7 @@ def register(
             for c in verdict["checks"]:
                 click.echo(f"  {'✓' if c['passed'] else '✗'} {c['name']}: {c['reason']}")
             click.echo(f"gate {'passed' if verdict['passed'] else 'FAILED'}" + (" (first release: absolute checks only)" if verdict["first_run"] else ""))
+            click.echo(f"verdict → {kept} (store it with `mlci push ARTIFACT --verdict {kept}`)")
         if not verdict["passed"]:
             sys.exit(1)
 
@@ -140,18 +183,24 @@ def register(
         """Push ARTIFACT to the registry as an OCI artifact (blobs first, tags last)."""
         from mlci.model.artifact import read_manifest
         from mlci.registry import push_artifact
-        from mlci.release.promote import store_verdict
+        from mlci.release.promote import push_judged
 
         verdict = json.loads(verdict_file.read_text()) if verdict_file is not None else None
         digest = read_manifest(artifact)["digest"]
         if verdict is not None and verdict.get("candidate") != digest:
             raise MlciError(f"{verdict_file} judges {verdict.get('candidate')}, not the pushed {digest}; nothing was pushed.")
         store = explicit_store(registry, repository) or store_of(load(config_path, workspace))
-        result = push_artifact(store, artifact, tags=tags)
-        if verdict is not None:
-            store_verdict(store, verdict)
-        payload = {"artifact_digest": result.artifact_digest, "manifest_digest": result.manifest_digest, "tags": list(result.tags), "registry": str(store)}
-        emit(as_json, payload, f"pushed {result.artifact_digest} → {store} (tags: {', '.join(result.tags)})")
+        if verdict is not None:  # a rejected candidate is stored by digest with its verdict, never as candidate
+            pushed = push_judged(store, artifact, verdict, tags, reuse=False)
+        else:
+            result = push_artifact(store, artifact, tags=tags)
+            pushed = {
+                "artifact_digest": result.artifact_digest, "manifest_digest": result.manifest_digest,
+                "tags": list(result.tags),
+            }  # fmt: skip
+        rejected = " (rejected by the gate: not tagged candidate)" if pushed.get("rejected") else ""
+        text = f"pushed {pushed['artifact_digest']} → {store} (tags: {', '.join(pushed['tags'])}){rejected}"
+        emit(as_json, {**pushed, "registry": str(store)}, text)
 
     @group.command()
     @click.argument("ref")

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from mlci.errors import CheckFailed, MlciError, RegistryError
@@ -35,6 +36,7 @@ __all__ = [
     "current_actor",
     "history",
     "promote",
+    "push_judged",
     "record_move",
     "rollback",
     "status",
@@ -115,6 +117,59 @@ def store_verdict(store: Any, verdict: Mapping[str, Any]) -> None:
     from mlci.registry import put_document
 
     put_document(store, verdict_tag(verdict["candidate"]), dict(verdict), "verdict")
+
+
+def _already_pushed(store: Any, digest: str, tags: tuple[str, ...], verdict: Mapping[str, Any]) -> bool:
+    """Whether every tag already names ``digest`` and the registry holds this very verdict for it."""
+    from mlci.canonical import canonical_json
+    from mlci.registry import digest_tag, tag_digest
+
+    if any(tag_digest(store, tag) != digest for tag in (*tags, digest_tag(digest))):
+        return False
+    stored = verdict_for(store, digest)
+    return stored is not None and canonical_json(stored) == canonical_json(dict(verdict))
+
+
+def push_judged(
+    store: Any,
+    artifact: Path,
+    verdict: Mapping[str, Any],
+    tags: tuple[str, ...] = ("candidate",),
+    *,
+    reuse: bool = True,
+) -> dict[str, Any]:
+    """Push an artifact with its verdict; a rejected one is stored by digest only, never tagged `candidate`.
+
+    A rejected candidate stays in the registry (its verdict is on record, `mlci pull` fetches it by
+    digest) while the `candidate` tag stays where it was. With ``reuse``, nothing is written when the
+    registry already holds it all (every tag on this artifact, the same verdict); ``written`` says which.
+    """
+    from mlci.model.artifact import read_manifest
+    from mlci.registry import digest_tag, push_artifact, resolve
+
+    digest = str(verdict.get("candidate"))
+    held = read_manifest(artifact)["digest"]
+    if held != digest:
+        raise MlciError(
+            f"The verdict judges {digest}, not {held} in '{artifact}'; nothing was pushed. "
+            "Gate this artifact (`mlci gate`) and push it with that verdict."
+        )
+    rejected = not verdict.get("passed")
+    wanted = tuple(t for t in tags if not (rejected and t == "candidate"))
+    if reuse and _already_pushed(store, digest, wanted, verdict):
+        manifest_digest, all_tags, written = resolve(store, digest), (*wanted, digest_tag(digest)), False
+    else:
+        result = push_artifact(store, artifact, tags=wanted)
+        store_verdict(store, verdict)
+        manifest_digest, all_tags, written = result.manifest_digest, result.tags, True
+    named = f"as {', '.join(wanted)}" if wanted else "by digest only"
+    how = "pushed" if written else "already in the registry"
+    why = " (rejected by the gate: not tagged candidate)" if rejected else ""
+    note = f"{how} {named}: {digest[:19]}{why}"
+    return {
+        "artifact_digest": digest, "manifest_digest": manifest_digest, "tags": list(dict.fromkeys(all_tags)),
+        "rejected": rejected, "written": written, "note": note,
+    }  # fmt: skip
 
 
 def verdict_for(store: Any, digest: str) -> dict[str, Any] | None:
