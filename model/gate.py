@@ -120,8 +120,13 @@ def _split_of(manifest: dict[str, Any]) -> tuple[str, float, int, list[str] | No
     return str(split["scheme"]), float(data["holdout_fraction"]), int(data["seed"]), list(split["columns"])
 
 
-def _holdout(manifest: dict[str, Any], dataset: Dataset, path: Path, who: str) -> tuple[np.ndarray, str]:
-    """The rows of the current data file that the artifact's split put in its holdout (it never trained on them)."""
+def _holdout(
+    manifest: dict[str, Any], dataset: Dataset, path: Path, who: str, splits: dict[Any, np.ndarray]
+) -> tuple[np.ndarray, str]:
+    """The rows of the current data file that the artifact's split put in its holdout (it never trained on them).
+
+    ``splits`` memoises masks by how they were made: candidate and production usually share one split.
+    """
     assert dataset.raw is not None
     raw = dataset.raw
     scheme, fraction, seed, columns = _split_of(manifest)
@@ -134,7 +139,10 @@ def _holdout(manifest: dict[str, Any], dataset: Dataset, path: Path, who: str) -
     elif scheme == SPLIT_SCHEME:
         assert columns is not None
         _require_columns(raw, columns, who, "the columns its split hashed")
-        mask = split_mask(raw, fraction, seed, columns)
+        key = (scheme, fraction, seed, tuple(columns))
+        if key not in splits:
+            splits[key] = split_mask(raw, fraction, seed, columns)
+        mask = splits[key]
     else:
         raise _CannotCompare(
             f"{who} was split with scheme {scheme!r}, which this mlci does not know (it knows {SPLIT_SCHEME!r} and "
@@ -163,8 +171,10 @@ def _require_columns(raw: pd.DataFrame, columns: list[str], who: str, what: str)
         )
 
 
-def _view(manifest: dict[str, Any], dataset: Dataset, path: Path, who: str) -> _View:
-    mask, scheme = _holdout(manifest, dataset, path, who)
+def _view(
+    manifest: dict[str, Any], dataset: Dataset, path: Path, who: str, splits: dict[Any, np.ndarray]
+) -> _View:
+    mask, scheme = _holdout(manifest, dataset, path, who, splits)
     schema = Schema.from_json(manifest["schema"])
     _require_columns(dataset.raw, [*schema.names, schema.target], who, "its features and target")  # type: ignore[arg-type]
     classes = [str(c) for c in manifest["schema"].get("classes", [])]
@@ -451,11 +461,12 @@ def _production(
     production: Path,
     prod_manifest: dict[str, Any],
     dataset: Dataset,
+    splits: dict[Any, np.ndarray],
 ) -> tuple[list[Check], dict[str, Any] | None, list[str]]:
     """The comparison with production on the rows neither model trained on (checks, metrics, notes)."""
     path = config.data.path
     try:
-        prod = _view(prod_manifest, dataset, path, f"Production {prod_manifest['digest'][:19]}")
+        prod = _view(prod_manifest, dataset, path, f"Production {prod_manifest['digest'][:19]}", splits)
         if prod.schema.target != cand.schema.target:
             raise _CannotCompare(
                 f"production predicts {prod.schema.target!r}, the candidate {cand.schema.target!r}; "
@@ -513,8 +524,9 @@ def run_gate(
     prod_manifest = verify_artifact(production) if production is not None else None
     dataset = load_data(config)
     path = config.data.path
+    splits: dict[Any, np.ndarray] = {}
     try:
-        cand = _view(cand_manifest, dataset, path, f"The candidate {cand_manifest['digest'][:19]}")
+        cand = _view(cand_manifest, dataset, path, f"The candidate {cand_manifest['digest'][:19]}", splits)
     except _CannotCompare as exc:
         raise DataError(str(exc)) from exc
     assert dataset.raw is not None
@@ -540,7 +552,7 @@ def run_gate(
             )
         else:
             more, compared, notes = _production(
-                config, cand, cand_pred, y_all, production, prod_manifest, dataset
+                config, cand, cand_pred, y_all, production, prod_manifest, dataset, splits
             )
             checks += more
     metrics = {
