@@ -160,7 +160,9 @@ def test_removed_feature_is_compared_through_productions_own_schema(tmp_path: Pa
     # Without x2 the candidate is much worse on the same rows: the comparison can now say so.
     assert not comparison["non-inferiority accuracy"]["passed"] and code == 1
     code, out = invoke("gate", str(cand.artifact), "-c", str(cand_cfg), "--production", str(prod.artifact))
-    assert code == 1 and f"gate FAILED (vs production on {len(held)} rows neither model trained on)" in out, out
+    assert code == 1 and f"gate FAILED (vs production on {len(held)} rows neither model trained on)" in out, (
+        out
+    )
 
 
 def test_too_few_unseen_rows_fail_the_comparison_saying_why_and_how(tmp_path: Path) -> None:
