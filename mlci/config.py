@@ -41,7 +41,7 @@ _KNOWN: dict[str, tuple[str, ...]] = {
     "workspace": ("path",),
     "gate": (
         "min", "max", "non_inferiority", "require_better", "alpha", "bootstrap", "seed",
-        "max_latency_p99_ms", "max_model_bytes", "require_smoke",
+        "max_latency_p99_ms", "max_model_bytes", "require_smoke", "baseline", "min_compared_rows",
     ),
     "smoke": ("rows", "max_p99_ms", "timeout_s"),
     "registry": ("url", "repository", "insecure"),
@@ -57,6 +57,7 @@ TASK_METRICS = {
     "regression": ("rmse", "mae", "r2"),
 }
 DEPLOY_TARGETS = ("local", "kubernetes")
+GATE_BASELINES = ("trivial", "none")
 
 
 def _unknown_keys(table: Mapping[str, Any], section: str) -> None:
@@ -168,6 +169,8 @@ class GateConfig:
     max_latency_p99_ms: float | None = None
     max_model_bytes: int | None = None
     require_smoke: bool = True
+    baseline: str = "trivial"  # the candidate must beat the majority class / mean predictor; "none" opts out
+    min_compared_rows: int = 50  # fewest rows neither model trained on that a comparison with production accepts
 
 
 @dataclass(frozen=True)
@@ -478,6 +481,15 @@ def _parse_gate(table: Mapping[str, Any], task: str) -> GateConfig:
         raise ConfigError(f"[gate] bootstrap must be >= 100 resamples; got {samples}.")
     latency = _get(table, "gate", "max_latency_p99_ms", (float, int), None)
     size = _get(table, "gate", "max_model_bytes", int, None)
+    baseline = _get(table, "gate", "baseline", str, "trivial")
+    if baseline not in GATE_BASELINES:
+        raise ConfigError(
+            f'[gate] baseline must be "trivial" (the candidate must beat the majority class, or the mean for '
+            f'regression, with confidence) or "none" (no baseline check); got {baseline!r}.'
+        )
+    min_rows = _get(table, "gate", "min_compared_rows", int, 50)
+    if min_rows < 1:
+        raise ConfigError(f"[gate] min_compared_rows must be >= 1 row; got {min_rows}.")
     return GateConfig(
         min=_metric_table(table, "min", task),
         max=_metric_table(table, "max", task),
@@ -489,4 +501,6 @@ def _parse_gate(table: Mapping[str, Any], task: str) -> GateConfig:
         max_latency_p99_ms=float(latency) if latency is not None else None,
         max_model_bytes=size,
         require_smoke=_get(table, "gate", "require_smoke", bool, True),
+        baseline=baseline,
+        min_compared_rows=min_rows,
     )

@@ -200,6 +200,9 @@ seed = 7
 {estimator}
 scale = true
 
+[gate]
+baseline = "trivial"  # the model must beat the majority class (mean for regression) with confidence; "none" opts out
+
 # Where `mlci push` puts artifacts (default: an OCI layout under .mlci/). For CI, a registry:
 # [registry]
 # url = "https://ghcr.io"

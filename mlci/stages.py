@@ -70,6 +70,8 @@ def evaluate_stage(config: Config, inputs: Mapping[str, Path], out: Path) -> dic
             "holdout_rows": len(split["holdout_rows"]),
             "holdout_fraction": split["holdout_fraction"],
             "seed": split["seed"],
+            # Enough to recompute which rows of any data file this model did not train on (the gate does).
+            "split": {"scheme": split["scheme"], "columns": split["columns"]},
         },
         "code": {
             "config_sha256": config_digest(config),
@@ -111,7 +113,7 @@ def holdout_rows(config: Config, limit: int | None = None) -> Any:
     from mlci.model.train import load_data
 
     data = load_data(config)
-    X = data.X[holdout_mask(data.X, data.y, config.holdout, config.seed)]
+    X = data.X[holdout_mask(data, config.holdout, config.seed)]
     return X if limit is None else X.head(limit)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,24 @@ import pandas as pd
 
 from mlci.errors import DataError
 
-__all__ = ["Dataset", "Feature", "Schema", "holdout_mask", "infer_kind", "load_dataset", "read_table"]
+__all__ = [
+    "Dataset",
+    "Feature",
+    "LEGACY_SPLIT_SCHEME",
+    "SPLIT_SCHEME",
+    "Schema",
+    "holdout_mask",
+    "infer_kind",
+    "legacy_holdout_mask",
+    "load_dataset",
+    "read_table",
+    "split_mask",
+    "typed_features",
+    "typed_target",
+]
+
+SPLIT_SCHEME = "raw-row-v2"  # a row's side: sha256 of the seed and the row's raw cells, every column
+LEGACY_SPLIT_SCHEME = "typed-row-v1"  # artifacts without a split scheme: pandas' hash of typed features + target
 
 
 @dataclass(frozen=True)
@@ -62,12 +80,17 @@ class Schema:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Features ``X`` (schema order, numeric as float64, categorical as str with '' for missing) and target ``y``."""
+    """Features ``X`` (schema order, numeric as float64, categorical as str with '' for missing) and target ``y``.
+
+    ``raw`` is the file as read, every column (dropped ones and the target too): the split hashes it, so
+    a row's side does not depend on which columns are features or how they are typed.
+    """
 
     X: pd.DataFrame
     y: pd.Series
     schema: Schema
     digest: str
+    raw: pd.DataFrame | None = None
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -189,14 +212,24 @@ def load_dataset(
     kinds = {n: declared.get(n) or infer_kind(frame[n]) for n in names}
     schema = Schema(tuple(Feature(str(n), kinds[n]) for n in names), target, task)
 
-    X = pd.DataFrame(
+    X = typed_features(frame, schema, path)
+    y = _target(frame[target], target, task, path)
+    return Dataset(X=X, y=y, schema=schema, digest=digest, raw=frame)
+
+
+def typed_features(frame: pd.DataFrame, schema: Schema, path: Path) -> pd.DataFrame:
+    """The columns of ``frame`` that ``schema`` names, typed as it says (how a model with that schema sees them)."""
+    return pd.DataFrame(
         {
             f.name: (_as_numeric(frame[f.name], f.name, path) if f.kind == "numeric" else _as_categorical(frame[f.name]))
             for f in schema.features
         }
     )
-    y = _target(frame[target], target, task, path)
-    return Dataset(X=X, y=y, schema=schema, digest=digest)
+
+
+def typed_target(frame: pd.DataFrame, schema: Schema, path: Path) -> pd.Series:
+    """The target column of ``frame`` as a model with ``schema`` was trained on it."""
+    return _target(frame[schema.target], schema.target, schema.task, path)
 
 
 def _target(col: pd.Series, name: str, task: str, path: Path) -> pd.Series:
@@ -227,12 +260,47 @@ def _target(col: pd.Series, name: str, task: str, path: Path) -> pd.Series:
     return (col.astype(str).str.strip() if text is None else text).astype(object).rename(name)
 
 
-def holdout_mask(X: pd.DataFrame, y: pd.Series, fraction: float, seed: int) -> np.ndarray:
-    """True for holdout rows. A row's side depends only on its content and the seed.
+def _cell_text(col: pd.Series) -> list[str]:
+    """A column's cells as text that does not depend on how mlci types the column.
 
-    Hashing rows (instead of shuffling positions) keeps every row on the same side when rows are
-    appended or reordered, and puts duplicate rows on the same side, so they cannot leak across.
+    CSV cells are already the file's text (read with ``dtype=str``); Parquet cells are typed by the file
+    itself: missing is ``""``, floats are Python's shortest round-trip repr, the rest ``str``.
     """
+    if pd.api.types.is_float_dtype(col):
+        return ["" if v != v else repr(float(v)) for v in col.tolist()]
+    return ["" if v is None or v is pd.NA or (isinstance(v, float) and v != v) else str(v) for v in col.tolist()]
+
+
+def split_mask(raw: pd.DataFrame, fraction: float, seed: int, columns: Sequence[str] | None = None) -> np.ndarray:
+    """True for holdout rows under SPLIT_SCHEME: a row's side depends only on its raw cells and the seed.
+
+    Every column of the file counts (``columns``, sorted by name; by default all of them), whatever is a
+    feature or how it is typed, so retyping, adding or removing a feature keeps every row on its side.
+    Hashing rows (instead of shuffling positions) keeps every row on the same side when rows are appended
+    or reordered, and puts duplicate rows on the same side, so they cannot leak across.
+    """
+    names = sorted(map(str, raw.columns if columns is None else columns))
+    cells = [_cell_text(raw[name]) for name in names]
+    prefix = f"{SPLIT_SCHEME}\x00{seed}\x00".encode()
+    header = "\x1e".join(names)
+    out = np.empty(len(raw), dtype=bool)
+    limit = fraction * 2**64
+    for i, row in enumerate(zip(*cells, strict=True)):
+        text = header + "\x1d" + "\x1f".join(row)
+        out[i] = int.from_bytes(hashlib.sha256(prefix + text.encode()).digest()[:8], "big") < limit
+    return out
+
+
+def holdout_mask(dataset: Dataset, fraction: float, seed: int) -> np.ndarray:
+    """True for the holdout rows of ``dataset`` (SPLIT_SCHEME over its raw rows, see :func:`split_mask`)."""
+    if dataset.raw is None:
+        raise ValueError("holdout_mask needs the Dataset's raw frame; load it with load_dataset")
+    return split_mask(dataset.raw, fraction, seed)
+
+
+def legacy_holdout_mask(X: pd.DataFrame, y: pd.Series, fraction: float, seed: int) -> np.ndarray:
+    """The split of artifacts built before SPLIT_SCHEME (LEGACY_SPLIT_SCHEME): pandas' hash of the typed
+    features and target. Kept only to find the rows such a production model did not train on."""
     key = f"mlci-split-{seed:06d}"[-16:].rjust(16, "0")
     hashed = pd.util.hash_pandas_object(pd.concat([X, y], axis=1), index=False, hash_key=key)
     unit = hashed.to_numpy(dtype=np.uint64) / float(2**64)

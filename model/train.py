@@ -20,7 +20,7 @@ import skops.io as sio
 from mlci.canonical import sha256_file, write_json
 from mlci.config import Config
 from mlci.errors import ConfigError, DataError
-from mlci.model.data import Dataset, Schema, holdout_mask, load_dataset
+from mlci.model.data import SPLIT_SCHEME, Dataset, Schema, holdout_mask, load_dataset
 from mlci.model.estimators import build_estimator, estimator_name
 from mlci.model.trust import describe, estimator_types, load_estimator, refused_types, trusted_types
 
@@ -63,7 +63,7 @@ def _check_classes(y: pd.Series, mask: np.ndarray) -> None:
 
 def split_dataset(dataset: Dataset, config: Config) -> np.ndarray:
     """The holdout mask, checked: both sides non-empty, every class on both sides."""
-    mask = holdout_mask(dataset.X, dataset.y, config.holdout, config.seed)
+    mask = holdout_mask(dataset, config.holdout, config.seed)
     n_hold = int(mask.sum())
     if n_hold == 0 or n_hold == len(mask):
         raise DataError(
@@ -139,6 +139,8 @@ def run_train(config: Config, out_dir: Path) -> TrainResult:
             "rows": len(mask),
             "holdout_fraction": config.holdout,
             "seed": config.seed,
+            "scheme": SPLIT_SCHEME,
+            "columns": sorted(map(str, dataset.raw.columns)) if dataset.raw is not None else [],
             "holdout_rows": np.flatnonzero(mask).tolist(),
         },
     )

@@ -137,17 +137,17 @@ def test_continuous_deployment_promotes_a_passing_candidate_through_both_environ
 
 def test_failing_gate_pushes_the_verdict_but_never_promotes(project: Path) -> None:
     project.write_text(
-        project.read_text().replace("[deploy]\n", "[deploy]\ncontinuous_deployment = true\n") + "\n[gate]\nmin = { accuracy = 0.999 }\n"
+        project.read_text().replace("[deploy]\n", "[deploy]\ncontinuous_deployment = true\n") + "\n[gate]\nmax = { log_loss = 0.001 }\n"
     )
     code, out = invoke("run", "-c", str(project), "--json")
-    assert code == 1 and "The gate failed" in out and "min accuracy" in out
+    assert code == 1 and "The gate failed" in out and "max log_loss" in out
     rejected = json.loads(out[out.index("{\n") : out.index("\nError:")])["digest"]
     config = load_config(project)
     store = open_registry(config)
     assert tag_digest(store, "candidate") is None  # stored by digest with its verdict, never tagged candidate
     assert tag_digest(store, "staging") is None and tag_digest(store, "production") is None
     code, out = invoke("promote", "staging", "-c", str(project), "--approve", "--digest", rejected)
-    assert code == 1 and "failed the gate (min accuracy)" in out
+    assert code == 1 and "failed the gate (max log_loss)" in out
 
 
 def test_kubernetes_target_renders_manifests_naming_the_digest(project: Path) -> None:

@@ -44,13 +44,13 @@ def test_first_run_states_it_and_applies_absolute_checks(tmp_path: Path, artifac
     config = config_with(tmp_path, "min = { accuracy = 0.9 }\nrequire_smoke = false")
     verdict = run_gate(config, artifacts["logistic"], None).to_json()
     assert verdict["passed"] and verdict["first_run"] and verdict["production"] is None
-    assert [c["kind"] for c in verdict["checks"]] == ["absolute", "parity"]
+    assert [c["kind"] for c in verdict["checks"]] == ["absolute", "baseline", "parity"]
     assert "first release" in verdict_markdown(verdict)
 
 
 def test_absolute_threshold_fails_with_figure_and_reason(tmp_path: Path, artifacts: dict[str, Path]) -> None:
     config = config_with(tmp_path, "min = { accuracy = 0.999 }\nmax = { log_loss = 0.01 }\nrequire_smoke = false")
-    verdict = run_gate(config, artifacts["logistic"], None)
+    verdict = run_gate(config, artifacts["stump"], None)  # a depth-1 tree: well above the baseline, below these
     assert not verdict.passed
     failed = {c.name: c for c in verdict.checks if not c.passed}
     assert set(failed) == {"min accuracy", "max log_loss"}

@@ -134,18 +134,16 @@ def test_run_records_are_appended_for_success_and_failure(example_project: Path)
 def test_split_is_stable_when_rows_are_appended(make_project: ProjectFactory) -> None:
     import pandas as pd
 
-    from mlci.model.data import holdout_mask
+    from mlci.model.data import split_mask
 
-    frame = mixed_frame(300)
-    more = mixed_frame(350, seed=1)
-    X_a, y_a = frame.drop(columns=["churn"]), frame["churn"]
-    X_b = pd.concat([X_a, more.drop(columns=["churn"])], ignore_index=True)
-    y_b = pd.concat([y_a, more["churn"]], ignore_index=True)
-    a = holdout_mask(X_a, y_a, 0.2, 5)
-    b = holdout_mask(X_b, y_b, 0.2, 5)
+    frame = mixed_frame(300).astype(str)  # the raw cells, as a CSV is read
+    more = mixed_frame(350, seed=1).astype(str)
+    a = split_mask(frame, 0.2, 5)
+    b = split_mask(pd.concat([frame, more], ignore_index=True), 0.2, 5)
     assert (a == b[:300]).all()
+    assert (split_mask(frame[frame.columns[::-1]], 0.2, 5) == a).all(), "column order must not move rows"
     assert 0.1 < a.mean() < 0.3
-    assert not (holdout_mask(X_a, y_a, 0.2, 6) == a).all(), "a different seed must give a different split"
+    assert not (split_mask(frame, 0.2, 6) == a).all(), "a different seed must give a different split"
 
 
 FACTORY_NUMERIC = '''

@@ -51,11 +51,11 @@ def test_gate_failure_exits_1_and_a_foreign_verdict_is_refused(tmp_path: Path) -
     root = tmp_path / "example"
     shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".mlci"))
     cfg = str(root / "mlci.toml")
-    (root / "mlci.toml").write_text((root / "mlci.toml").read_text() + "\n[gate]\nmin = { roc_auc = 0.9999 }\n")
+    (root / "mlci.toml").write_text((root / "mlci.toml").read_text() + "\n[gate]\nmax = { log_loss = 0.001 }\n")
     code, out = invoke("run", "-c", cfg, "--until", "evaluate", "--json")
     artifact = json.loads(out[out.index("{") :])["artifact"]
     code, out = invoke("gate", artifact, "-c", cfg, "--production", "none", "--out", str(tmp_path / "v.json"))
-    assert code == 1 and "✗ min roc_auc" in out and "✗ smoke: no smoke report" in out and "gate FAILED" in out
+    assert code == 1 and "✗ max log_loss" in out and "✗ smoke: no smoke report" in out and "gate FAILED" in out
     verdict = json.loads((tmp_path / "v.json").read_text())
     verdict["candidate"] = "sha256:" + "0" * 64
     (tmp_path / "v.json").write_text(json.dumps(verdict))

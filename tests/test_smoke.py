@@ -24,7 +24,7 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     config = load_config(root / "mlci.toml")
     artifact = run_pipeline(config, until="evaluate").artifact
     data = load_data(config)
-    X = data.X[holdout_mask(data.X, data.y, config.holdout, config.seed)].head(12)
+    X = data.X[holdout_mask(data, config.holdout, config.seed)].head(12)
     return artifact, X  # type: ignore[return-value]
 
 

@@ -134,7 +134,7 @@ def register(
     )  # fmt: skip
     @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
     def gate(artifact: Path, config_path: Path, workspace: Path | None, production: str, smoke_file: Path | None, out: Path | None, fmt: str) -> None:
-        """Judge ARTIFACT against the policy and production on the same holdout rows. Exit 0 pass, 1 fail."""
+        """Judge ARTIFACT against the policy, a trivial baseline and production on rows neither trained on. Exit 0 pass, 1 fail."""
         from mlci.model.gate import run_gate, verdict_markdown
 
         config = load(config_path, workspace)
@@ -163,7 +163,9 @@ def register(
         else:
             for c in verdict["checks"]:
                 click.echo(f"  {'✓' if c['passed'] else '✗'} {c['name']}: {c['reason']}")
-            click.echo(f"gate {'passed' if verdict['passed'] else 'FAILED'}" + (" (first release: absolute checks only)" if verdict["first_run"] else ""))
+            scope = (" (first release: no production model)" if verdict["first_run"] else
+                     f" (vs production on {verdict['compared_rows']} rows neither model trained on)" if verdict["compared_rows"] is not None else "")
+            click.echo(f"gate {'passed' if verdict['passed'] else 'FAILED'}" + scope)
             click.echo(f"verdict → {kept} (store it with `mlci push ARTIFACT --verdict {kept}`)")
         if not verdict["passed"]:
             sys.exit(1)

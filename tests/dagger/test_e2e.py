@@ -183,7 +183,7 @@ def test_keep_going_exports_a_failed_gates_verdict(tmp_path: Path) -> None:
     source = tmp_path / "strict"
     shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns(".mlci"))
     with (source / "mlci.toml").open("a") as fh:
-        fh.write("\n[gate]\nmin = { accuracy = 0.999 }\n")
+        fh.write("\n[gate]\nmax = { log_loss = 0.001 }\n")  # a floor no model reaches
     dagger("-m", str(REPO), f"--source={source}", "pipeline", "--checks=false", "--keep-going",
            "export", f"--path={tmp_path / 'out'}", cwd=tmp_path)  # fmt: skip
     assert json.loads((tmp_path / "out" / "pipeline.json").read_text())["ok"] is False

@@ -388,20 +388,20 @@ def test_an_unreachable_registry_is_an_error_not_a_rejected_gate(
 def test_keep_going_exports_the_verdict_of_a_failed_gate(
     xcall: Caller, executed: Any, tmp_path: Path
 ) -> None:
-    """A gate that fails (an accuracy floor the model cannot reach) with --keep-going: pipeline.json says
+    """A gate that fails (a log-loss ceiling the model cannot reach) with --keep-going: pipeline.json says
     ok=false and names the gate, verdict.json and verdict.md are exported; without it the call fails."""
     from mlci_dagger import GateFailed
 
     src = example_copy(tmp_path / "strict")
     with (src / "mlci.toml").open("a") as fh:
-        fh.write("\n[gate]\nmin = { accuracy = 0.999 }\n")
+        fh.write("\n[gate]\nmax = { log_loss = 0.001 }\n")
     out = export_dir(xcall("pipeline", source=src, checks=False, keep_going=True), tmp_path / "out")
     status = json.loads((out / "pipeline.json").read_text())
     assert status["ok"] is False and status["stages"]["gate"]["ok"] is False, status
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["passed"] is False
     assert any(
-        c["name"].startswith("min") or "accuracy" in c["name"] for c in verdict["checks"] if not c["passed"]
+        c["name"] == "max log_loss" for c in verdict["checks"] if not c["passed"]
     )
     assert (out / "verdict.md").read_text().strip()
     with pytest.raises(FunctionError) as info:

@@ -54,7 +54,7 @@ def bc(tmp_path_factory: pytest.TempPathFactory) -> Project:
     artifact = Path(run_pipeline(config, until="evaluate").artifact)
     manifest = orjson.loads((artifact / "manifest.json").read_bytes())
     dataset = load_data(config)
-    mask = holdout_mask(dataset.X, dataset.y, config.holdout, config.seed)
+    mask = holdout_mask(dataset, config.holdout, config.seed)
     holdout = dataset.X[mask].reset_index(drop=True)
     truth = [str(v) for v in dataset.y[mask]]
     return Project(root / "mlci.toml", artifact, manifest, holdout, truth, pd.read_csv(root / "data.csv"))

@@ -551,7 +551,7 @@ class Mlci:
         password: Password = None,
         registry_service: RegistryService = None,
     ) -> dagger.File:
-        """The release policy against production on the same holdout rows; verdict.json. Fails when the gate fails."""
+        """The release policy, a trivial baseline and production on rows neither trained on; verdict.json. Fails when the gate fails."""
         artifact = artifact or self.train()
         verdict, _ = await self._judge(artifact, smoke, production, production_artifact, username, password, registry_service)
         return verdict
