@@ -17,6 +17,7 @@ from sklearn.pipeline import Pipeline
 from mlci.config import Config
 from mlci.model.data import Schema
 from mlci.model.onnxio import Prediction, feeds_from_frame, open_session, predict
+from mlci.model.stats import PROFILE_VERSION, bin_counts, bin_edges
 
 __all__ = ["EvaluateResult", "build_profile", "classification_metrics", "regression_metrics", "run_evaluate"]
 
@@ -77,13 +78,14 @@ def _numeric_profile(col: pd.Series, bins: int) -> dict[str, Any]:
     missing = float(col.isna().mean())
     if present.size == 0:
         return {"kind": "numeric", "missing_rate": missing, "edges": [], "fractions": []}
-    # Interior quantile edges; the outer bins are open so production values outside the range still land.
-    edges = np.unique(np.quantile(present, np.linspace(0, 1, bins + 1)[1:-1]))
-    counts = np.bincount(np.searchsorted(edges, present, side="right"), minlength=len(edges) + 1)
+    # Interior quantile edges, between distinct values; the outer bins are open so production values
+    # outside the range still land. Edges are stored exactly (not _r): the monitor bins with these very floats.
+    edges = bin_edges(present, bins)
+    counts = bin_counts(present, edges)
     return {
         "kind": "numeric",
         "missing_rate": _r(missing),
-        "edges": [_r(e) for e in edges],
+        "edges": [float(e) for e in edges],
         "fractions": [_r(c / present.size) for c in counts],
         "mean": _r(present.mean()),
         "std": _r(present.std()),
@@ -119,19 +121,13 @@ def build_profile(
     }
     if pred.probabilities is not None and pred.labels is not None:
         labels = pred.labels.astype(str)
+        edges = np.linspace(0, 1, bins + 1)[1:-1]
         prediction = {
             "kind": "classification",
             "label_fractions": {str(c): _r(float((labels == str(c)).mean())) for c in classes},
-            "probability_edges": [_r(e) for e in np.linspace(0, 1, bins + 1)[1:-1]],
+            "probability_edges": [float(e) for e in edges],
             "probability_fractions": {
-                str(c): [
-                    _r(v)
-                    for v in np.bincount(
-                        np.searchsorted(np.linspace(0, 1, bins + 1)[1:-1], pred.probabilities[:, i], side="right"),
-                        minlength=bins,
-                    )
-                    / max(len(labels), 1)
-                ]
+                str(c): [_r(v) for v in bin_counts(pred.probabilities[:, i], edges) / max(len(labels), 1)]
                 for i, c in enumerate(classes)
             },
         }
@@ -139,7 +135,7 @@ def build_profile(
         assert pred.values is not None
         prediction = {"kind": "regression", **_numeric_profile(pd.Series(pred.values), bins)}
     return {
-        "schema_version": 1,
+        "schema_version": PROFILE_VERSION,
         "rows": len(X_train),
         "features": features,
         "prediction": prediction,
