@@ -177,8 +177,9 @@ def compare_counts(
     obs_g = np.array([observed[g].sum() for g in groups])
     ref_g = np.array([ref_counts[g].sum() for g in groups])
     psi = _psi(obs_g / max(n, 1), ref_g / max(ref_g.sum(), 1e-12))
-    js = float(jensenshannon(obs_g + 1e-12, ref_g + 1e-12, base=2))
-    js = 0.0 if np.isnan(js) else js  # equal distributions: the square root of a rounding error below zero
+    with np.errstate(invalid="ignore"):  # equal distributions: the square root of a rounding error below 0
+        js = float(jensenshannon(obs_g + 1e-12, ref_g + 1e-12, base=2))
+    js = 0.0 if np.isnan(js) else js
     if len(groups) < 2 or n == 0:
         return None, None, psi, js, len(groups)
     if reference_rows:
