@@ -138,7 +138,9 @@ class Monitor:
     ) -> None:
         self.artifact_, outlier_path = _load_artifact(artifact)
         self.outlier_reference_ = outlier_reference(self.artifact_.profile)
-        self.detector_ = OutlierDetector(outlier_path, self.artifact_.features, self.outlier_reference_.threshold)
+        self.detector_ = OutlierDetector(
+            outlier_path, self.artifact_.features, self.outlier_reference_.threshold
+        )
         self.log_dir = log_dir
         self.state_dir = state_dir
         self.settings = settings = settings if settings is not None else Settings()

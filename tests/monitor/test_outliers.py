@@ -34,9 +34,9 @@ def test_holdout_traffic_keeps_the_held_out_outlier_rate(bc: Project) -> None:
 
 def test_out_of_range_traffic_raises_the_outlier_rate(bc: Project) -> None:
     columns = [c for c in bc.holdout.columns][:15]
-    train_rate, report = rate_of(bc, shifted(bc.holdout, columns, scale=3.0, shift_sd=4.0))
+    held_out_rate, report = rate_of(bc, shifted(bc.holdout, columns, scale=3.0, shift_sd=4.0))
     assert report.status == "outliers", report.message
-    assert report.rate > train_rate + 0.3 and report.p_value is not None and report.p_value < 1e-6
+    assert report.rate > held_out_rate + 0.3 and report.p_value is not None and report.p_value < 1e-6
     assert report.score_median is not None
 
 
