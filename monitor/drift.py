@@ -73,7 +73,9 @@ class DriftSettings:
         if not 0 < self.alpha < 1:
             raise MonitorError(f"alpha is {self.alpha}; expected a probability strictly between 0 and 1.")
         if self.correction not in ("bh", "by", "holm", "none"):
-            raise MonitorError(f"correction is {self.correction!r}; expected one of 'bh', 'by', 'holm', 'none'.")
+            raise MonitorError(
+                f"correction is {self.correction!r}; expected one of 'bh', 'by', 'holm', 'none'."
+            )
         if self.min_rows < 1:
             raise MonitorError(f"min_rows is {self.min_rows}; expected at least 1.")
 
@@ -190,7 +192,9 @@ def compare_counts(
     return float(result.statistic), float(result.pvalue), psi, js, len(groups)
 
 
-def _missing_test(name: str, kind: str, missing: int, n: int, ref_rate: float, ref_rows: float | None) -> TestResult:
+def _missing_test(
+    name: str, kind: str, missing: int, n: int, ref_rate: float, ref_rows: float | None
+) -> TestResult:
     rate = missing / n if n else 0.0
     if ref_rows:
         ref_missing = round(ref_rate * ref_rows)
@@ -198,7 +202,16 @@ def _missing_test(name: str, kind: str, missing: int, n: int, ref_rate: float, r
         p = float(stats.fisher_exact(table).pvalue)
     else:
         p = float(stats.binomtest(missing, n, ref_rate).pvalue) if 0 < ref_rate < 1 or missing else 1.0
-    return TestResult(name, kind, n, None, p, effect=abs(rate - ref_rate), bins=2, note=f"missing rate {rate:.4f} vs {ref_rate:.4f}")
+    return TestResult(
+        name,
+        kind,
+        n,
+        None,
+        p,
+        effect=abs(rate - ref_rate),
+        bins=2,
+        note=f"missing rate {rate:.4f} vs {ref_rate:.4f}",
+    )
 
 
 def rounded_edges(profile: Mapping[str, Any]) -> bool:
@@ -228,18 +241,33 @@ def _categorical_counts(values: np.ndarray, profile: Mapping[str, Any]) -> tuple
 
 
 def _distribution(
-    name: str, kind: str, counts: np.ndarray, reference: np.ndarray, ref_rows: float | None, ordered: bool, settings: DriftSettings
+    name: str,
+    kind: str,
+    counts: np.ndarray,
+    reference: np.ndarray,
+    ref_rows: float | None,
+    ordered: bool,
+    settings: DriftSettings,
 ) -> TestResult:
     n = int(counts.sum())
     if n < settings.min_rows:
-        return TestResult(name, kind, n, None, None, note=f"need ≥ {settings.min_rows} present values, got {n}")
-    stat, p, psi, js, bins = compare_counts(counts, reference, ref_rows, ordered=ordered, min_expected=settings.min_expected)
+        return TestResult(
+            name, kind, n, None, None, note=f"need ≥ {settings.min_rows} present values, got {n}"
+        )
+    stat, p, psi, js, bins = compare_counts(
+        counts, reference, ref_rows, ordered=ordered, min_expected=settings.min_expected
+    )
     note = "" if p is not None else "fewer than two bins after pooling sparse ones"
     return TestResult(name, kind, n, stat, p, psi=psi, js=js, effect=psi, bins=bins, note=note)
 
 
 def _feature_tests(
-    name: str, column: np.ndarray, profile: Mapping[str, Any], ref_rows: float | None, s: DriftSettings, snap: bool
+    name: str,
+    column: np.ndarray,
+    profile: Mapping[str, Any],
+    ref_rows: float | None,
+    s: DriftSettings,
+    snap: bool,
 ) -> list[TestResult]:
     ref_missing = float(profile.get("missing_rate", 0.0))
     present_rows = ref_rows * (1 - ref_missing) if ref_rows else None
@@ -249,7 +277,11 @@ def _feature_tests(
         tests = [_missing_test(name, "missing", int(missing_mask.sum()), len(column), ref_missing, ref_rows)]
         if profile.get("fractions"):
             counts = _numeric_counts(present, profile, snap)
-            tests.append(_distribution(name, "distribution", counts, np.asarray(profile["fractions"]), present_rows, True, s))
+            tests.append(
+                _distribution(
+                    name, "distribution", counts, np.asarray(profile["fractions"]), present_rows, True, s
+                )
+            )
         return tests
     missing_mask = column == ""
     tests = [_missing_test(name, "missing", int(missing_mask.sum()), len(column), ref_missing, ref_rows)]
@@ -259,16 +291,26 @@ def _feature_tests(
 
 
 def _prediction_tests(
-    profile: Mapping[str, Any], labels: np.ndarray | None, probabilities: np.ndarray | None, values: np.ndarray | None,
-    ref_rows: float | None, s: DriftSettings, snap: bool,
+    profile: Mapping[str, Any],
+    labels: np.ndarray | None,
+    probabilities: np.ndarray | None,
+    values: np.ndarray | None,
+    ref_rows: float | None,
+    s: DriftSettings,
+    snap: bool,
 ) -> list[TestResult]:
     tests: list[TestResult] = []
     if profile.get("kind") == "classification":
         classes = list(profile["label_fractions"])
         if labels is not None:
-            observed = np.array([(labels == c).sum() for c in classes] + [int((~np.isin(labels, classes)).sum())], dtype=np.float64)
+            observed = np.array(
+                [(labels == c).sum() for c in classes] + [int((~np.isin(labels, classes)).sum())],
+                dtype=np.float64,
+            )
             reference = np.array([*profile["label_fractions"].values(), 0.0])
-            tests.append(_distribution("prediction:label", "prediction", observed, reference, ref_rows, False, s))
+            tests.append(
+                _distribution("prediction:label", "prediction", observed, reference, ref_rows, False, s)
+            )
         if probabilities is not None and probabilities.ndim == 2 and probabilities.shape[1] == len(classes):
             edges = np.asarray(profile["probability_edges"], dtype=np.float64)
             # With two classes one column determines the other: test it once.
@@ -276,10 +318,16 @@ def _prediction_tests(
             for c in chosen:
                 counts = bin_counts(probabilities[:, classes.index(c)], edges)  # fixed edges: never snapped
                 reference = np.asarray(profile["probability_fractions"][c])
-                tests.append(_distribution(f"prediction:p({c})", "prediction", counts, reference, ref_rows, True, s))
+                tests.append(
+                    _distribution(f"prediction:p({c})", "prediction", counts, reference, ref_rows, True, s)
+                )
     elif values is not None and profile.get("fractions"):
         counts = _numeric_counts(values[~np.isnan(values)], profile, snap)
-        tests.append(_distribution("prediction:value", "prediction", counts, np.asarray(profile["fractions"]), ref_rows, True, s))
+        tests.append(
+            _distribution(
+                "prediction:value", "prediction", counts, np.asarray(profile["fractions"]), ref_rows, True, s
+            )
+        )
     return tests
 
 
@@ -312,19 +360,34 @@ def detect_drift(
     features = profile.get("features", {})
     missing = sorted(set(features) - set(columns))
     if missing:
-        raise MonitorError(f"The window has no column for {', '.join(missing)}; the profile expects {', '.join(features)}.")
+        raise MonitorError(
+            f"The window has no column for {', '.join(missing)}; the profile expects {', '.join(features)}."
+        )
     rows = len(next(iter(columns.values()))) if columns else 0
     if rows < settings.min_rows:
-        return DriftReport("insufficient", rows, settings.min_rows, f"need ≥ {settings.min_rows} rows for a drift verdict, got {rows}")
+        return DriftReport(
+            "insufficient",
+            rows,
+            settings.min_rows,
+            f"need ≥ {settings.min_rows} rows for a drift verdict, got {rows}",
+        )
     ref_rows = profile.get("rows")
     snap = rounded_edges(profile)
     tests: list[TestResult] = []
     for name, feature_profile in features.items():
-        tests.extend(_feature_tests(name, np.asarray(columns[name]), feature_profile, ref_rows, settings, snap))
+        tests.extend(
+            _feature_tests(name, np.asarray(columns[name]), feature_profile, ref_rows, settings, snap)
+        )
     prediction_rows = profile.get("baseline_metrics", {}).get("rows")
-    tests.extend(_prediction_tests(profile.get("prediction", {}), labels, probabilities, values, prediction_rows, settings, snap))
+    tests.extend(
+        _prediction_tests(
+            profile.get("prediction", {}), labels, probabilities, values, prediction_rows, settings, snap
+        )
+    )
     tested = [t for t in tests if t.p_value is not None]
-    for t, adjusted in zip(tested, adjust_p_values([t.p_value for t in tested], settings.correction), strict=True):  # type: ignore[misc]
+    for t, adjusted in zip(
+        tested, adjust_p_values([t.p_value for t in tested], settings.correction), strict=True
+    ):  # type: ignore[misc]
         t.p_adjusted = float(adjusted)
         threshold = settings.missing_threshold if t.kind == "missing" else settings.psi_threshold
         t.drifted = bool(adjusted < settings.alpha and (t.effect or 0.0) >= threshold)
@@ -332,7 +395,9 @@ def detect_drift(
     prediction_drift = any(t.drifted for t in tests if t.kind == "prediction")
     status = "drift" if drifted or prediction_drift else "ok"
     what = ", ".join(drifted) or "none"
-    message = f"{len(tested)} tests on {rows} rows ({settings.correction} correction); drifted features: {what}" + (
-        "; prediction distribution drifted" if prediction_drift else ""
-    ) + (f"; {OLD_PROFILE_NOTE}" if snap else "")
+    message = (
+        f"{len(tested)} tests on {rows} rows ({settings.correction} correction); drifted features: {what}"
+        + ("; prediction distribution drifted" if prediction_drift else "")
+        + (f"; {OLD_PROFILE_NOTE}" if snap else "")
+    )
     return DriftReport(status, rows, settings.min_rows, message, tests, drifted, prediction_drift)

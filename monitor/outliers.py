@@ -101,7 +101,9 @@ class OutlierDetector:
                     feeds[f["name"]] = np.asarray(part, dtype=str).astype(object).reshape(-1, 1)
             label, score = self.session_.run(None, {k: feeds[k] for k in self.input_names_})[:2]
             score = np.asarray(score, dtype=np.float64).ravel()
-            flags.append(np.asarray(label).ravel() == -1 if self.threshold is None else score < self.threshold)
+            flags.append(
+                np.asarray(label).ravel() == -1 if self.threshold is None else score < self.threshold
+            )
             scores.append(score)
         if not flags:
             return np.zeros(0, dtype=bool), np.zeros(0)
@@ -125,7 +127,9 @@ def outlier_test(
     median = float(np.median(scores)) if scores is not None and len(scores) else None
     if n < min_rows:
         message = f"need ≥ {min_rows} rows for an outlier verdict, got {n}"
-        return OutlierReport("insufficient", n, k, rate, reference_rate, reference, None, min_increase, median, message)
+        return OutlierReport(
+            "insufficient", n, k, rate, reference_rate, reference, None, min_increase, median, message
+        )
     p = float(stats.binomtest(k, n, min(max(reference_rate, 1e-9), 1 - 1e-9), alternative="greater").pvalue)
     risen = p < alpha and rate - reference_rate >= min_increase
     message = (
