@@ -180,13 +180,18 @@ def bin_edges(values: np.ndarray, bins: int) -> np.ndarray:
     every point mass (tenths, counts, ratings) strictly inside a bin. A value that equals a training
     value can then never land on the other side of an edge, whatever rounding a reader applies to the
     edge, and a cut at the minimum (an empty bin below it) or a repeated cut disappears. Stored with
-    ``float`` (JSON's shortest round-trip form), the edges read back bit for bit.
+    ``float`` (JSON's shortest round-trip form), the edges read back bit for bit. A constant gets two
+    edges half a float32 step either side of it, so a production value above or below it is a change.
     """
     present = binned_values(values)
     present = present[~np.isnan(present)]
     distinct = np.unique(present)
-    if distinct.size < 2:
+    if distinct.size == 0:
         return np.empty(0)
+    if distinct.size == 1:  # a constant: bins below, at and above it, so a move either way is a change
+        value = np.float32(distinct[0])
+        neighbours = np.nextafter(value, np.array([-np.inf, np.inf], dtype=np.float32)).astype(np.float64)
+        return (neighbours + float(value)) / 2
     cuts = np.quantile(present, np.linspace(0, 1, bins + 1)[1:-1])
     upper = np.searchsorted(distinct, cuts, side="left")  # the smallest value >= cut
     upper = np.unique(upper[(upper > 0) & (upper < distinct.size)])

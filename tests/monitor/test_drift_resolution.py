@@ -207,3 +207,17 @@ def test_identical_distributions_have_zero_js_distance_not_nan() -> None:
         and psi == pytest.approx(0.0, abs=1e-12)
         and p == pytest.approx(1.0)
     )
+
+
+def test_a_constant_feature_gets_bins_either_side_of_its_value() -> None:
+    """A feature that was constant in training (e.g. a sensor's fixed setting) and moves in production is
+    drift; unchanged it is not. Its profile has three bins: below, at and above the value."""
+    schema = Schema((Feature("setting", "numeric"),), "t", "regression")
+    train = pd.DataFrame({"setting": np.full(2000, 3.0)})
+    profile = stored(
+        build_profile(train, schema, Prediction(values=np.zeros(2000, np.float32)), [], 10, {"rows": 2000})
+    )
+    assert profile["features"]["setting"]["fractions"] == [0.0, 1.0, 0.0]
+    for value, status in ((3.0, "ok"), (5.0, "drift"), (1.0, "drift")):
+        report = detect_drift({**profile, "prediction": {}}, {"setting": np.full(500, value)})
+        assert report.status == status, f"constant 3.0 in training, {value} in production: {report.message}"
