@@ -37,7 +37,7 @@ _KNOWN: dict[str, tuple[str, ...]] = {
     "split": ("holdout", "seed"),
     "estimator": ("class", "params", "scale", "factory", "trusted_types"),
     "export": ("target_opset", "abs_tolerance", "rel_tolerance"),
-    "evaluate": ("latency_runs", "profile_bins", "outlier_estimators"),
+    "evaluate": ("latency_runs", "profile_bins", "outlier_estimators", "outlier_quantile"),
     "workspace": ("path",),
     "gate": (
         "min", "max", "non_inferiority", "require_better", "alpha", "bootstrap", "seed",
@@ -153,6 +153,7 @@ class EvaluateConfig:
     latency_runs: int = 200
     profile_bins: int = 10
     outlier_estimators: int = 100
+    outlier_quantile: float = 0.01  # share of training rows the outlier threshold flags
 
 
 @dataclass(frozen=True)
@@ -375,10 +376,18 @@ def parse_config(raw: Mapping[str, Any], path: Path, workspace: Path | str | Non
         latency_runs=_get(ev, "evaluate", "latency_runs", int, EvaluateConfig.latency_runs),
         profile_bins=_get(ev, "evaluate", "profile_bins", int, EvaluateConfig.profile_bins),
         outlier_estimators=_get(ev, "evaluate", "outlier_estimators", int, EvaluateConfig.outlier_estimators),
+        outlier_quantile=float(
+            _get(ev, "evaluate", "outlier_quantile", (float, int), EvaluateConfig.outlier_quantile)
+        ),
     )
     for key, low in (("latency_runs", 10), ("profile_bins", 2), ("outlier_estimators", 1)):
         if getattr(eval_cfg, key) < low:
             raise ConfigError(f"[evaluate] {key} must be >= {low}; got {getattr(eval_cfg, key)}.")
+    if not 0 < eval_cfg.outlier_quantile < 0.5:
+        raise ConfigError(
+            "[evaluate] outlier_quantile is the share of training rows the outlier threshold flags and must "
+            f"be strictly between 0 and 0.5 (default {EvaluateConfig.outlier_quantile}); got {eval_cfg.outlier_quantile}."
+        )
 
     ws = _section(raw, "workspace")
     ws_path = Path(workspace) if workspace is not None else root / _get(ws, "workspace", "path", str, ".mlci")

@@ -17,6 +17,7 @@ from sklearn.pipeline import Pipeline
 from mlci.config import Config
 from mlci.model.data import Schema
 from mlci.model.onnxio import Prediction, feeds_from_frame, open_session, predict
+from mlci.model.stats import PROFILE_VERSION, bin_counts, bin_edges
 
 __all__ = ["EvaluateResult", "build_profile", "classification_metrics", "regression_metrics", "run_evaluate"]
 
@@ -77,13 +78,14 @@ def _numeric_profile(col: pd.Series, bins: int) -> dict[str, Any]:
     missing = float(col.isna().mean())
     if present.size == 0:
         return {"kind": "numeric", "missing_rate": missing, "edges": [], "fractions": []}
-    # Interior quantile edges; the outer bins are open so production values outside the range still land.
-    edges = np.unique(np.quantile(present, np.linspace(0, 1, bins + 1)[1:-1]))
-    counts = np.bincount(np.searchsorted(edges, present, side="right"), minlength=len(edges) + 1)
+    # Interior quantile edges, between distinct values; the outer bins are open so production values
+    # outside the range still land. Edges are stored exactly (not _r): the monitor bins with these very floats.
+    edges = bin_edges(present, bins)
+    counts = bin_counts(present, edges)
     return {
         "kind": "numeric",
         "missing_rate": _r(missing),
-        "edges": [_r(e) for e in edges],
+        "edges": [float(e) for e in edges],
         "fractions": [_r(c / present.size) for c in counts],
         "mean": _r(present.mean()),
         "std": _r(present.std()),
@@ -119,19 +121,13 @@ def build_profile(
     }
     if pred.probabilities is not None and pred.labels is not None:
         labels = pred.labels.astype(str)
+        edges = np.linspace(0, 1, bins + 1)[1:-1]
         prediction = {
             "kind": "classification",
             "label_fractions": {str(c): _r(float((labels == str(c)).mean())) for c in classes},
-            "probability_edges": [_r(e) for e in np.linspace(0, 1, bins + 1)[1:-1]],
+            "probability_edges": [float(e) for e in edges],
             "probability_fractions": {
-                str(c): [
-                    _r(v)
-                    for v in np.bincount(
-                        np.searchsorted(np.linspace(0, 1, bins + 1)[1:-1], pred.probabilities[:, i], side="right"),
-                        minlength=bins,
-                    )
-                    / max(len(labels), 1)
-                ]
+                str(c): [_r(v) for v in bin_counts(pred.probabilities[:, i], edges) / max(len(labels), 1)]
                 for i, c in enumerate(classes)
             },
         }
@@ -139,7 +135,7 @@ def build_profile(
         assert pred.values is not None
         prediction = {"kind": "regression", **_numeric_profile(pd.Series(pred.values), bins)}
     return {
-        "schema_version": 1,
+        "schema_version": PROFILE_VERSION,
         "rows": len(X_train),
         "features": features,
         "prediction": prediction,
@@ -171,37 +167,51 @@ def fit_outlier_model(
 ) -> tuple[bytes, dict[str, Any]]:
     """IsolationForest on the training rows behind the same imputation/encoding, exported to ONNX.
 
-    The outlier rate on the holdout is the monitor's reference: on the rows it was fitted on, a forest
+    The threshold is calibrated here: ``score_threshold`` is the ``[evaluate] outlier_quantile`` quantile
+    of the exported model's scores on the training rows, so the monitor (which flags rows scoring below
+    it, see :mod:`mlci.monitor.outliers`) flags that share of rows from the training distribution. The
+    forest's ``contamination`` is the same quantile, so outlier.onnx's own label agrees up to float32
+    rounding. The rate on the holdout is the monitor's reference: on the rows it was fitted on, a forest
     flags fewer outliers than on unseen rows from the same distribution.
     """
     from mlci.model.estimators import float32_cast, preprocessor
     from mlci.model.export import convert
 
+    quantile = config.evaluate.outlier_quantile
+    forest = IsolationForest(
+        n_estimators=config.evaluate.outlier_estimators, contamination=quantile, random_state=config.seed
+    )
     detector = Pipeline(
-        [
-            ("preprocess", preprocessor(schema, scale=False)),
-            ("float32", float32_cast()),
-            ("iforest", IsolationForest(n_estimators=config.evaluate.outlier_estimators, random_state=config.seed)),
-        ]
+        [("preprocess", preprocessor(schema, scale=False)), ("float32", float32_cast()), ("iforest", forest)]
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         detector.fit(X_train)
     onnx_bytes = convert(detector, schema, f"{config.name}-outlier", config.export.target_opset, optimise=False)
     session = open_session(onnx_bytes)
-    outputs = session.run(None, feeds_from_frame(X_train, schema))
-    flagged = float((np.asarray(outputs[0]).ravel() == -1).mean())
-    scores = np.asarray(outputs[1]).ravel()
+    scores = _outlier_scores(session, X_train, schema)
+    # Exact (no _r): the monitor compares its scores with this very float.
+    threshold = float(np.quantile(scores, quantile))
     extra: dict[str, Any] = {}
     if X_hold is not None and len(X_hold):
-        held = session.run(None, feeds_from_frame(X_hold, schema))
-        extra = {"holdout_outlier_rate": _r(float((np.asarray(held[0]).ravel() == -1).mean())), "holdout_rows": len(X_hold)}
+        held = _outlier_scores(session, X_hold, schema)
+        extra = {"holdout_outlier_rate": _r(float((held < threshold).mean())), "holdout_rows": len(X_hold)}
     return onnx_bytes, {
         **extra,
-        "train_outlier_rate": _r(flagged),
+        "score_threshold": threshold,
+        "threshold_quantile": quantile,
+        "train_outlier_rate": _r(float((scores < threshold).mean())),
         "score_quantiles": [_r(q) for q in np.quantile(scores, [0.01, 0.05, 0.5, 0.95, 0.99])],
-        "outputs": {"label": "-1 = outlier, 1 = inlier", "scores": "lower = more anomalous"},
+        "outputs": {
+            "label": "-1 = outlier, 1 = inlier (the forest's contamination = threshold_quantile)",
+            "scores": "lower = more anomalous; the monitor flags scores below score_threshold",
+        },
     }
+
+
+def _outlier_scores(session: Any, X: pd.DataFrame, schema: Schema) -> np.ndarray:
+    """The exported detector's scores (its second output) as float64, as the monitor reads them."""
+    return np.asarray(session.run(None, feeds_from_frame(X, schema))[1], dtype=np.float64).ravel()
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Paired comparisons of two models on the same rows: McNemar's exact test and a vectorised paired bootstrap.
+"""Paired comparisons of two models on the same rows (McNemar's exact test, a vectorised paired bootstrap),
+and the binning that the monitoring profile and the monitor's drift tests share.
 
 The bootstrap draws one set of resamples and applies it to both models, so the interval is for the
 *difference* on the same rows (far tighter than comparing two independent intervals). Each resample is
@@ -17,12 +18,21 @@ from scipy import stats
 __all__ = [
     "HIGHER_IS_BETTER",
     "McNemar",
+    "PROFILE_VERSION",
     "PairedInterval",
+    "bin_counts",
+    "bin_edges",
+    "binned_values",
     "bootstrap_weights",
     "mcnemar",
     "paired_bootstrap",
     "weighted_metric",
 ]
+
+# profile.json's schema_version. 2: bin edges stored exactly and placed between distinct training values.
+# 1: edges rounded to 9 significant digits, which moves a point mass sitting on an edge into the
+# neighbouring bin (the monitor snaps such edges back to float32: see mlci.monitor.drift).
+PROFILE_VERSION = 2
 
 HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "roc_auc": True, "r2": True, "log_loss": False, "rmse": False, "mae": False}
 
@@ -152,3 +162,45 @@ def paired_bootstrap(
     return PairedInterval(
         metric, cand_point, prod_point, sign * (cand_point - prod_point), float(low), float(high), 1 - alpha, int(diffs.size)
     )
+
+
+def binned_values(values: np.ndarray) -> np.ndarray:
+    """``values`` as every bin comparison sees them: rounded to float32 (what the served model reads) and
+    held as float64. Training rows are float32 already (model/data.py); a JSON client's decimal ``20.1``
+    becomes the same float32 the training row holds, so equal values always compare equal."""
+    return np.asarray(values, dtype=np.float64).astype(np.float32).astype(np.float64)
+
+
+def bin_edges(values: np.ndarray, bins: int) -> np.ndarray:
+    """Interior edges of (at most) ``bins`` quantile bins of ``values``, none of them equal to a value.
+
+    Each quantile cut ``q`` splits the values into ``< q`` and ``>= q`` (``np.searchsorted(side="right")``
+    puts a value equal to an edge above it); the edge is moved to the midpoint between the largest value
+    below the cut and the smallest at or above it, which splits the training values identically but puts
+    every point mass (tenths, counts, ratings) strictly inside a bin. A value that equals a training
+    value can then never land on the other side of an edge, whatever rounding a reader applies to the
+    edge, and a cut at the minimum (an empty bin below it) or a repeated cut disappears. Stored with
+    ``float`` (JSON's shortest round-trip form), the edges read back bit for bit. A constant gets two
+    edges half a float32 step either side of it, so a production value above or below it is a change.
+    """
+    present = binned_values(values)
+    present = present[~np.isnan(present)]
+    distinct = np.unique(present)
+    if distinct.size == 0:
+        return np.empty(0)
+    if distinct.size == 1:  # a constant: bins below, at and above it, so a move either way is a change
+        value = np.float32(distinct[0])
+        neighbours = np.nextafter(value, np.array([-np.inf, np.inf], dtype=np.float32)).astype(np.float64)
+        return (neighbours + float(value)) / 2
+    cuts = np.quantile(present, np.linspace(0, 1, bins + 1)[1:-1])
+    upper = np.searchsorted(distinct, cuts, side="left")  # the smallest value >= cut
+    upper = np.unique(upper[(upper > 0) & (upper < distinct.size)])
+    low, high = distinct[upper - 1], distinct[upper]
+    middle = low + (high - low) / 2
+    return np.where(middle > low, middle, high)  # neighbours one float64 apart: the upper one is the edge
+
+
+def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """How many of ``values`` fall in each of the ``len(edges) + 1`` bins (a value equal to an edge goes above)."""
+    edges = np.asarray(edges, dtype=np.float64)
+    return np.bincount(np.searchsorted(edges, binned_values(values), side="right"), minlength=len(edges) + 1)

@@ -5,6 +5,14 @@ categorical: the profiled categories plus "other", where unseen categories land)
 test. Predictions get the same: label fractions and probability bins (classification) or the value
 bins (regression).
 
+Numeric values are binned exactly as the profile was built (:func:`mlci.model.stats.bin_counts`):
+rounded to float32, the type the model reads, and a value equal to an edge goes above it. The profile's
+edges lie between distinct training values and are stored exactly, so a point mass (values in tenths,
+counts, ratings) cannot change bins between training and production. Profiles from before that
+(``schema_version`` 1) stored edges rounded to 9 significant digits, which moved point masses sitting on
+an edge to the neighbouring bin and flagged drift on unchanged traffic; they still load, their edges are
+snapped back to float32 (9 digits identify a float32 exactly) and the verdict says so.
+
 Why a test of homogeneity and not goodness of fit: the profile's fractions are themselves estimates
 from ``rows`` training rows. Treating them as exact (``scipy.stats.chisquare``) inflates the statistic
 by about ``1 + n/rows``, so a window of 5,000 rows against a 400-row profile would flag drift on
@@ -29,11 +37,25 @@ import numpy as np
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
+from mlci.model.stats import PROFILE_VERSION, bin_counts, binned_values
 from mlci.monitor.errors import MonitorError
 
-__all__ = ["DriftReport", "DriftSettings", "TestResult", "adjust_p_values", "compare_counts", "detect_drift"]
+__all__ = [
+    "DriftReport",
+    "DriftSettings",
+    "OLD_PROFILE_NOTE",
+    "TestResult",
+    "adjust_p_values",
+    "compare_counts",
+    "detect_drift",
+    "rounded_edges",
+]
 
 _EPS = 1e-4  # PSI smoothing for empty bins
+OLD_PROFILE_NOTE = (
+    "profile.json is schema_version 1 (bin edges rounded to 9 digits by an older mlci): edges snapped back to "
+    "float32; rebuild the artifact (mlci run) to store exact edges"
+)
 
 
 @dataclass(frozen=True)
@@ -51,7 +73,9 @@ class DriftSettings:
         if not 0 < self.alpha < 1:
             raise MonitorError(f"alpha is {self.alpha}; expected a probability strictly between 0 and 1.")
         if self.correction not in ("bh", "by", "holm", "none"):
-            raise MonitorError(f"correction is {self.correction!r}; expected one of 'bh', 'by', 'holm', 'none'.")
+            raise MonitorError(
+                f"correction is {self.correction!r}; expected one of 'bh', 'by', 'holm', 'none'."
+            )
         if self.min_rows < 1:
             raise MonitorError(f"min_rows is {self.min_rows}; expected at least 1.")
 
@@ -155,7 +179,9 @@ def compare_counts(
     obs_g = np.array([observed[g].sum() for g in groups])
     ref_g = np.array([ref_counts[g].sum() for g in groups])
     psi = _psi(obs_g / max(n, 1), ref_g / max(ref_g.sum(), 1e-12))
-    js = float(jensenshannon(obs_g + 1e-12, ref_g + 1e-12, base=2))
+    with np.errstate(invalid="ignore"):  # equal distributions: the square root of a rounding error below 0
+        js = float(jensenshannon(obs_g + 1e-12, ref_g + 1e-12, base=2))
+    js = 0.0 if np.isnan(js) else js
     if len(groups) < 2 or n == 0:
         return None, None, psi, js, len(groups)
     if reference_rows:
@@ -166,7 +192,9 @@ def compare_counts(
     return float(result.statistic), float(result.pvalue), psi, js, len(groups)
 
 
-def _missing_test(name: str, kind: str, missing: int, n: int, ref_rate: float, ref_rows: float | None) -> TestResult:
+def _missing_test(
+    name: str, kind: str, missing: int, n: int, ref_rate: float, ref_rows: float | None
+) -> TestResult:
     rate = missing / n if n else 0.0
     if ref_rows:
         ref_missing = round(ref_rate * ref_rows)
@@ -174,12 +202,32 @@ def _missing_test(name: str, kind: str, missing: int, n: int, ref_rate: float, r
         p = float(stats.fisher_exact(table).pvalue)
     else:
         p = float(stats.binomtest(missing, n, ref_rate).pvalue) if 0 < ref_rate < 1 or missing else 1.0
-    return TestResult(name, kind, n, None, p, effect=abs(rate - ref_rate), bins=2, note=f"missing rate {rate:.4f} vs {ref_rate:.4f}")
+    return TestResult(
+        name,
+        kind,
+        n,
+        None,
+        p,
+        effect=abs(rate - ref_rate),
+        bins=2,
+        note=f"missing rate {rate:.4f} vs {ref_rate:.4f}",
+    )
 
 
-def _numeric_counts(values: np.ndarray, profile: Mapping[str, Any]) -> np.ndarray:
+def rounded_edges(profile: Mapping[str, Any]) -> bool:
+    """Whether the profile predates exact edges (``schema_version`` 1: edges rounded to 9 significant digits)."""
+    return int(profile.get("schema_version", 1)) < PROFILE_VERSION
+
+
+def _numeric_counts(values: np.ndarray, profile: Mapping[str, Any], snap: bool) -> np.ndarray:
+    """Window counts in the profile's bins, with the values rounded to float32 as at training.
+
+    ``snap``: the edges were rounded to 9 significant digits, which identify a float32 exactly, so an edge
+    cut at a training value (a point mass) comes back as that value when rounded to float32."""
     edges = np.asarray(profile["edges"], dtype=np.float64)
-    return np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+    if snap:
+        edges = binned_values(edges)
+    return bin_counts(values, edges)
 
 
 def _categorical_counts(values: np.ndarray, profile: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -193,17 +241,34 @@ def _categorical_counts(values: np.ndarray, profile: Mapping[str, Any]) -> tuple
 
 
 def _distribution(
-    name: str, kind: str, counts: np.ndarray, reference: np.ndarray, ref_rows: float | None, ordered: bool, settings: DriftSettings
+    name: str,
+    kind: str,
+    counts: np.ndarray,
+    reference: np.ndarray,
+    ref_rows: float | None,
+    ordered: bool,
+    settings: DriftSettings,
 ) -> TestResult:
     n = int(counts.sum())
     if n < settings.min_rows:
-        return TestResult(name, kind, n, None, None, note=f"need ≥ {settings.min_rows} present values, got {n}")
-    stat, p, psi, js, bins = compare_counts(counts, reference, ref_rows, ordered=ordered, min_expected=settings.min_expected)
+        return TestResult(
+            name, kind, n, None, None, note=f"need ≥ {settings.min_rows} present values, got {n}"
+        )
+    stat, p, psi, js, bins = compare_counts(
+        counts, reference, ref_rows, ordered=ordered, min_expected=settings.min_expected
+    )
     note = "" if p is not None else "fewer than two bins after pooling sparse ones"
     return TestResult(name, kind, n, stat, p, psi=psi, js=js, effect=psi, bins=bins, note=note)
 
 
-def _feature_tests(name: str, column: np.ndarray, profile: Mapping[str, Any], ref_rows: float | None, s: DriftSettings) -> list[TestResult]:
+def _feature_tests(
+    name: str,
+    column: np.ndarray,
+    profile: Mapping[str, Any],
+    ref_rows: float | None,
+    s: DriftSettings,
+    snap: bool,
+) -> list[TestResult]:
     ref_missing = float(profile.get("missing_rate", 0.0))
     present_rows = ref_rows * (1 - ref_missing) if ref_rows else None
     if profile["kind"] == "numeric":
@@ -211,8 +276,12 @@ def _feature_tests(name: str, column: np.ndarray, profile: Mapping[str, Any], re
         present = column[~missing_mask]
         tests = [_missing_test(name, "missing", int(missing_mask.sum()), len(column), ref_missing, ref_rows)]
         if profile.get("fractions"):
-            counts = _numeric_counts(present, profile)
-            tests.append(_distribution(name, "distribution", counts, np.asarray(profile["fractions"]), present_rows, True, s))
+            counts = _numeric_counts(present, profile, snap)
+            tests.append(
+                _distribution(
+                    name, "distribution", counts, np.asarray(profile["fractions"]), present_rows, True, s
+                )
+            )
         return tests
     missing_mask = column == ""
     tests = [_missing_test(name, "missing", int(missing_mask.sum()), len(column), ref_missing, ref_rows)]
@@ -222,28 +291,43 @@ def _feature_tests(name: str, column: np.ndarray, profile: Mapping[str, Any], re
 
 
 def _prediction_tests(
-    profile: Mapping[str, Any], labels: np.ndarray | None, probabilities: np.ndarray | None, values: np.ndarray | None,
-    ref_rows: float | None, s: DriftSettings,
+    profile: Mapping[str, Any],
+    labels: np.ndarray | None,
+    probabilities: np.ndarray | None,
+    values: np.ndarray | None,
+    ref_rows: float | None,
+    s: DriftSettings,
+    snap: bool,
 ) -> list[TestResult]:
     tests: list[TestResult] = []
     if profile.get("kind") == "classification":
         classes = list(profile["label_fractions"])
         if labels is not None:
-            observed = np.array([(labels == c).sum() for c in classes] + [int((~np.isin(labels, classes)).sum())], dtype=np.float64)
+            observed = np.array(
+                [(labels == c).sum() for c in classes] + [int((~np.isin(labels, classes)).sum())],
+                dtype=np.float64,
+            )
             reference = np.array([*profile["label_fractions"].values(), 0.0])
-            tests.append(_distribution("prediction:label", "prediction", observed, reference, ref_rows, False, s))
+            tests.append(
+                _distribution("prediction:label", "prediction", observed, reference, ref_rows, False, s)
+            )
         if probabilities is not None and probabilities.ndim == 2 and probabilities.shape[1] == len(classes):
             edges = np.asarray(profile["probability_edges"], dtype=np.float64)
             # With two classes one column determines the other: test it once.
             chosen = classes[1:] if len(classes) == 2 else classes
             for c in chosen:
-                column = probabilities[:, classes.index(c)]
-                counts = np.bincount(np.searchsorted(edges, column, side="right"), minlength=len(edges) + 1)
+                counts = bin_counts(probabilities[:, classes.index(c)], edges)  # fixed edges: never snapped
                 reference = np.asarray(profile["probability_fractions"][c])
-                tests.append(_distribution(f"prediction:p({c})", "prediction", counts, reference, ref_rows, True, s))
+                tests.append(
+                    _distribution(f"prediction:p({c})", "prediction", counts, reference, ref_rows, True, s)
+                )
     elif values is not None and profile.get("fractions"):
-        counts = _numeric_counts(values[~np.isnan(values)], profile)
-        tests.append(_distribution("prediction:value", "prediction", counts, np.asarray(profile["fractions"]), ref_rows, True, s))
+        counts = _numeric_counts(values[~np.isnan(values)], profile, snap)
+        tests.append(
+            _distribution(
+                "prediction:value", "prediction", counts, np.asarray(profile["fractions"]), ref_rows, True, s
+            )
+        )
     return tests
 
 
@@ -276,18 +360,34 @@ def detect_drift(
     features = profile.get("features", {})
     missing = sorted(set(features) - set(columns))
     if missing:
-        raise MonitorError(f"The window has no column for {', '.join(missing)}; the profile expects {', '.join(features)}.")
+        raise MonitorError(
+            f"The window has no column for {', '.join(missing)}; the profile expects {', '.join(features)}."
+        )
     rows = len(next(iter(columns.values()))) if columns else 0
     if rows < settings.min_rows:
-        return DriftReport("insufficient", rows, settings.min_rows, f"need ≥ {settings.min_rows} rows for a drift verdict, got {rows}")
+        return DriftReport(
+            "insufficient",
+            rows,
+            settings.min_rows,
+            f"need ≥ {settings.min_rows} rows for a drift verdict, got {rows}",
+        )
     ref_rows = profile.get("rows")
+    snap = rounded_edges(profile)
     tests: list[TestResult] = []
     for name, feature_profile in features.items():
-        tests.extend(_feature_tests(name, np.asarray(columns[name]), feature_profile, ref_rows, settings))
+        tests.extend(
+            _feature_tests(name, np.asarray(columns[name]), feature_profile, ref_rows, settings, snap)
+        )
     prediction_rows = profile.get("baseline_metrics", {}).get("rows")
-    tests.extend(_prediction_tests(profile.get("prediction", {}), labels, probabilities, values, prediction_rows, settings))
+    tests.extend(
+        _prediction_tests(
+            profile.get("prediction", {}), labels, probabilities, values, prediction_rows, settings, snap
+        )
+    )
     tested = [t for t in tests if t.p_value is not None]
-    for t, adjusted in zip(tested, adjust_p_values([t.p_value for t in tested], settings.correction), strict=True):  # type: ignore[misc]
+    for t, adjusted in zip(
+        tested, adjust_p_values([t.p_value for t in tested], settings.correction), strict=True
+    ):  # type: ignore[misc]
         t.p_adjusted = float(adjusted)
         threshold = settings.missing_threshold if t.kind == "missing" else settings.psi_threshold
         t.drifted = bool(adjusted < settings.alpha and (t.effect or 0.0) >= threshold)
@@ -295,7 +395,9 @@ def detect_drift(
     prediction_drift = any(t.drifted for t in tests if t.kind == "prediction")
     status = "drift" if drifted or prediction_drift else "ok"
     what = ", ".join(drifted) or "none"
-    message = f"{len(tested)} tests on {rows} rows ({settings.correction} correction); drifted features: {what}" + (
-        "; prediction distribution drifted" if prediction_drift else ""
+    message = (
+        f"{len(tested)} tests on {rows} rows ({settings.correction} correction); drifted features: {what}"
+        + ("; prediction distribution drifted" if prediction_drift else "")
+        + (f"; {OLD_PROFILE_NOTE}" if snap else "")
     )
     return DriftReport(status, rows, settings.min_rows, message, tests, drifted, prediction_drift)

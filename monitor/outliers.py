@@ -2,11 +2,17 @@
 
 The detector sits behind the same imputation and encoding as the model, so it takes the window's
 columns as the model would (one [N, 1] input per feature: FP32 numeric with NaN for missing, strings
-for categories). The outlier rate is compared with the profile's ``holdout_outlier_rate`` (the rate on
-unseen rows of the training distribution; older artifacts only have ``train_outlier_rate``, measured on
-the rows the forest was fitted on, which look less anomalous to it: 0.113 vs 0.154 on the bundled
-example) by a one-sided binomial test; a rise is reported only when it is significant *and* at least
-``min_increase`` (default 10 points) above the reference.
+for categories). A row is an outlier when its score is below the profile's ``score_threshold``: the
+``[evaluate] outlier_quantile`` quantile (default 1 %) of the scores of the training rows, calibrated
+by the evaluate stage on the same exported model. Artifacts from before the calibration have no
+threshold; their rows are flagged by the model's own label (contamination "auto", which flagged 11 %
+to 49 % of normal rows).
+
+The window's rate is compared with the profile's ``holdout_outlier_rate``, measured on held-out rows
+of the training distribution (older artifacts may only have ``train_outlier_rate``, measured on the
+rows the forest was fitted on, which look less anomalous to it), by a one-sided binomial test; a rise
+is reported only when it is significant *and* at least ``min_increase`` (default 10 points) above the
+reference. The message names the rate it compares with.
 """
 
 from __future__ import annotations
@@ -19,18 +25,42 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-__all__ = ["OutlierDetector", "OutlierReport", "outlier_test"]
+__all__ = ["OutlierDetector", "OutlierReference", "OutlierReport", "outlier_reference", "outlier_test"]
+
+
+@dataclass(frozen=True)
+class OutlierReference:
+    """What the monitor compares a window with, from the profile's ``outlier`` entry."""
+
+    threshold: float | None  # a score below it is an outlier; None: the model's own label (older artifacts)
+    rate: float  # the expected outlier rate of normal traffic
+    source: str  # the rows ``rate`` was measured on: "held-out rows" or "training rows"
+    train_rate: float | None  # the rate on the training rows (the calibrated share), when recorded
+
+
+def outlier_reference(profile: Mapping[str, Any]) -> OutlierReference:
+    """The threshold and reference rate the profile records (held-out rate when there is one)."""
+    outlier = profile.get("outlier", {})
+    threshold = outlier.get("score_threshold")
+    train = outlier.get("train_outlier_rate")
+    train_rate = None if train is None else float(train)
+    if outlier.get("holdout_outlier_rate") is not None:
+        rate, source = float(outlier["holdout_outlier_rate"]), "held-out rows"
+    else:
+        rate, source = (train_rate or 0.0), "training rows"
+    return OutlierReference(None if threshold is None else float(threshold), rate, source, train_rate)
 
 
 @dataclass(frozen=True)
 class OutlierReport:
-    """Outlier rate of a window vs the training rate."""
+    """Outlier rate of a window vs the reference rate (measured at training on ``reference``)."""
 
     status: str
     rows: int
     outliers: int
     rate: float
-    train_rate: float
+    reference_rate: float
+    reference: str
     p_value: float | None
     min_increase: float
     score_median: float | None
@@ -42,13 +72,19 @@ class OutlierReport:
 
 
 class OutlierDetector:
-    """outlier.onnx loaded once with onnxruntime; :meth:`score` runs it on window columns."""
+    """outlier.onnx loaded once with onnxruntime; :meth:`score` runs it on window columns.
 
-    def __init__(self, model: Path | bytes, features: Sequence[Mapping[str, str]]) -> None:
+    ``threshold``: the profile's calibrated ``score_threshold`` (rows scoring below it are outliers);
+    None keeps the model's own label output, for artifacts without one."""
+
+    def __init__(
+        self, model: Path | bytes, features: Sequence[Mapping[str, str]], threshold: float | None = None
+    ) -> None:
         from mlci.model.onnxio import open_session
 
         self.session_ = open_session(model)
         self.features = list(features)
+        self.threshold = threshold
         self.input_names_ = [i.name for i in self.session_.get_inputs()]
 
     def score(self, columns: Mapping[str, np.ndarray], batch: int = 50_000) -> tuple[np.ndarray, np.ndarray]:
@@ -64,8 +100,11 @@ class OutlierDetector:
                 else:
                     feeds[f["name"]] = np.asarray(part, dtype=str).astype(object).reshape(-1, 1)
             label, score = self.session_.run(None, {k: feeds[k] for k in self.input_names_})[:2]
-            flags.append(np.asarray(label).ravel() == -1)
-            scores.append(np.asarray(score, dtype=np.float64).ravel())
+            score = np.asarray(score, dtype=np.float64).ravel()
+            flags.append(
+                np.asarray(label).ravel() == -1 if self.threshold is None else score < self.threshold
+            )
+            scores.append(score)
         if not flags:
             return np.zeros(0, dtype=bool), np.zeros(0)
         return np.concatenate(flags), np.concatenate(scores)
@@ -73,21 +112,29 @@ class OutlierDetector:
 
 def outlier_test(
     flags: np.ndarray,
-    train_rate: float,
+    reference_rate: float,
     *,
+    reference: str = "held-out rows",
     alpha: float = 0.05,
     min_increase: float = 0.10,
     min_rows: int = 100,
     scores: np.ndarray | None = None,
 ) -> OutlierReport:
-    """One-sided binomial test of the window's outlier rate against ``train_rate``."""
+    """One-sided binomial test of the window's outlier rate against ``reference_rate`` (measured on ``reference``)."""
     n = len(flags)
     k = int(np.sum(flags))
     rate = k / n if n else 0.0
     median = float(np.median(scores)) if scores is not None and len(scores) else None
     if n < min_rows:
-        return OutlierReport("insufficient", n, k, rate, train_rate, None, min_increase, median, f"need ≥ {min_rows} rows for an outlier verdict, got {n}")
-    p = float(stats.binomtest(k, n, min(max(train_rate, 1e-9), 1 - 1e-9), alternative="greater").pvalue)
-    risen = p < alpha and rate - train_rate >= min_increase
-    message = f"outlier rate {rate:.3f} vs {train_rate:.3f} in training (p={p:.3g}, one-sided binomial)"
-    return OutlierReport("outliers" if risen else "ok", n, k, rate, train_rate, p, min_increase, median, message)
+        message = f"need ≥ {min_rows} rows for an outlier verdict, got {n}"
+        return OutlierReport(
+            "insufficient", n, k, rate, reference_rate, reference, None, min_increase, median, message
+        )
+    p = float(stats.binomtest(k, n, min(max(reference_rate, 1e-9), 1 - 1e-9), alternative="greater").pvalue)
+    risen = p < alpha and rate - reference_rate >= min_increase
+    message = (
+        f"outlier rate {rate:.3f} in this window vs {reference_rate:.3f} on {reference} at training "
+        f"(p={p:.3g}, one-sided binomial)"
+    )
+    status = "outliers" if risen else "ok"
+    return OutlierReport(status, n, k, rate, reference_rate, reference, p, min_increase, median, message)

@@ -51,7 +51,7 @@ from mlci.monitor.drift import detect_drift
 from mlci.monitor.errors import MonitorError
 from mlci.monitor.logtail import read_new, start_cursor
 from mlci.monitor.metrics import prometheus_text
-from mlci.monitor.outliers import OutlierDetector, outlier_test
+from mlci.monitor.outliers import OutlierDetector, outlier_reference, outlier_test
 from mlci.monitor.performance import BadLine, evaluate_performance, join_labels, read_labels
 from mlci.monitor.policy import Decision, decide, new_state
 from mlci.monitor.settings import Settings
@@ -156,7 +156,10 @@ class Monitor:
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.artifact_, outlier_path = _load_artifact(artifact)
-        self.detector_ = OutlierDetector(outlier_path, self.artifact_.features)
+        self.outlier_reference_ = outlier_reference(self.artifact_.profile)
+        self.detector_ = OutlierDetector(
+            outlier_path, self.artifact_.features, self.outlier_reference_.threshold
+        )
         self.log_dir = log_dir
         self.state_dir = state_dir
         self.settings = settings = settings if settings is not None else Settings()
@@ -358,9 +361,9 @@ class Monitor:
             settings=self.settings.drift(),
         )
         flags, scores = self.detector_.score(window.columns)
-        outlier = a.profile.get("outlier", {})
+        reference = self.outlier_reference_
         outliers = outlier_test(
-            flags, float(outlier.get("holdout_outlier_rate", outlier.get("train_outlier_rate", 0.0))), alpha=self.settings.alpha,
+            flags, reference.rate, reference=reference.source, alpha=self.settings.alpha,
             min_increase=self.settings.outlier_min_increase, min_rows=self.settings.min_rows, scores=scores,
         )
         return {

@@ -8,35 +8,35 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlci.monitor.outliers import OutlierDetector, OutlierReport, outlier_test
+from mlci.monitor.outliers import OutlierDetector, OutlierReport, outlier_reference, outlier_test
 from mlci.monitor.window import build_window
 
 from .conftest import Project, predict_records, shifted
 
 
 def rate_of(bc: Project, frame: pd.DataFrame) -> tuple[float, OutlierReport]:
+    """The monitor's view of ``frame``: the profile's threshold and reference (its held-out rate)."""
     features = bc.manifest["schema"]["features"]
     window = build_window(predict_records(bc.artifact, frame, batch=5), features, "classification")
-    detector = OutlierDetector(bc.artifact / "outlier.onnx", features)
+    reference = outlier_reference(json.loads((bc.artifact / "profile.json").read_text()))
+    detector = OutlierDetector(bc.artifact / "outlier.onnx", features, reference.threshold)
     flags, scores = detector.score(window.columns, batch=64)  # several batches: joined in order
     assert len(flags) == len(scores) == len(frame)
-    profile_rate = float(
-        json.loads((bc.artifact / "profile.json").read_text())["outlier"]["train_outlier_rate"]
-    )
-    return profile_rate, outlier_test(flags, profile_rate, scores=scores)
+    return reference.rate, outlier_test(flags, reference.rate, reference=reference.source, scores=scores)
 
 
-def test_holdout_traffic_keeps_the_training_outlier_rate(bc: Project) -> None:
-    train_rate, report = rate_of(bc, bc.holdout)
+def test_holdout_traffic_keeps_the_held_out_outlier_rate(bc: Project) -> None:
+    """The holdout rows are the ones the reference rate was measured on: the same rate, exactly."""
+    held_out_rate, report = rate_of(bc, bc.holdout)
     assert report.status == "ok", report.message
-    assert abs(report.rate - train_rate) < 0.1
+    assert report.rate == pytest.approx(held_out_rate, abs=1e-9) and report.reference == "held-out rows"
 
 
 def test_out_of_range_traffic_raises_the_outlier_rate(bc: Project) -> None:
     columns = [c for c in bc.holdout.columns][:15]
-    train_rate, report = rate_of(bc, shifted(bc.holdout, columns, scale=3.0, shift_sd=4.0))
+    held_out_rate, report = rate_of(bc, shifted(bc.holdout, columns, scale=3.0, shift_sd=4.0))
     assert report.status == "outliers", report.message
-    assert report.rate > train_rate + 0.3 and report.p_value is not None and report.p_value < 1e-6
+    assert report.rate > held_out_rate + 0.3 and report.p_value is not None and report.p_value < 1e-6
     assert report.score_median is not None
 
 
