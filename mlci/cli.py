@@ -107,7 +107,6 @@ def run(config_path: Path, workspace: Path | None, no_cache: bool, until: str | 
     """
     from mlci.pipeline import CandidateRejected, run_pipeline
     from mlci.progress import Progress
-    from mlci.release.flow import describe_deployment
 
     config = _load(config_path, workspace)
     progress = Progress(sys.stderr if as_json else sys.stdout)
@@ -149,12 +148,19 @@ def _push_line(push: dict[str, Any], config: Config) -> str:
 
 
 def _gate_line(verdict: dict[str, Any]) -> str:
-    first = " (first release)" if verdict["first_run"] else ""
-    return f"gate      {'passed' if verdict['passed'] else 'FAILED'}{first}"
+    if verdict["first_run"]:
+        scope = " (first release: no production model)"
+    elif verdict.get("compared_rows") is not None:
+        scope = f" (vs production on {verdict['compared_rows']} rows neither model trained on)"
+    else:
+        scope = ""
+    return f"gate      {'passed' if verdict['passed'] else 'FAILED'}{scope}"
 
 
 def _run_text(result: Any, config: Config) -> str:
     """`mlci run`'s summary lines."""
+    from mlci.release.flow import describe_deployment
+
     hits = sum(e.cache_hit for e in result.stages)
     metrics = "  ".join(
         f"{k}={v:.4f}" for k, v in result.metrics.items() if isinstance(v, float) and k != "model_size_bytes"
