@@ -16,7 +16,7 @@ KSERVE_VENV  ?= .venv-kserve
 KSERVE_REQS  := tests/serving/kserve-requirements.txt
 KSERVE_STAMP := $(KSERVE_VENV)/.installed
 
-.PHONY: demo test test-executed test-all venv kserve-venv system-deps bench lint typecheck clean
+.PHONY: demo test test-slow test-executed test-all venv kserve-venv system-deps bench lint typecheck clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,17 +57,23 @@ system-deps:
 
 # pytest exits 5 when it collects no test: that is a failure (nothing was checked), said in so many words.
 # MLCI_KSERVE_PYTHON: the kserve venv's interpreter, for tests/serving/test_kserve_client.py.
-# `make test` leaves out the executed Dagger graphs (marker `executor`); `make test-executed` runs only them
-# (they build a Debian root filesystem and run every container in a bwrap sandbox: root needed).
+# `make test` leaves out the executed Dagger graphs (marker `executor`; `make test-executed` runs only them:
+# they build a Debian root filesystem and run every container in a bwrap sandbox, root needed) and the long
+# end-to-end suites (marker `slow`: local deploys with their post-deploy checks, the server under load;
+# `make test-slow`). `make test-all` and .ci/run run all three.
 test: $(STAMP) $(KSERVE_STAMP) system-deps
-	@MLCI_KSERVE_PYTHON=$(abspath $(KSERVE_VENV)/bin/python) $(BIN)/python -m pytest -m "not executor" $(PYTEST_ARGS); rc=$$?; \
+	@MLCI_KSERVE_PYTHON=$(abspath $(KSERVE_VENV)/bin/python) $(BIN)/python -m pytest -m "not executor and not slow" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): nothing was checked"; fi; exit $$rc
+
+test-slow: $(STAMP) $(KSERVE_STAMP) system-deps
+	@MLCI_KSERVE_PYTHON=$(abspath $(KSERVE_VENV)/bin/python) $(BIN)/python -m pytest -m "slow and not executor" $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-slow: pytest collected no tests (exit 5): nothing was checked"; fi; exit $$rc
 
 test-executed: $(STAMP) system-deps
 	@MLCI_EXECUTOR_REQUIRED=1 $(BIN)/python -m pytest -m executor $(PYTEST_ARGS) tests/dagger; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-executed: pytest collected no tests (exit 5): nothing was checked"; fi; exit $$rc
 
-test-all: test test-executed
+test-all: test test-slow test-executed
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_pipeline.py

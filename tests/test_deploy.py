@@ -30,6 +30,9 @@ from mlci.release.smoke import free_port
 
 from .conftest import EXAMPLE, reseal
 
+# Every test deploys real servers (and most wait out post-deploy checks): `make test-slow`, not `make test`.
+pytestmark = pytest.mark.slow
+
 
 def invoke(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
