@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -144,6 +145,10 @@ class _Deadline:
         self._timer.cancel()
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 class Outbox:
     """A directory of alert files; :meth:`put` stores, :meth:`deliver` sends the pending ones."""
 
@@ -162,6 +167,7 @@ class Outbox:
         max_rejections: int = 24,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.directory = directory
         self.max_failures = max_failures
@@ -175,6 +181,7 @@ class Outbox:
         self.max_rejections = max_rejections
         self.clock = clock
         self.sleep = sleep
+        self.log = log if log is not None else _stderr
         directory.mkdir(parents=True, exist_ok=True)
 
     def put(self, payload: Mapping[str, Any], alert_id: str | None = None) -> str:
@@ -192,10 +199,47 @@ class Outbox:
         return alert_id
 
     def alerts(self, status: str | None = None) -> list[dict[str, Any]]:
-        """Every alert document (oldest first), optionally only those with ``status``."""
-        docs = [orjson.loads(p.read_bytes()) for p in sorted(self.directory.glob("*.json"))]
+        """Every alert document (oldest first), optionally only those with ``status``.
+
+        A file that is no alert document (not JSON, e.g. cut short by a full disk, or without an id,
+        creation time or status) is renamed to ``<name>.bad``, said on stderr and counted in
+        :attr:`quarantined`: one damaged file must not stop the delivery of the others.
+        """
+        docs = []
+        for path in sorted(self.directory.glob("*.json")):
+            doc = self._read(path)
+            if doc is not None:
+                docs.append(doc)
         docs.sort(key=lambda d: (d["created"], d.get("seq", 0), d["id"]))
         return [d for d in docs if status is None or d["status"] == status]
+
+    @property
+    def quarantined(self) -> int:
+        """How many outbox files were set aside as ``*.bad`` (they stay for a person to look at)."""
+        return sum(1 for _ in self.directory.glob("*.bad"))
+
+    def _read(self, path: Path) -> dict[str, Any] | None:
+        """The alert document in ``path``, or None after setting an unusable file aside."""
+        try:
+            doc = orjson.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None  # removed meanwhile
+        except (OSError, orjson.JSONDecodeError) as exc:
+            problem = f"cannot be read as JSON ({exc})"
+        else:
+            if isinstance(doc, dict) and all(k in doc for k in ("id", "created", "status")):
+                return doc
+            problem = "is no alert document (a JSON object with id, created and status)"
+        bad = path.with_name(path.name + ".bad")
+        try:
+            path.replace(bad)
+        except OSError as exc:
+            self.log(
+                f"[mlci monitor] outbox file '{path}' {problem}; it could not be set aside ({exc}): skipped"
+            )
+            return None
+        self.log(f"[mlci monitor] outbox file '{path}' {problem}; set aside as '{bad}' (not delivered)")
+        return None
 
     def _save(self, doc: dict[str, Any]) -> None:
         atomic_write_json(self.directory / f"{doc['id']}.json", doc)

@@ -15,7 +15,8 @@ or rotated). Every cycle indexes the logged predictions by request id, with or w
 labels supplied later still join. A labels line that cannot be used (not JSON, not UTF-8, a bad CSV
 ``row``, a label count unlike the request's rows) is appended to ``labels-quarantine.jsonl`` and counted;
 the other lines are used. A cycle that fails anyway is logged, counted in ``errors.json`` and retried after
-a backoff by :meth:`Monitor.run`: it never ends the loop.
+a backoff by :meth:`Monitor.run`: it never ends the loop, even when errors.json or an outbox file is
+damaged (see :meth:`Monitor._failed`, :meth:`Outbox.alerts`).
 
 State directory::
 
@@ -178,6 +179,7 @@ class Monitor:
             state_dir / "outbox", max_failures=settings.max_failures, attempts_per_cycle=settings.attempts_per_cycle,
             backoff_s=settings.backoff_s, deadline_s=settings.delivery_deadline_s,
             reject_backoff_s=settings.reject_backoff_s, max_rejections=settings.max_rejections, clock=clock, sleep=sleep,
+            log=self.log,
         )  # fmt: skip
 
     # -- state -------------------------------------------------------------------------------------
@@ -314,31 +316,54 @@ class Monitor:
         return reports
 
     def _failed(self, exc: Exception, in_a_row: int, wait: float) -> dict[str, Any]:
-        """Log, count and report a cycle that raised ``exc``."""
+        """Log, count and report a cycle that raised ``exc``; never raises itself (a damaged state
+        directory must not end the loop): whatever goes wrong here is said, then the text is logged and
+        a minimal report returned."""
+        text = f"{type(exc).__name__}: {exc}"
+        cycle_no = self._failed_cycle_no()
+        now = self.clock()
+        total = in_a_row
         path = self.state_dir / "errors.json"
         try:
-            errors = orjson.loads(path.read_bytes()) if path.is_file() else {}
-        except orjson.JSONDecodeError:
-            errors = {}
-        cycle_no = 1
-        with contextlib.suppress(Exception):
-            cycle_no = int(orjson.loads(self._state_file.read_bytes())["cycle"]) + 1
-        text = f"{type(exc).__name__}: {exc}"
-        total = int(errors.get("total", 0)) + 1
-        last = {"time": self.clock(), "cycle": cycle_no, "error": text}
-        with contextlib.suppress(OSError):
-            atomic_write_json(path, {"total": total, "last": last})
+            total = self._error_total(path) + 1
+            atomic_write_json(path, {"total": total, "last": {"time": now, "cycle": cycle_no, "error": text}})
             self._write_metrics(None, None, cycle_errors=total)
+        except Exception as inner:  # the count or the metrics are lost for this cycle; the loop goes on
+            self.log(
+                f"[mlci monitor] could not record the failed cycle in '{path}' ({type(inner).__name__}: {inner})"
+            )
         self.log(
             f"[mlci monitor] cycle {cycle_no} failed ({in_a_row} in a row, {total} in total; {path}): {text}; "
             f"next try in {wait:g} s"
         )
         return {
-            "cycle": cycle_no, "time": last["time"], "model": self.artifact_.name, "digest": self.artifact_.digest,
+            "cycle": cycle_no, "time": now, "model": self.artifact_.name, "digest": self.artifact_.digest,
             "status": "error", "error": text, "exit_code": exc.exit_code if isinstance(exc, MlciError) else 1,
             "message": f"cycle failed: {text}", "rows": 0, "windows": [], "actions": [],
             "alerts": {"delivered": [], "pending": [], "dead": [], "attempts": 0, "failures": []},
         }  # fmt: skip
+
+    def _failed_cycle_no(self) -> int:
+        """The number of the cycle that just failed: one after the last saved cycle."""
+        with contextlib.suppress(Exception):
+            return int(orjson.loads(self._state_file.read_bytes())["cycle"]) + 1
+        return 1
+
+    def _error_total(self, path: Path) -> int:
+        """Failed cycles counted so far in ``path`` (errors.json); 0, said on stderr, when it is unusable."""
+        try:
+            errors = orjson.loads(path.read_bytes())
+        except FileNotFoundError:
+            return 0
+        except (OSError, orjson.JSONDecodeError) as exc:
+            self.log(f"[mlci monitor] cannot read '{path}' ({exc}); counting failed cycles afresh")
+            return 0
+        total = errors.get("total") if isinstance(errors, dict) else None
+        if not isinstance(total, int) or isinstance(total, bool):
+            kind = "a JSON array" if isinstance(errors, list) else "no object with an integer 'total'"
+            self.log(f"[mlci monitor] '{path}' is {kind}, not an object with a 'total'; counting afresh")
+            return 0
+        return total
 
     # -- pieces ------------------------------------------------------------------------------------
     def _chunks(self, record_rows: list[int]) -> list[tuple[int, int]]:
@@ -536,7 +561,7 @@ class Monitor:
                 report = orjson.loads((self.state_dir / "report.json").read_bytes())
                 state = orjson.loads(self._state_file.read_bytes())
         if cycle_errors is None:
-            with contextlib.suppress(OSError, orjson.JSONDecodeError, KeyError):
+            with contextlib.suppress(OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 cycle_errors = int(orjson.loads((self.state_dir / "errors.json").read_bytes())["total"])
         state = state or {}
         counters = {
@@ -545,7 +570,9 @@ class Monitor:
             "delivery_failures": dict(state.get("delivery_failures", {})),
         }
         rows_total = int(state.get("rows_total", 0))
-        text = prometheus_text(report, rows_total, self.outbox.alerts(), counters, self.artifact_.name)
+        alerts = self.outbox.alerts()  # first: files it sets aside are counted below
+        counters["outbox_quarantined"] = self.outbox.quarantined
+        text = prometheus_text(report, rows_total, alerts, counters, self.artifact_.name)
         tmp = self.state_dir / ".metrics.prom.tmp"
         tmp.write_text(text)
         tmp.replace(self.state_dir / "metrics.prom")
