@@ -171,6 +171,7 @@ class Monitor:
         self.http_client = http_client
         self.index_limit = index_limit
         self.log = log if log is not None else _stderr
+        self._running: int | None = None  # the number of the cycle being run, once its state is read
         if not log_dir.is_dir():
             raise MonitorError(f"Log directory '{log_dir}' does not exist; pass the --log-dir the server writes to.")
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -207,8 +208,9 @@ class Monitor:
     def cycle(self) -> dict[str, Any]:
         """Run one monitoring pass; returns the report (also written to report.json)."""
         started = time.perf_counter()
+        self._running = None
         state = self._load_state()
-        cycle_no = int(state["cycle"]) + 1
+        cycle_no = self._running = int(state["cycle"]) + 1  # a failure later in the cycle keeps this number
         now = self.clock()
         with BlobReader(self.log_dir) as blobs:  # a batch's arrays are in the log's blob files
             parser = _Parser(self.artifact_, blobs)
@@ -344,7 +346,10 @@ class Monitor:
         }  # fmt: skip
 
     def _failed_cycle_no(self) -> int:
-        """The number of the cycle that just failed: one after the last saved cycle."""
+        """The number of the cycle that just failed: the one :meth:`cycle` was running (state.json may
+        already hold it, when the failure came after it was saved), else one after the saved cycle."""
+        if self._running is not None:
+            return self._running
         with contextlib.suppress(Exception):
             return int(orjson.loads(self._state_file.read_bytes())["cycle"]) + 1
         return 1

@@ -1,6 +1,6 @@
 """A damaged state directory never stops the monitor loop (issue 13 item 15): a corrupt outbox file is set
-aside, an errors.json that is no object or cannot be read is started afresh. Through the real CLI on a
-real state directory."""
+aside, an errors.json that is no object or cannot be read is started afresh, and a cycle that fails after
+its state was saved keeps its own number. Through the real CLI / Monitor on a real state directory."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import orjson
 from click.testing import CliRunner
 
 from mlci.cli import cli
+from mlci.monitor.service import Monitor
+from mlci.monitor.settings import Settings
 
 from .conftest import Project, predict_records, write_log
 
@@ -80,3 +82,16 @@ def test_an_unreadable_errors_file_is_reported_and_replaced(bc: Project, tmp_pat
     assert "cannot read" in err and "Input/output error" in err, err
     errors: dict[str, Any] = orjson.loads((tmp_path / "state" / "errors.json").read_bytes())
     assert errors["total"] == 2  # the link was replaced by a real file after the first failure
+
+
+def test_a_cycle_failing_after_its_state_was_saved_keeps_its_number(bc: Project, tmp_path: Path) -> None:
+    write_log(tmp_path / "log", predict_records(bc.artifact, bc.holdout, batch=4, prefix="r"))
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "reports").write_text("not a directory")  # the per-cycle report is written after state.json
+    m = Monitor(bc.artifact, tmp_path / "log", state, settings=Settings(error_backoff_s=0.0), sleep=lambda _s: None,
+                log=lambda _m: None)  # fmt: skip
+    (report,) = m.run(0.0, 1)
+    assert report["status"] == "error" and orjson.loads((state / "state.json").read_bytes())["cycle"] == 1
+    assert report["cycle"] == 1
+    assert orjson.loads((state / "errors.json").read_bytes())["last"]["cycle"] == 1
