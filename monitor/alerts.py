@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -44,6 +42,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+
+from mlci.httpdeadline import SocketDeadline
 
 __all__ = ["DeliveryResult", "Outbox", "atomic_write_json", "webhook_problem"]
 
@@ -102,47 +102,6 @@ def webhook_problem(url: str) -> str | None:
     except ValueError as exc:
         return f"its port is invalid ({exc})"
     return None
-
-
-class _Deadline:
-    """A wall-clock limit on one HTTP exchange: at expiry it shuts the connection's socket down, which
-    ends a blocked connect, send or read at once (httpx's own timeouts are per operation)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.expired = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-
-    def trace(self, event: str, info: dict[str, Any]) -> None:
-        """httpcore's trace hook: remember every socket the exchange opens (TCP, then TLS)."""
-        stream = info.get("return_value")
-        sock = getattr(stream, "get_extra_info", lambda _name: None)("socket")
-        if isinstance(sock, socket.socket):
-            with self._lock:
-                self._sockets.append(sock)
-                if self.expired:  # opened just as the time ran out
-                    self._shutdown(sock)
-
-    @staticmethod
-    def _shutdown(sock: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            for sock in self._sockets:
-                self._shutdown(sock)
-
-    def __enter__(self) -> _Deadline:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
 
 
 def _stderr(message: str) -> None:
@@ -328,7 +287,7 @@ class Outbox:
         """One POST under the deadline; returns its kind and sets ``doc["last_error"]`` when it failed."""
         import httpx
 
-        with _Deadline(self.deadline_s) as deadline:
+        with SocketDeadline().armed(self.deadline_s) as deadline:
             try:
                 response = http.post(
                     url,
