@@ -224,8 +224,9 @@ class Monitor:
         decisions: list[tuple[str, Decision]] = []
         policy_state = state["policy"]
         s = self.settings
+        advanced = False  # the lines are read for good (the cursor moves past them)
         if rows >= s.min_rows:
-            state["cursor"] = cursor
+            state["cursor"], advanced = cursor, True
             state["rows_total"] += rows
             for number, (lo, hi) in enumerate(self._chunks(traffic.record_rows)):
                 window_report = self._judge(traffic.window.slice(lo, hi))
@@ -239,9 +240,9 @@ class Monitor:
                 decisions.extend((f"w{number}", d) for d in made)
             self._index(traffic.window)  # also without labels: labels supplied later must find their rows
         elif lines and not rows:
-            state["cursor"] = cursor  # nothing of ours in them: never re-read
+            state["cursor"], advanced = cursor, True  # nothing of ours in them: never re-read
         synthetic, unmarked = parser.builder.synthetic_rows, parser.builder.unmarked_rows
-        if state["cursor"] is cursor:  # the lines are read for good: count their synthetic rows once
+        if advanced:  # count the synthetic rows of lines read for good once, not on every re-read
             state["synthetic_rows_total"] = state.get("synthetic_rows_total", 0) + synthetic
         performance = self._performance(state) if self.labels is not None else None
         if performance is not None and performance["status"] != "insufficient":
