@@ -22,7 +22,8 @@ State directory::
 
     state.json          cursor, labels offsets per source, policy state, counters
     instance-id         random id of this monitor instance: alert ids (idempotency keys) start with it
-    predictions.jsonl   request id → predicted outputs (the most recent ``index_limit`` requests)
+    predictions.jsonl   request id → predicted outputs (the most recent ``index_limit`` requests or more,
+                        up to 1.5 × as many before it is trimmed)
     labels-quarantine.jsonl  unusable labels lines: source, line number, text, reason
     errors.json         failed cycles: count, the last error
     outbox/             one JSON file per alert (see mlci.monitor.alerts)
@@ -44,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from mlci.errors import MlciError
@@ -238,7 +240,7 @@ class Monitor:
                 }
                 policy_state, made = decide(policy_state, signals, now, s.policy())
                 decisions.extend((f"w{number}", d) for d in made)
-            self._index(traffic.window)  # also without labels: labels supplied later must find their rows
+            self._index(traffic, state)  # also without labels: labels supplied later must find their rows
         elif lines and not rows:
             state["cursor"], advanced = cursor, True  # nothing of ours in them: never re-read
         synthetic, unmarked = parser.builder.synthetic_rows, parser.builder.unmarked_rows
@@ -405,26 +407,35 @@ class Monitor:
     def _index_file(self) -> Path:
         return self.state_dir / "predictions.jsonl"
 
-    def _index(self, window: Window) -> None:
-        """Remember each request's predicted outputs so that labels arriving later can be joined."""
+    def _index(self, traffic: _Traffic, state: dict[str, Any]) -> None:
+        """Remember each request's predicted outputs so that labels arriving later can be joined.
+
+        One line per logged request (its rows are contiguous: ``record_rows`` gives the boundaries). The
+        file's line count is kept in the state, so it is read back only to trim it, when it passes 1.5 ×
+        ``index_limit`` lines: then the most recent ``index_limit`` are kept.
+        """
+        window = traffic.window
         predicted = window.labels if self.artifact_.task == "classification" else window.values
         if predicted is None or not window.rows:
             return
         values = predicted.tolist()
-        lines = []
-        lo = 0
-        for hi in range(1, window.rows + 1):  # a request's rows are contiguous
-            if hi == window.rows or window.ids[hi] != window.ids[lo]:
-                lines.append(orjson.dumps({"id": window.ids[lo], "p": values[lo:hi]}))
-                lo = hi
+        ends = np.cumsum(traffic.record_rows).tolist()
+        starts = [0, *ends[:-1]]
+        lines = [orjson.dumps({"id": window.ids[lo], "p": values[lo:hi]}) for lo, hi in zip(starts, ends, strict=True)]
         path = self._index_file()
+        count = state.get("index_lines")
+        if not isinstance(count, int) or not path.is_file():  # an older state, or the file was removed
+            count = sum(1 for _ in path.open("rb")) if path.is_file() else 0
         with path.open("ab") as f:
             f.write(b"\n".join(lines) + b"\n")
-        existing = path.read_bytes().splitlines()
-        if len(existing) > self.index_limit:
+        count += len(lines)
+        if count > self.index_limit * 3 // 2:
+            kept = path.read_bytes().splitlines()[-self.index_limit :]
             tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(b"\n".join(existing[-self.index_limit :]) + b"\n")
+            tmp.write_bytes(b"\n".join(kept) + b"\n")
             tmp.replace(path)
+            count = len(kept)
+        state["index_lines"] = count
 
     def _source(self, state: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """The labels file's key (resolved path) and its read position, restarted when it is another file."""
