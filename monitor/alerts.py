@@ -31,9 +31,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
+import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -43,6 +42,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+
+from mlci.httpdeadline import SocketDeadline
 
 __all__ = ["DeliveryResult", "Outbox", "atomic_write_json", "webhook_problem"]
 
@@ -103,45 +104,8 @@ def webhook_problem(url: str) -> str | None:
     return None
 
 
-class _Deadline:
-    """A wall-clock limit on one HTTP exchange: at expiry it shuts the connection's socket down, which
-    ends a blocked connect, send or read at once (httpx's own timeouts are per operation)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.expired = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-
-    def trace(self, event: str, info: dict[str, Any]) -> None:
-        """httpcore's trace hook: remember every socket the exchange opens (TCP, then TLS)."""
-        stream = info.get("return_value")
-        sock = getattr(stream, "get_extra_info", lambda _name: None)("socket")
-        if isinstance(sock, socket.socket):
-            with self._lock:
-                self._sockets.append(sock)
-                if self.expired:  # opened just as the time ran out
-                    self._shutdown(sock)
-
-    @staticmethod
-    def _shutdown(sock: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            for sock in self._sockets:
-                self._shutdown(sock)
-
-    def __enter__(self) -> _Deadline:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 class Outbox:
@@ -162,6 +126,7 @@ class Outbox:
         max_rejections: int = 24,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.directory = directory
         self.max_failures = max_failures
@@ -175,6 +140,7 @@ class Outbox:
         self.max_rejections = max_rejections
         self.clock = clock
         self.sleep = sleep
+        self.log = log if log is not None else _stderr
         directory.mkdir(parents=True, exist_ok=True)
 
     def put(self, payload: Mapping[str, Any], alert_id: str | None = None) -> str:
@@ -192,10 +158,47 @@ class Outbox:
         return alert_id
 
     def alerts(self, status: str | None = None) -> list[dict[str, Any]]:
-        """Every alert document (oldest first), optionally only those with ``status``."""
-        docs = [orjson.loads(p.read_bytes()) for p in sorted(self.directory.glob("*.json"))]
+        """Every alert document (oldest first), optionally only those with ``status``.
+
+        A file that is no alert document (not JSON, e.g. cut short by a full disk, or without an id,
+        creation time or status) is renamed to ``<name>.bad``, said on stderr and counted in
+        :attr:`quarantined`: one damaged file must not stop the delivery of the others.
+        """
+        docs = []
+        for path in sorted(self.directory.glob("*.json")):
+            doc = self._read(path)
+            if doc is not None:
+                docs.append(doc)
         docs.sort(key=lambda d: (d["created"], d.get("seq", 0), d["id"]))
         return [d for d in docs if status is None or d["status"] == status]
+
+    @property
+    def quarantined(self) -> int:
+        """How many outbox files were set aside as ``*.bad`` (they stay for a person to look at)."""
+        return sum(1 for _ in self.directory.glob("*.bad"))
+
+    def _read(self, path: Path) -> dict[str, Any] | None:
+        """The alert document in ``path``, or None after setting an unusable file aside."""
+        try:
+            doc = orjson.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None  # removed meanwhile
+        except (OSError, orjson.JSONDecodeError) as exc:
+            problem = f"cannot be read as JSON ({exc})"
+        else:
+            if isinstance(doc, dict) and all(k in doc for k in ("id", "created", "status")):
+                return doc
+            problem = "is no alert document (a JSON object with id, created and status)"
+        bad = path.with_name(path.name + ".bad")
+        try:
+            path.replace(bad)
+        except OSError as exc:
+            self.log(
+                f"[mlci monitor] outbox file '{path}' {problem}; it could not be set aside ({exc}): skipped"
+            )
+            return None
+        self.log(f"[mlci monitor] outbox file '{path}' {problem}; set aside as '{bad}' (not delivered)")
+        return None
 
     def _save(self, doc: dict[str, Any]) -> None:
         atomic_write_json(self.directory / f"{doc['id']}.json", doc)
@@ -284,7 +287,7 @@ class Outbox:
         """One POST under the deadline; returns its kind and sets ``doc["last_error"]`` when it failed."""
         import httpx
 
-        with _Deadline(self.deadline_s) as deadline:
+        with SocketDeadline().armed(self.deadline_s) as deadline:
             try:
                 response = http.post(
                     url,

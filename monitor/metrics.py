@@ -23,8 +23,9 @@ def prometheus_text(
     model_name: str | None = None,
 ) -> str:
     """The last report as Prometheus text exposition format, with the monitor's error ``counters``
-    (``cycle_errors``, ``labels_quarantined``, ``delivery_failures`` by kind). Without a report (every
-    cycle so far failed) only the counters and the outbox are written, labelled with ``model_name``."""
+    (``cycle_errors``, ``labels_quarantined``, ``outbox_quarantined``, ``delivery_failures`` by kind). Without
+    a report (every cycle so far failed) only the counters and the outbox are written, labelled with
+    ``model_name``."""
     model = _label(str(report["model"] if report is not None else model_name))
     out: list[str] = []
 
@@ -39,6 +40,8 @@ def prometheus_text(
            [("", float(counters.get("cycle_errors", 0)))])  # fmt: skip
     metric("mlci_monitor_labels_quarantined_total", "counter", "Labels lines quarantined as unusable.",
            [("", float(counters.get("labels_quarantined", 0)))])  # fmt: skip
+    metric("mlci_monitor_outbox_quarantined", "gauge", "Outbox files set aside as unusable (kept as *.bad).",
+           [("", float(counters.get("outbox_quarantined", 0)))])  # fmt: skip
     metric("mlci_monitor_alert_delivery_failures_total", "counter", "Alert delivery attempts that failed, by reason.",
            [(f',reason="{k}"', float(failures.get(k, 0))) for k in _FAILURE_KINDS])  # fmt: skip
     _alert_counts(metric, alerts)

@@ -35,20 +35,17 @@ class OutlierReference:
     threshold: float | None  # a score below it is an outlier; None: the model's own label (older artifacts)
     rate: float  # the expected outlier rate of normal traffic
     source: str  # the rows ``rate`` was measured on: "held-out rows" or "training rows"
-    train_rate: float | None  # the rate on the training rows (the calibrated share), when recorded
 
 
 def outlier_reference(profile: Mapping[str, Any]) -> OutlierReference:
     """The threshold and reference rate the profile records (held-out rate when there is one)."""
     outlier = profile.get("outlier", {})
     threshold = outlier.get("score_threshold")
-    train = outlier.get("train_outlier_rate")
-    train_rate = None if train is None else float(train)
     if outlier.get("holdout_outlier_rate") is not None:
         rate, source = float(outlier["holdout_outlier_rate"]), "held-out rows"
     else:
-        rate, source = (train_rate or 0.0), "training rows"
-    return OutlierReference(None if threshold is None else float(threshold), rate, source, train_rate)
+        rate, source = float(outlier.get("train_outlier_rate") or 0.0), "training rows"
+    return OutlierReference(None if threshold is None else float(threshold), rate, source)
 
 
 @dataclass(frozen=True)

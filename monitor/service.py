@@ -15,13 +15,15 @@ or rotated). Every cycle indexes the logged predictions by request id, with or w
 labels supplied later still join. A labels line that cannot be used (not JSON, not UTF-8, a bad CSV
 ``row``, a label count unlike the request's rows) is appended to ``labels-quarantine.jsonl`` and counted;
 the other lines are used. A cycle that fails anyway is logged, counted in ``errors.json`` and retried after
-a backoff by :meth:`Monitor.run`: it never ends the loop.
+a backoff by :meth:`Monitor.run`: it never ends the loop, even when errors.json or an outbox file is
+damaged (see :meth:`Monitor._failed`, :meth:`Outbox.alerts`).
 
 State directory::
 
     state.json          cursor, labels offsets per source, policy state, counters
     instance-id         random id of this monitor instance: alert ids (idempotency keys) start with it
-    predictions.jsonl   request id → predicted outputs (the most recent ``index_limit`` requests)
+    predictions.jsonl   request id → predicted outputs (the most recent ``index_limit`` requests or more,
+                        up to 1.5 × as many before it is trimmed)
     labels-quarantine.jsonl  unusable labels lines: source, line number, text, reason
     errors.json         failed cycles: count, the last error
     outbox/             one JSON file per alert (see mlci.monitor.alerts)
@@ -43,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from mlci.errors import MlciError
@@ -170,6 +173,7 @@ class Monitor:
         self.http_client = http_client
         self.index_limit = index_limit
         self.log = log if log is not None else _stderr
+        self._running: int | None = None  # the number of the cycle being run, once its state is read
         if not log_dir.is_dir():
             raise MonitorError(f"Log directory '{log_dir}' does not exist; pass the --log-dir the server writes to.")
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -178,6 +182,7 @@ class Monitor:
             state_dir / "outbox", max_failures=settings.max_failures, attempts_per_cycle=settings.attempts_per_cycle,
             backoff_s=settings.backoff_s, deadline_s=settings.delivery_deadline_s,
             reject_backoff_s=settings.reject_backoff_s, max_rejections=settings.max_rejections, clock=clock, sleep=sleep,
+            log=self.log,
         )  # fmt: skip
 
     # -- state -------------------------------------------------------------------------------------
@@ -205,8 +210,9 @@ class Monitor:
     def cycle(self) -> dict[str, Any]:
         """Run one monitoring pass; returns the report (also written to report.json)."""
         started = time.perf_counter()
+        self._running = None
         state = self._load_state()
-        cycle_no = int(state["cycle"]) + 1
+        cycle_no = self._running = int(state["cycle"]) + 1  # a failure later in the cycle keeps this number
         now = self.clock()
         with BlobReader(self.log_dir) as blobs:  # a batch's arrays are in the log's blob files
             parser = _Parser(self.artifact_, blobs)
@@ -220,8 +226,9 @@ class Monitor:
         decisions: list[tuple[str, Decision]] = []
         policy_state = state["policy"]
         s = self.settings
+        advanced = False  # the lines are read for good (the cursor moves past them)
         if rows >= s.min_rows:
-            state["cursor"] = cursor
+            state["cursor"], advanced = cursor, True
             state["rows_total"] += rows
             for number, (lo, hi) in enumerate(self._chunks(traffic.record_rows)):
                 window_report = self._judge(traffic.window.slice(lo, hi))
@@ -233,11 +240,11 @@ class Monitor:
                 }
                 policy_state, made = decide(policy_state, signals, now, s.policy())
                 decisions.extend((f"w{number}", d) for d in made)
-            self._index(traffic.window)  # also without labels: labels supplied later must find their rows
+            self._index(traffic, state)  # also without labels: labels supplied later must find their rows
         elif lines and not rows:
-            state["cursor"] = cursor  # nothing of ours in them: never re-read
+            state["cursor"], advanced = cursor, True  # nothing of ours in them: never re-read
         synthetic, unmarked = parser.builder.synthetic_rows, parser.builder.unmarked_rows
-        if state["cursor"] is cursor:  # the lines are read for good: count their synthetic rows once
+        if advanced:  # count the synthetic rows of lines read for good once, not on every re-read
             state["synthetic_rows_total"] = state.get("synthetic_rows_total", 0) + synthetic
         performance = self._performance(state) if self.labels is not None else None
         if performance is not None and performance["status"] != "insufficient":
@@ -314,31 +321,57 @@ class Monitor:
         return reports
 
     def _failed(self, exc: Exception, in_a_row: int, wait: float) -> dict[str, Any]:
-        """Log, count and report a cycle that raised ``exc``."""
+        """Log, count and report a cycle that raised ``exc``; never raises itself (a damaged state
+        directory must not end the loop): whatever goes wrong here is said, then the text is logged and
+        a minimal report returned."""
+        text = f"{type(exc).__name__}: {exc}"
+        cycle_no = self._failed_cycle_no()
+        now = self.clock()
+        total = in_a_row
         path = self.state_dir / "errors.json"
         try:
-            errors = orjson.loads(path.read_bytes()) if path.is_file() else {}
-        except orjson.JSONDecodeError:
-            errors = {}
-        cycle_no = 1
-        with contextlib.suppress(Exception):
-            cycle_no = int(orjson.loads(self._state_file.read_bytes())["cycle"]) + 1
-        text = f"{type(exc).__name__}: {exc}"
-        total = int(errors.get("total", 0)) + 1
-        last = {"time": self.clock(), "cycle": cycle_no, "error": text}
-        with contextlib.suppress(OSError):
-            atomic_write_json(path, {"total": total, "last": last})
+            total = self._error_total(path) + 1
+            atomic_write_json(path, {"total": total, "last": {"time": now, "cycle": cycle_no, "error": text}})
             self._write_metrics(None, None, cycle_errors=total)
+        except Exception as inner:  # the count or the metrics are lost for this cycle; the loop goes on
+            self.log(
+                f"[mlci monitor] could not record the failed cycle in '{path}' ({type(inner).__name__}: {inner})"
+            )
         self.log(
             f"[mlci monitor] cycle {cycle_no} failed ({in_a_row} in a row, {total} in total; {path}): {text}; "
             f"next try in {wait:g} s"
         )
         return {
-            "cycle": cycle_no, "time": last["time"], "model": self.artifact_.name, "digest": self.artifact_.digest,
+            "cycle": cycle_no, "time": now, "model": self.artifact_.name, "digest": self.artifact_.digest,
             "status": "error", "error": text, "exit_code": exc.exit_code if isinstance(exc, MlciError) else 1,
             "message": f"cycle failed: {text}", "rows": 0, "windows": [], "actions": [],
             "alerts": {"delivered": [], "pending": [], "dead": [], "attempts": 0, "failures": []},
         }  # fmt: skip
+
+    def _failed_cycle_no(self) -> int:
+        """The number of the cycle that just failed: the one :meth:`cycle` was running (state.json may
+        already hold it, when the failure came after it was saved), else one after the saved cycle."""
+        if self._running is not None:
+            return self._running
+        with contextlib.suppress(Exception):
+            return int(orjson.loads(self._state_file.read_bytes())["cycle"]) + 1
+        return 1
+
+    def _error_total(self, path: Path) -> int:
+        """Failed cycles counted so far in ``path`` (errors.json); 0, said on stderr, when it is unusable."""
+        try:
+            errors = orjson.loads(path.read_bytes())
+        except FileNotFoundError:
+            return 0
+        except (OSError, orjson.JSONDecodeError) as exc:
+            self.log(f"[mlci monitor] cannot read '{path}' ({exc}); counting failed cycles afresh")
+            return 0
+        total = errors.get("total") if isinstance(errors, dict) else None
+        if not isinstance(total, int) or isinstance(total, bool):
+            kind = "a JSON array" if isinstance(errors, list) else "no object with an integer 'total'"
+            self.log(f"[mlci monitor] '{path}' is {kind}, not an object with a 'total'; counting afresh")
+            return 0
+        return total
 
     # -- pieces ------------------------------------------------------------------------------------
     def _chunks(self, record_rows: list[int]) -> list[tuple[int, int]]:
@@ -374,26 +407,35 @@ class Monitor:
     def _index_file(self) -> Path:
         return self.state_dir / "predictions.jsonl"
 
-    def _index(self, window: Window) -> None:
-        """Remember each request's predicted outputs so that labels arriving later can be joined."""
+    def _index(self, traffic: _Traffic, state: dict[str, Any]) -> None:
+        """Remember each request's predicted outputs so that labels arriving later can be joined.
+
+        One line per logged request (its rows are contiguous: ``record_rows`` gives the boundaries). The
+        file's line count is kept in the state, so it is read back only to trim it, when it passes 1.5 ×
+        ``index_limit`` lines: then the most recent ``index_limit`` are kept.
+        """
+        window = traffic.window
         predicted = window.labels if self.artifact_.task == "classification" else window.values
         if predicted is None or not window.rows:
             return
         values = predicted.tolist()
-        lines = []
-        lo = 0
-        for hi in range(1, window.rows + 1):  # a request's rows are contiguous
-            if hi == window.rows or window.ids[hi] != window.ids[lo]:
-                lines.append(orjson.dumps({"id": window.ids[lo], "p": values[lo:hi]}))
-                lo = hi
+        ends = np.cumsum(traffic.record_rows).tolist()
+        starts = [0, *ends[:-1]]
+        lines = [orjson.dumps({"id": window.ids[lo], "p": values[lo:hi]}) for lo, hi in zip(starts, ends, strict=True)]
         path = self._index_file()
+        count = state.get("index_lines")
+        if not isinstance(count, int) or not path.is_file():  # an older state, or the file was removed
+            count = sum(1 for _ in path.open("rb")) if path.is_file() else 0
         with path.open("ab") as f:
             f.write(b"\n".join(lines) + b"\n")
-        existing = path.read_bytes().splitlines()
-        if len(existing) > self.index_limit:
+        count += len(lines)
+        if count > self.index_limit * 3 // 2:
+            kept = path.read_bytes().splitlines()[-self.index_limit :]
             tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(b"\n".join(existing[-self.index_limit :]) + b"\n")
+            tmp.write_bytes(b"\n".join(kept) + b"\n")
             tmp.replace(path)
+            count = len(kept)
+        state["index_lines"] = count
 
     def _source(self, state: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """The labels file's key (resolved path) and its read position, restarted when it is another file."""
@@ -536,7 +578,7 @@ class Monitor:
                 report = orjson.loads((self.state_dir / "report.json").read_bytes())
                 state = orjson.loads(self._state_file.read_bytes())
         if cycle_errors is None:
-            with contextlib.suppress(OSError, orjson.JSONDecodeError, KeyError):
+            with contextlib.suppress(OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 cycle_errors = int(orjson.loads((self.state_dir / "errors.json").read_bytes())["total"])
         state = state or {}
         counters = {
@@ -545,7 +587,9 @@ class Monitor:
             "delivery_failures": dict(state.get("delivery_failures", {})),
         }
         rows_total = int(state.get("rows_total", 0))
-        text = prometheus_text(report, rows_total, self.outbox.alerts(), counters, self.artifact_.name)
+        alerts = self.outbox.alerts()  # first: files it sets aside are counted below
+        counters["outbox_quarantined"] = self.outbox.quarantined
+        text = prometheus_text(report, rows_total, alerts, counters, self.artifact_.name)
         tmp = self.state_dir / ".metrics.prom.tmp"
         tmp.write_text(text)
         tmp.replace(self.state_dir / "metrics.prom")

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import threading
 from collections.abc import Generator, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,6 +24,7 @@ import httpx
 
 from mlci.canonical import sha256_file
 from mlci.errors import RegistryError
+from mlci.httpdeadline import SocketDeadline
 from mlci.registry.store import (
     DECLARED,
     MANIFEST_MEDIA_TYPES,
@@ -220,49 +219,6 @@ class _CappedStream(httpx.SyncByteStream):
         self._inner.close()
 
 
-class _Watchdog:
-    """Cuts a client's connections when an operation runs past its total time limit.
-
-    httpx bounds each read and write (``timeout``) but not their sum: a registry that answers a byte at
-    a time, in its headers or its body, would hold a pull forever. Every connection the client opens is
-    recorded (httpcore's ``trace`` hook); at the deadline their sockets are shut down, which wakes the
-    blocked read with an error that the operation then reports as the deadline.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self.fired = False
-
-    def trace(self, event: str, info: dict[str, Any]) -> None:
-        """httpcore's trace callback: remember each new TCP connection's socket."""
-        if event != "connection.connect_tcp.complete" or info.get("return_value") is None:
-            return
-        sock = info["return_value"].get_extra_info("socket")
-        if isinstance(sock, socket.socket):
-            with self._lock:
-                self._sockets = [s for s in self._sockets if s.fileno() != -1] + [sock]
-
-    @contextmanager
-    def armed(self, seconds: float) -> Iterator[None]:
-        """Cut the connections if the block is still running after ``seconds``."""
-        self.fired = False
-        timer = threading.Timer(seconds, self._cut)
-        timer.daemon = True
-        timer.start()
-        try:
-            yield
-        finally:
-            timer.cancel()
-
-    def _cut(self) -> None:
-        with self._lock:
-            self.fired = True
-            for sock in self._sockets:
-                with suppress(OSError):  # already closed
-                    sock.shutdown(socket.SHUT_RDWR)
-
-
 class _FileContent:
     """An upload body read from disk piece by piece; iterable again if the request must be re-sent (auth)."""
 
@@ -292,7 +248,7 @@ class HttpStore:
         self._origin = httpx.URL(self.base_url)
         self._deadline = deadline
         self._has_credentials = username is not None and password is not None
-        self._watchdog = _Watchdog()
+        self._watchdog = SocketDeadline()  # cuts a stalled operation's connections
         self._client = httpx.Client(
             auth=_RegistryAuth(username, password, self._origin, insecure),
             verify=not insecure,
@@ -341,7 +297,7 @@ class HttpStore:
             try:
                 yield
             except httpx.TransportError as exc:
-                if self._watchdog.fired:
+                if self._watchdog.expired:
                     raise RegistryError(
                         f"{what} at {self._where} did not finish within {seconds:g} s (mlci's limit for one registry "
                         f"operation: {self._deadline:g} s, plus one second per {MIN_TRANSFER_BYTES_PER_S:,} bytes of "

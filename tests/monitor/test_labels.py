@@ -222,3 +222,22 @@ def test_read_labels_reports_bad_lines_with_their_numbers(tmp_path: Path, suffix
     lines = [3, 4] if suffix == ".csv" else [2, 3]  # the CSV header is line 1
     assert [(b.line, b.source) for b in got.bad] == [(n, str(path)) for n in lines]
     assert "UTF-8" in got.bad[1].reason
+
+
+def test_the_index_is_trimmed_to_its_limit_only_past_half_as_much_again(bc: Project, tmp_path: Path) -> None:
+    from mlci.monitor.service import Monitor
+
+    records = [predict_records(bc.artifact, bc.holdout, batch=5, prefix=p) for p in ("a", "b")]
+    write_log(tmp_path / "log", records[0])
+    m = Monitor(bc.artifact, tmp_path / "log", tmp_path / "state", index_limit=24)
+    index = tmp_path / "state" / "predictions.jsonl"
+
+    def ids() -> list[str]:
+        return [orjson.loads(line)["id"] for line in index.read_bytes().splitlines()]
+
+    m.cycle()
+    assert len(records[0]) <= 36 and ids() == [r["id"] for r in records[0]]  # ≤ 1.5 × 24: not trimmed
+    write_log(tmp_path / "log", records[1])
+    m.cycle()
+    assert ids() == [r["id"] for r in records[1]][-24:]  # past 36: the most recent 24 requests kept
+    assert orjson.loads((tmp_path / "state" / "state.json").read_bytes())["index_lines"] == 24
