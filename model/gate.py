@@ -49,6 +49,8 @@ __all__ = ["Check", "Verdict", "run_gate", "verdict_markdown"]
 
 VERDICT_FILE = "verdict.json"
 _SUMMARY_METRICS = ("accuracy", "f1", "roc_auc", "log_loss", "rmse", "mae", "r2")
+# What the trivial baseline must be beaten on when the policy compares no metric at all.
+_BASELINE_FALLBACK = {"classification": "accuracy", "regression": "r2"}
 
 
 @dataclass(frozen=True)
@@ -327,9 +329,14 @@ def _compare(
     """The paired tests of the candidate against ``other`` on the same rows.
 
     Against production every compared metric is non-inferiority (superiority where ``require_better``);
-    ``must_beat`` (the trivial baseline) makes every compared metric a superiority check.
+    ``must_beat`` (the trivial baseline) makes every compared metric a superiority check; with no compared
+    metric at all, the baseline is beaten on accuracy (classification) or r2 (regression), never on nothing.
     """
     metrics = sorted(set(policy.non_inferiority) | set(policy.require_better))
+    fallback = ""
+    if must_beat and not metrics:
+        metrics = [_BASELINE_FALLBACK[task]]
+        fallback = f" (judged on {metrics[0]}: no metric is compared in [gate.non_inferiority] or [gate] require_better)"
     weights = bootstrap_weights(len(y), policy.bootstrap, policy.seed)
     y_s = y.astype(str) if task == "classification" else y
     checks = []
@@ -367,8 +374,10 @@ def _compare(
         delta = f"{metric} {interval.candidate:.4f} vs {versus} {interval.production:.4f} ({interval.improvement:+.4f}, + = better)"
         if better:
             ok = superior
-            reason = f"{delta}; {how}; " + (
-                "better with confidence" if ok else "not better with confidence (required)"
+            reason = (
+                f"{delta}; {how}; "
+                + ("better with confidence" if ok else "not better with confidence (required)")
+                + fallback
             )
         else:
             ok = not worse

@@ -346,3 +346,16 @@ def test_init_writes_the_gate_baseline(tmp_path: Path) -> None:
     text = (tmp_path / "mlci.toml").read_text()
     assert '\n[gate]\nbaseline = "trivial"' in text, text
     assert load_config(tmp_path / "mlci.toml").gate.baseline == "trivial"
+
+
+def test_an_empty_metric_set_still_makes_the_baseline_check_accuracy(tmp_path: Path) -> None:
+    """An empty [gate.non_inferiority] and no require_better used to leave the baseline with no check at all."""
+    cfg = write_project(tmp_path / "p", estimator=USELESS, gate="[gate.non_inferiority]")
+    assert load_config(cfg).gate.non_inferiority == {} and not load_config(cfg).gate.require_better
+    result = run_pipeline(load_config(cfg), until="evaluate")
+    verdict = run_gate(load_config(cfg), result.artifact, None)  # type: ignore[arg-type]
+    assert not verdict.passed, [c.reason for c in verdict.checks]
+    failed = {c.name: c.reason for c in verdict.checks if not c.passed}
+    assert set(failed) == {"beats baseline accuracy"}, failed
+    assert "no metric is compared" in failed["beats baseline accuracy"], failed
+    assert "accuracy" in failed["beats baseline accuracy"]
