@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -113,13 +113,35 @@ class _View:
     classes: list[str]
 
 
-def _split_of(manifest: dict[str, Any]) -> tuple[str, float, int, list[str] | None]:
-    """(scheme, fraction, seed, hashed columns) as the artifact recorded them."""
-    data = manifest.get("data", {})
+def _split_of(manifest: dict[str, Any], who: str) -> tuple[str, float, int, list[str] | None]:
+    """(scheme, fraction, seed, hashed columns) as the artifact recorded them; a garbled record is refused."""
+    data = manifest.get("data")
+    if not isinstance(data, dict):
+        _bad_split(who, "data", "a table", data)
+    fraction, seed = data.get("holdout_fraction"), data.get("seed")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        _bad_split(who, "data.holdout_fraction", "a number", fraction)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        _bad_split(who, "data.seed", "an integer", seed)
     split = data.get("split")
     if split is None:
-        return LEGACY_SPLIT_SCHEME, float(data["holdout_fraction"]), int(data["seed"]), None
-    return str(split["scheme"]), float(data["holdout_fraction"]), int(data["seed"]), list(split["columns"])
+        return LEGACY_SPLIT_SCHEME, float(fraction), seed, None
+    if not isinstance(split, dict):
+        _bad_split(who, "data.split", "a table with scheme and columns", split)
+    scheme, columns = split.get("scheme"), split.get("columns")
+    if not isinstance(scheme, str):
+        _bad_split(who, "data.split.scheme", "a string", scheme)
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        _bad_split(who, "data.split.columns", "a list of column names", columns)
+    return scheme, float(fraction), seed, list(columns)
+
+
+def _bad_split(who: str, key: str, expected: str, got: Any) -> NoReturn:
+    raise _CannotCompare(
+        f"{who}'s manifest lacks a valid {key} (expected {expected}, got {got!r}); it was built by another mlci "
+        "version, so the rows it trained on cannot be identified. Rebuild it with this mlci (re-run the "
+        "pipeline on its commit and promote that artifact)."
+    )
 
 
 def _holdout(
@@ -131,7 +153,7 @@ def _holdout(
     """
     assert dataset.raw is not None
     raw = dataset.raw
-    scheme, fraction, seed, columns = _split_of(manifest)
+    scheme, fraction, seed, columns = _split_of(manifest, who)
     if scheme == LEGACY_SPLIT_SCHEME:
         schema = Schema.from_json(manifest["schema"])
         _require_columns(raw, [*schema.names, schema.target], who, "its features and target")
@@ -428,8 +450,8 @@ def _baseline(
 
 def _too_few(n: int, policy: GateConfig, cand: _View, prod: _View) -> str:
     """Why only ``n`` rows are held out by both models, and what to do about it."""
-    c_scheme, c_frac, c_seed, c_cols = _split_of(cand.manifest)
-    p_scheme, p_frac, p_seed, p_cols = _split_of(prod.manifest)
+    c_scheme, c_frac, c_seed, c_cols = _split_of(cand.manifest, "The candidate")
+    p_scheme, p_frac, p_seed, p_cols = _split_of(prod.manifest, "Production")
     head = (
         f"only {n} rows of the data file are held out by both the candidate and production (rows neither "
         f"model trained on); comparing needs at least {policy.min_compared_rows} ([gate] min_compared_rows). "
