@@ -151,7 +151,6 @@ def _holdout(
 
     ``splits`` memoises masks by how they were made: candidate and production usually share one split.
     """
-    assert dataset.raw is not None
     raw = dataset.raw
     scheme, fraction, seed, columns = _split_of(manifest, who)
     if scheme == LEGACY_SPLIT_SCHEME:
@@ -200,14 +199,13 @@ def _view(
 ) -> _View:
     mask, scheme = _holdout(manifest, dataset, path, who, splits)
     schema = Schema.from_json(manifest["schema"])
-    _require_columns(dataset.raw, [*schema.names, schema.target], who, "its features and target")  # type: ignore[arg-type]
+    _require_columns(dataset.raw, [*schema.names, schema.target], who, "its features and target")
     classes = [str(c) for c in manifest["schema"].get("classes", [])]
     return _View(manifest, schema, mask, scheme, classes)
 
 
 def _predict(artifact: Path, view: _View, dataset: Dataset, rows: np.ndarray, path: Path) -> Prediction:
     """Score ``rows`` of the data file with the artifact, its inputs typed by its own schema."""
-    assert dataset.raw is not None
     X = typed_features(dataset.raw[rows], view.schema, path)
     return predict(
         open_session(artifact / "model.onnx"), feeds_from_frame(X, view.schema), view.manifest["task"]
@@ -560,7 +558,6 @@ def run_gate(
         cand = _view(cand_manifest, dataset, path, f"The candidate {cand_manifest['digest'][:19]}", splits)
     except _CannotCompare as exc:
         raise DataError(str(exc)) from exc
-    assert dataset.raw is not None
     y_all = typed_target(dataset.raw, cand.schema, path).to_numpy()
     cand_pred = _predict(candidate, cand, dataset, cand.holdout, path)
     cand_metrics = _metrics(config.task, y_all[cand.holdout], cand_pred, cand.classes)
