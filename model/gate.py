@@ -109,8 +109,13 @@ class _View:
     manifest: dict[str, Any]
     schema: Schema
     holdout: np.ndarray
-    scheme: str
+    split: tuple[str, float, int, list[str] | None]  # (scheme, fraction, seed, hashed columns): _split_of
     classes: list[str]
+
+    @property
+    def scheme(self) -> str:
+        """How the split was made (SPLIT_SCHEME or LEGACY_SPLIT_SCHEME)."""
+        return self.split[0]
 
 
 def _split_of(manifest: dict[str, Any], who: str) -> tuple[str, float, int, list[str] | None]:
@@ -145,17 +150,22 @@ def _bad_split(who: str, key: str, expected: str, got: Any) -> NoReturn:
 
 
 def _holdout(
-    manifest: dict[str, Any], dataset: Dataset, path: Path, who: str, splits: dict[Any, np.ndarray]
-) -> tuple[np.ndarray, str]:
+    manifest: dict[str, Any],
+    split: tuple[str, float, int, list[str] | None],
+    schema: Schema,
+    dataset: Dataset,
+    path: Path,
+    who: str,
+    splits: dict[Any, np.ndarray],
+) -> np.ndarray:
     """The rows of the current data file that the artifact's split put in its holdout (it never trained on them).
 
-    ``splits`` memoises masks by how they were made: candidate and production usually share one split.
+    The caller has checked the file has the model's features and target. ``splits`` memoises masks by how
+    they were made: candidate and production usually share one split.
     """
     raw = dataset.raw
-    scheme, fraction, seed, columns = _split_of(manifest, who)
+    scheme, fraction, seed, columns = split
     if scheme == LEGACY_SPLIT_SCHEME:
-        schema = Schema.from_json(manifest["schema"])
-        _require_columns(raw, [*schema.names, schema.target], who, "its features and target")
         mask = legacy_holdout_mask(
             typed_features(raw, schema, path), typed_target(raw, schema, path), fraction, seed
         )
@@ -182,7 +192,7 @@ def _holdout(
             f"({scheme}, seed {seed}, fraction {fraction}) gives {int(mask.sum())}: the rows it trained on cannot "
             "be identified (was it built by a different mlci or pandas?). Rebuild it with this mlci."
         )
-    return mask, scheme
+    return mask
 
 
 def _require_columns(raw: pd.DataFrame, columns: list[str], who: str, what: str) -> None:
@@ -197,11 +207,13 @@ def _require_columns(raw: pd.DataFrame, columns: list[str], who: str, what: str)
 def _view(
     manifest: dict[str, Any], dataset: Dataset, path: Path, who: str, splits: dict[Any, np.ndarray]
 ) -> _View:
-    mask, scheme = _holdout(manifest, dataset, path, who, splits)
+    """The model's split, schema and holdout on the current data file; the columns it needs are checked here."""
+    split = _split_of(manifest, who)
     schema = Schema.from_json(manifest["schema"])
     _require_columns(dataset.raw, [*schema.names, schema.target], who, "its features and target")
+    mask = _holdout(manifest, split, schema, dataset, path, who, splits)
     classes = [str(c) for c in manifest["schema"].get("classes", [])]
-    return _View(manifest, schema, mask, scheme, classes)
+    return _View(manifest, schema, mask, split, classes)
 
 
 def _predict(artifact: Path, view: _View, dataset: Dataset, rows: np.ndarray, path: Path) -> Prediction:
@@ -448,8 +460,8 @@ def _baseline(
 
 def _too_few(n: int, policy: GateConfig, cand: _View, prod: _View) -> str:
     """Why only ``n`` rows are held out by both models, and what to do about it."""
-    c_scheme, c_frac, c_seed, c_cols = _split_of(cand.manifest, "The candidate")
-    p_scheme, p_frac, p_seed, p_cols = _split_of(prod.manifest, "Production")
+    c_scheme, c_frac, c_seed, c_cols = cand.split
+    p_scheme, p_frac, p_seed, p_cols = prod.split
     head = (
         f"only {n} rows of the data file are held out by both the candidate and production (rows neither "
         f"model trained on); comparing needs at least {policy.min_compared_rows} ([gate] min_compared_rows). "
