@@ -66,8 +66,11 @@ def register(
         return Workspace(config.workspace).reports_dir(read_manifest(artifact)["digest"]) / name
 
     def write_report(report: dict[str, Any], path: Path) -> None:
+        """Write smoke.json / verdict.json as `mlci run` does (pipeline._keep_report): canonical JSON."""
+        from mlci.canonical import write_json
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        write_json(path, report)
 
     @group.command()
     @click.argument("artifact", type=click.Path(exists=True, file_okay=False, path_type=Path))
