@@ -90,7 +90,7 @@ class Dataset:
     y: pd.Series
     schema: Schema
     digest: str
-    raw: pd.DataFrame | None = None
+    raw: pd.DataFrame
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -293,8 +293,6 @@ def split_mask(raw: pd.DataFrame, fraction: float, seed: int, columns: Sequence[
 
 def holdout_mask(dataset: Dataset, fraction: float, seed: int) -> np.ndarray:
     """True for the holdout rows of ``dataset`` (SPLIT_SCHEME over its raw rows, see :func:`split_mask`)."""
-    if dataset.raw is None:
-        raise ValueError("holdout_mask needs the Dataset's raw frame; load it with load_dataset")
     return split_mask(dataset.raw, fraction, seed)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -49,6 +49,8 @@ __all__ = ["Check", "Verdict", "run_gate", "verdict_markdown"]
 
 VERDICT_FILE = "verdict.json"
 _SUMMARY_METRICS = ("accuracy", "f1", "roc_auc", "log_loss", "rmse", "mae", "r2")
+# What the trivial baseline must be beaten on when the policy compares no metric at all.
+_BASELINE_FALLBACK = {"classification": "accuracy", "regression": "r2"}
 
 
 @dataclass(frozen=True)
@@ -107,32 +109,63 @@ class _View:
     manifest: dict[str, Any]
     schema: Schema
     holdout: np.ndarray
-    scheme: str
+    split: tuple[str, float, int, list[str] | None]  # (scheme, fraction, seed, hashed columns): _split_of
     classes: list[str]
 
+    @property
+    def scheme(self) -> str:
+        """How the split was made (SPLIT_SCHEME or LEGACY_SPLIT_SCHEME)."""
+        return self.split[0]
 
-def _split_of(manifest: dict[str, Any]) -> tuple[str, float, int, list[str] | None]:
-    """(scheme, fraction, seed, hashed columns) as the artifact recorded them."""
-    data = manifest.get("data", {})
+
+def _split_of(manifest: dict[str, Any], who: str) -> tuple[str, float, int, list[str] | None]:
+    """(scheme, fraction, seed, hashed columns) as the artifact recorded them; a garbled record is refused."""
+    data = manifest.get("data")
+    if not isinstance(data, dict):
+        _bad_split(who, "data", "a table", data)
+    fraction, seed = data.get("holdout_fraction"), data.get("seed")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        _bad_split(who, "data.holdout_fraction", "a number", fraction)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        _bad_split(who, "data.seed", "an integer", seed)
     split = data.get("split")
     if split is None:
-        return LEGACY_SPLIT_SCHEME, float(data["holdout_fraction"]), int(data["seed"]), None
-    return str(split["scheme"]), float(data["holdout_fraction"]), int(data["seed"]), list(split["columns"])
+        return LEGACY_SPLIT_SCHEME, float(fraction), seed, None
+    if not isinstance(split, dict):
+        _bad_split(who, "data.split", "a table with scheme and columns", split)
+    scheme, columns = split.get("scheme"), split.get("columns")
+    if not isinstance(scheme, str):
+        _bad_split(who, "data.split.scheme", "a string", scheme)
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        _bad_split(who, "data.split.columns", "a list of column names", columns)
+    return scheme, float(fraction), seed, list(columns)
+
+
+def _bad_split(who: str, key: str, expected: str, got: Any) -> NoReturn:
+    raise _CannotCompare(
+        f"{who}'s manifest lacks a valid {key} (expected {expected}, got {got!r}); it was built by another mlci "
+        "version, so the rows it trained on cannot be identified. Rebuild it with this mlci (re-run the "
+        "pipeline on its commit and promote that artifact)."
+    )
 
 
 def _holdout(
-    manifest: dict[str, Any], dataset: Dataset, path: Path, who: str, splits: dict[Any, np.ndarray]
-) -> tuple[np.ndarray, str]:
+    manifest: dict[str, Any],
+    split: tuple[str, float, int, list[str] | None],
+    schema: Schema,
+    dataset: Dataset,
+    path: Path,
+    who: str,
+    splits: dict[Any, np.ndarray],
+) -> np.ndarray:
     """The rows of the current data file that the artifact's split put in its holdout (it never trained on them).
 
-    ``splits`` memoises masks by how they were made: candidate and production usually share one split.
+    The caller has checked the file has the model's features and target. ``splits`` memoises masks by how
+    they were made: candidate and production usually share one split.
     """
-    assert dataset.raw is not None
     raw = dataset.raw
-    scheme, fraction, seed, columns = _split_of(manifest)
+    scheme, fraction, seed, columns = split
     if scheme == LEGACY_SPLIT_SCHEME:
-        schema = Schema.from_json(manifest["schema"])
-        _require_columns(raw, [*schema.names, schema.target], who, "its features and target")
         mask = legacy_holdout_mask(
             typed_features(raw, schema, path), typed_target(raw, schema, path), fraction, seed
         )
@@ -159,7 +192,7 @@ def _holdout(
             f"({scheme}, seed {seed}, fraction {fraction}) gives {int(mask.sum())}: the rows it trained on cannot "
             "be identified (was it built by a different mlci or pandas?). Rebuild it with this mlci."
         )
-    return mask, scheme
+    return mask
 
 
 def _require_columns(raw: pd.DataFrame, columns: list[str], who: str, what: str) -> None:
@@ -174,16 +207,17 @@ def _require_columns(raw: pd.DataFrame, columns: list[str], who: str, what: str)
 def _view(
     manifest: dict[str, Any], dataset: Dataset, path: Path, who: str, splits: dict[Any, np.ndarray]
 ) -> _View:
-    mask, scheme = _holdout(manifest, dataset, path, who, splits)
+    """The model's split, schema and holdout on the current data file; the columns it needs are checked here."""
+    split = _split_of(manifest, who)
     schema = Schema.from_json(manifest["schema"])
-    _require_columns(dataset.raw, [*schema.names, schema.target], who, "its features and target")  # type: ignore[arg-type]
+    _require_columns(dataset.raw, [*schema.names, schema.target], who, "its features and target")
+    mask = _holdout(manifest, split, schema, dataset, path, who, splits)
     classes = [str(c) for c in manifest["schema"].get("classes", [])]
-    return _View(manifest, schema, mask, scheme, classes)
+    return _View(manifest, schema, mask, split, classes)
 
 
 def _predict(artifact: Path, view: _View, dataset: Dataset, rows: np.ndarray, path: Path) -> Prediction:
     """Score ``rows`` of the data file with the artifact, its inputs typed by its own schema."""
-    assert dataset.raw is not None
     X = typed_features(dataset.raw[rows], view.schema, path)
     return predict(
         open_session(artifact / "model.onnx"), feeds_from_frame(X, view.schema), view.manifest["task"]
@@ -327,9 +361,14 @@ def _compare(
     """The paired tests of the candidate against ``other`` on the same rows.
 
     Against production every compared metric is non-inferiority (superiority where ``require_better``);
-    ``must_beat`` (the trivial baseline) makes every compared metric a superiority check.
+    ``must_beat`` (the trivial baseline) makes every compared metric a superiority check; with no compared
+    metric at all, the baseline is beaten on accuracy (classification) or r2 (regression), never on nothing.
     """
     metrics = sorted(set(policy.non_inferiority) | set(policy.require_better))
+    fallback = ""
+    if must_beat and not metrics:
+        metrics = [_BASELINE_FALLBACK[task]]
+        fallback = f" (judged on {metrics[0]}: no metric is compared in [gate.non_inferiority] or [gate] require_better)"
     weights = bootstrap_weights(len(y), policy.bootstrap, policy.seed)
     y_s = y.astype(str) if task == "classification" else y
     checks = []
@@ -367,8 +406,10 @@ def _compare(
         delta = f"{metric} {interval.candidate:.4f} vs {versus} {interval.production:.4f} ({interval.improvement:+.4f}, + = better)"
         if better:
             ok = superior
-            reason = f"{delta}; {how}; " + (
-                "better with confidence" if ok else "not better with confidence (required)"
+            reason = (
+                f"{delta}; {how}; "
+                + ("better with confidence" if ok else "not better with confidence (required)")
+                + fallback
             )
         else:
             ok = not worse
@@ -419,8 +460,8 @@ def _baseline(
 
 def _too_few(n: int, policy: GateConfig, cand: _View, prod: _View) -> str:
     """Why only ``n`` rows are held out by both models, and what to do about it."""
-    c_scheme, c_frac, c_seed, c_cols = _split_of(cand.manifest)
-    p_scheme, p_frac, p_seed, p_cols = _split_of(prod.manifest)
+    c_scheme, c_frac, c_seed, c_cols = cand.split
+    p_scheme, p_frac, p_seed, p_cols = prod.split
     head = (
         f"only {n} rows of the data file are held out by both the candidate and production (rows neither "
         f"model trained on); comparing needs at least {policy.min_compared_rows} ([gate] min_compared_rows). "
@@ -529,7 +570,6 @@ def run_gate(
         cand = _view(cand_manifest, dataset, path, f"The candidate {cand_manifest['digest'][:19]}", splits)
     except _CannotCompare as exc:
         raise DataError(str(exc)) from exc
-    assert dataset.raw is not None
     y_all = typed_target(dataset.raw, cand.schema, path).to_numpy()
     cand_pred = _predict(candidate, cand, dataset, cand.holdout, path)
     cand_metrics = _metrics(config.task, y_all[cand.holdout], cand_pred, cand.classes)

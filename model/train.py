@@ -140,7 +140,7 @@ def run_train(config: Config, out_dir: Path) -> TrainResult:
             "holdout_fraction": config.holdout,
             "seed": config.seed,
             "scheme": SPLIT_SCHEME,
-            "columns": sorted(map(str, dataset.raw.columns)) if dataset.raw is not None else [],
+            "columns": sorted(map(str, dataset.raw.columns)),
             "holdout_rows": np.flatnonzero(mask).tolist(),
         },
     )

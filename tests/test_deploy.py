@@ -571,6 +571,9 @@ def test_kubernetes_manifests_have_no_anchors_and_give_resources_and_a_predictio
         ('cluster_registry = "/home/me/registry"', "an OCI layout on this machine"),
         ('cluster_registry = "http://127.0.0.1:5000"', "loopback"),
         ('cluster_registry = "http://localhost:5000"', "loopback"),
+        ('cluster_registry = "https://registry.example.com/team"', "has a path"),
+        ('cluster_registry = "ghcr.io"', "'https://ghcr.io'"),
+        ('cluster_registry = "registry.example.com:5000"', "'https://registry.example.com:5000'"),
         ('image = "ghcr.io/example/mlci-serving:latest"', "not pinned"),
         ('image = "ghcr.io/acme/mlci"', "not pinned"),
         ('memory_limit = "lots"', "memory_limit"),
@@ -589,6 +592,36 @@ def test_kubernetes_refuses_what_a_cluster_cannot_reach(project: Path, setting: 
     with pytest.raises(ConfigError) as caught:
         render_kubernetes(load_config(bad), "staging", "sha256:" + "ab" * 32)
     assert words in str(caught.value) and f"[deploy] {key}" in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["https://user:hunter2@registry.example.com", "http://token@registry:5000"])
+def test_kubernetes_refuses_credentials_in_the_cluster_registry_url(project: Path, url: str) -> None:
+    """The URL goes into pod annotations and the init container's command line: credentials in it would be
+    published in the manifest, so it gets the same check as [registry] url, and the secret is not echoed."""
+    from mlci.errors import ConfigError
+
+    text = project.read_text().replace("[deploy]\n", CLUSTER_DEPLOY)
+    text = "\n".join(line for line in text.splitlines() if not line.startswith("cluster_registry = ")) + "\n"
+    bad = project.with_name("bad.toml")
+    bad.write_text(text.replace("[deploy]\n", f'[deploy]\ncluster_registry = "{url}"\n'))
+    with pytest.raises(ConfigError) as caught:
+        render_kubernetes(load_config(bad), "staging", "sha256:" + "ab" * 32)
+    message = str(caught.value)
+    assert "[deploy] cluster_registry must not carry credentials" in message, message
+    assert "hunter2" not in message and "token" not in message and "-registry" in message, message
+
+
+def test_a_bare_host_is_not_called_an_oci_layout(project: Path) -> None:
+    """`ghcr.io` has no scheme; it used to be refused as "an OCI layout on this machine", which it is not."""
+    from mlci.errors import ConfigError
+
+    text = project.read_text().replace("[deploy]\n", CLUSTER_DEPLOY)
+    text = "\n".join(line for line in text.splitlines() if not line.startswith("cluster_registry = ")) + "\n"
+    bad = project.with_name("bad.toml")
+    bad.write_text(text.replace("[deploy]\n", '[deploy]\ncluster_registry = "ghcr.io"\n'))
+    with pytest.raises(ConfigError) as caught:
+        render_kubernetes(load_config(bad), "staging", "sha256:" + "ab" * 32)
+    assert "OCI layout" not in str(caught.value) and "no scheme" in str(caught.value), str(caught.value)
 
 
 FAKE_KUBECTL = r"""#!/bin/sh

@@ -346,3 +346,49 @@ def test_init_writes_the_gate_baseline(tmp_path: Path) -> None:
     text = (tmp_path / "mlci.toml").read_text()
     assert '\n[gate]\nbaseline = "trivial"' in text, text
     assert load_config(tmp_path / "mlci.toml").gate.baseline == "trivial"
+
+
+def test_an_empty_metric_set_still_makes_the_baseline_check_accuracy(tmp_path: Path) -> None:
+    """An empty [gate.non_inferiority] and no require_better used to leave the baseline with no check at all."""
+    cfg = write_project(tmp_path / "p", estimator=USELESS, gate="[gate.non_inferiority]")
+    assert load_config(cfg).gate.non_inferiority == {} and not load_config(cfg).gate.require_better
+    result = run_pipeline(load_config(cfg), until="evaluate")
+    verdict = run_gate(load_config(cfg), result.artifact, None)  # type: ignore[arg-type]
+    assert not verdict.passed, [c.reason for c in verdict.checks]
+    failed = {c.name: c.reason for c in verdict.checks if not c.passed}
+    assert set(failed) == {"beats baseline accuracy"}, failed
+    assert "no metric is compared" in failed["beats baseline accuracy"], failed
+    assert "accuracy" in failed["beats baseline accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("damage", "what"),
+    [
+        (lambda data: data.pop("seed"), "seed"),
+        (lambda data: data.pop("holdout_fraction"), "holdout_fraction"),
+        (lambda data: data["split"].pop("columns"), "split.columns"),
+        (lambda data: data["split"].update(columns=5), "split.columns"),
+        (lambda data: data.update(seed="seven"), "seed"),
+        (lambda data: data.update(split="hash"), "split"),
+    ],
+)
+def test_a_production_manifest_without_its_split_fails_the_gate_clearly(
+    tmp_path: Path, damage: Any, what: str
+) -> None:
+    """A manifest from another mlci (data.split keys missing or mistyped) used to escape as a KeyError/TypeError."""
+    import shutil
+
+    cfg = write_project(tmp_path / "p")
+    result = run_pipeline(load_config(cfg), until="evaluate")
+    assert result.artifact is not None
+    prod = tmp_path / "prod-artifact"
+    shutil.copytree(result.artifact, prod)
+    manifest = json.loads((prod / "manifest.json").read_text())
+    damage(manifest["data"])
+    (prod / "manifest.json").write_text(json.dumps(manifest))
+    reseal(prod)
+    verdict = run_gate(load_config(cfg), result.artifact, prod)
+    failed = {c.name: c.reason for c in verdict.checks if not c.passed}
+    assert not verdict.passed and set(failed) == {"comparison"}, failed
+    reason = failed["comparison"]
+    assert f"data.{what}" in reason and "Rebuild" in reason, reason

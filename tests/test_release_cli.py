@@ -60,7 +60,8 @@ def test_gate_failure_exits_1_and_a_foreign_verdict_is_refused(tmp_path: Path) -
     verdict["candidate"] = "sha256:" + "0" * 64
     (tmp_path / "v.json").write_text(json.dumps(verdict))
     code, out = invoke("push", artifact, "-c", cfg, "--verdict", str(tmp_path / "v.json"))
-    assert code == 2 and "not the pushed" in out and "nothing was pushed" in out
+    assert code == 2 and "The verdict judges sha256:" + "0" * 64 in out and "nothing was pushed" in out, out
+    assert "Gate this artifact (`mlci gate`)" in out, out
     assert not (root / ".mlci" / "registry").exists()
 
 

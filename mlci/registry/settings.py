@@ -15,6 +15,7 @@ __all__ = [
     "CREDENTIAL_ENV",
     "PASSWORD_ENV",
     "USERNAME_ENV",
+    "check_registry_url",
     "check_repository",
     "open_store",
     "registry_settings_from_env",
@@ -100,6 +101,33 @@ def _warn_if_risky(url: str, scheme: str, loopback: bool, credentials: bool, ins
         print(f"mlci: warning: {risk}", file=sys.stderr)
 
 
+def check_registry_url(
+    url: str,
+    key: str = "[registry] url",
+    credentials: str = f"Set {USERNAME_ENV} and {PASSWORD_ENV} instead.",
+) -> tuple[str, str] | None:
+    """Refuse credentials in ``url`` (never echoing them) and, for an http(s) registry, a path or no host.
+
+    Returns (scheme, host[:port]) for an http(s) URL, None for any other form (the caller judges those).
+    ``key`` names the setting in messages; ``credentials`` says where credentials go instead.
+    """
+    shown = _USERINFO.sub("://…@", url)  # never echo credentials someone put in the URL
+    if shown != url:
+        raise ConfigError(f"{key} must not carry credentials (got {shown!r}). {credentials}")
+    if not url.startswith(("http://", "https://")):
+        return None
+    scheme, _, rest = url.partition("://")
+    host, _, url_path = rest.partition("/")
+    if url_path.strip("/"):
+        raise ConfigError(
+            f"{key} {url!r} has a path; give the registry root (e.g. 'https://ghcr.io') "
+            f"and put '{url_path.strip('/')}/…' in [registry] repository."
+        )
+    if not host:
+        raise ConfigError(f"{key} {url!r} has no host; {_FORMS}.")
+    return scheme, host
+
+
 def open_store(
     url: str,
     repository: str,
@@ -111,22 +139,9 @@ def open_store(
 ) -> LayoutStore | HttpStore:
     """The store for ``repository`` at ``url`` (an OCI layout directory or a registry)."""
     check_repository(repository)
-    shown = _USERINFO.sub("://…@", url)  # never echo credentials someone put in the URL
-    if shown != url:
-        raise ConfigError(
-            f"[registry] url must not carry credentials (got {shown!r}). "
-            "Set MLCI_REGISTRY_USERNAME and MLCI_REGISTRY_PASSWORD instead."
-        )
-    if url.startswith(("http://", "https://")):
-        scheme, _, rest = url.partition("://")
-        host, _, url_path = rest.partition("/")
-        if url_path.strip("/"):
-            raise ConfigError(
-                f"[registry] url {url!r} has a path; give the registry root (e.g. 'https://ghcr.io') "
-                f"and put '{url_path.strip('/')}/…' in [registry] repository."
-            )
-        if not host:
-            raise ConfigError(f"[registry] url {url!r} has no host; {_FORMS}.")
+    web = check_registry_url(url)
+    if web is not None:
+        scheme, host = web
         if (
             scheme == "http"
             and username is not None

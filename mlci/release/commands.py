@@ -66,8 +66,11 @@ def register(
         return Workspace(config.workspace).reports_dir(read_manifest(artifact)["digest"]) / name
 
     def write_report(report: dict[str, Any], path: Path) -> None:
+        """Write smoke.json / verdict.json as `mlci run` does (pipeline._keep_report): canonical JSON."""
+        from mlci.canonical import write_json
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        write_json(path, report)
 
     @group.command()
     @click.argument("artifact", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -183,14 +186,10 @@ def register(
         registry: str | None, repository: str | None, as_json: bool,
     ) -> None:
         """Push ARTIFACT to the registry as an OCI artifact (blobs first, tags last)."""
-        from mlci.model.artifact import read_manifest
         from mlci.registry import push_artifact
         from mlci.release.promote import push_judged
 
         verdict = json.loads(verdict_file.read_text()) if verdict_file is not None else None
-        digest = read_manifest(artifact)["digest"]
-        if verdict is not None and verdict.get("candidate") != digest:
-            raise MlciError(f"{verdict_file} judges {verdict.get('candidate')}, not the pushed {digest}; nothing was pushed.")
         store = explicit_store(registry, repository) or store_of(load(config_path, workspace))
         if verdict is not None:  # a rejected candidate is stored by digest with its verdict, never as candidate
             pushed = push_judged(store, artifact, verdict, tags, reuse=False)

@@ -513,6 +513,18 @@ def _dump_yaml(docs: list[dict[str, Any]]) -> str:
     return yaml.dump_all(docs, Dumper=NoAliases, sort_keys=False)
 
 
+def _not_a_registry_url(url: str, key: str, fix: str) -> str:
+    """Why ``url`` (neither http nor https) is no registry a pod can pull from."""
+    if "://" in url:
+        return f"{key} is {url!r}, whose scheme is not http or https; expected e.g. 'https://ghcr.io'. {fix}"
+    if url.startswith(("oci-layout:", ".", "~")) or "/" in url:
+        return f"{key} is {url!r}, an OCI layout on this machine: a pod in the cluster cannot read it. {fix}"
+    return (
+        f"{key} is {url!r}, which has no scheme; expected a registry URL such as 'https://{url}' "
+        f"(or 'http://{url}' for a plain-http registry). {fix}"
+    )
+
+
 def _cluster_registry(config: Config) -> str:
     """The registry URL the cluster pulls from; refused when a pod cannot reach it."""
     assert config.registry is not None
@@ -522,8 +534,11 @@ def _cluster_registry(config: Config) -> str:
         f"Push to a registry the cluster can pull from and set [registry] url to it, or set {key.split(' (')[0]} "
         'to the address the cluster knows it by (e.g. "https://ghcr.io", "http://registry.kube-system:5000").'
     )
-    if url.startswith("oci-layout:") or "://" not in url:
-        raise ConfigError(f"{key} is {url!r}, an OCI layout on this machine: a pod in the cluster cannot read it. {fix}")
+    from mlci.registry.settings import check_registry_url
+
+    secret = f"Give the pods credentials in the optional Secret `{config.name}-<env>-registry` (MLCI_REGISTRY_* keys)."
+    if check_registry_url(url, key, credentials=secret) is None:
+        raise ConfigError(_not_a_registry_url(url, key, fix))
     import httpx
 
     from mlci.registry.http import is_loopback

@@ -251,11 +251,16 @@ def _artifact_digest(store: Any, ref: str) -> str:
     from mlci.registry import expand_ref, resolve, tag_digest
     from mlci.registry.store import is_digest
 
+    missing = PromotionRefused(f"{ref[:71]} is not in the registry; push it first (`mlci push`).")
+    if ":" not in ref:
+        # A tag that exists wins over a digest prefix (as in expand_ref); its manifest names the artifact.
+        tagged = tag_digest(store, ref)
+        if tagged is not None:
+            return tagged
     full = expand_ref(store, ref)
-    digest = full if is_digest(full) else tag_digest(store, full)
-    if digest is None or resolve(store, digest) is None:
-        raise PromotionRefused(f"{ref[:71]} is not in the registry; push it first (`mlci push`).")
-    return digest
+    if not is_digest(full) or resolve(store, full) is None:  # a full digest: resolve expands nothing more
+        raise missing
+    return full
 
 
 def promote(

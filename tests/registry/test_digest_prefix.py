@@ -137,6 +137,32 @@ def test_promote_takes_the_short_form_and_bare_hex(store: Store, artifact_a: Pat
     assert [e["to"] for e in history(store, "staging")] == [a, b]
 
 
+@pytest.mark.parametrize("tag", ["deadbeef01", "candidate"])
+def test_a_tag_is_looked_up_once_to_name_its_artifact(
+    store: Store, artifact_a: Path, tag: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """promote's _artifact_digest expanded the ref, then read the tag again (and resolve expanded once more):
+    a hex-looking tag cost the registry three manifest round trips, a plain tag two."""
+    from mlci.registry import tag_artifact
+    from mlci.release.promote import _artifact_digest
+
+    a = push_artifact(store, artifact_a).artifact_digest
+    tag_artifact(store, tag, a)
+    asked: list[str] = []
+    get_manifest = store.get_manifest
+
+    def counting(ref: str) -> object:
+        asked.append(ref)
+        return get_manifest(ref)
+
+    monkeypatch.setattr(store, "get_manifest", counting)
+    assert _artifact_digest(store, tag) == a
+    assert asked == [tag], asked
+    asked.clear()
+    assert _artifact_digest(store, short(a)) == a  # a prefix still lists, then checks the one match
+    assert tag not in asked and len(asked) == len(set(asked)), asked
+
+
 def test_the_cli_takes_prefixes_for_promote_and_pull(
     tmp_path: Path, target: Target, artifact_a: Path
 ) -> None:
