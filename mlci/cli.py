@@ -239,13 +239,19 @@ def evaluate(config_path: Path, workspace: Path | None, train_dir: Path, export_
 @click.argument("artifact", type=_dir_in)
 @json_option
 def verify(artifact: Path, as_json: bool) -> None:
-    """Check an artifact directory: exactly the artifact's files, each one's sha256, the manifest digest,
-    and ONNX models that keep no tensor data in external files."""
+    """Check an artifact directory: its identity (exactly the artifact's files, each one's sha256, the
+    digest, ONNX models that keep no tensor data in external files), then its evidence (the measured
+    metrics, parity and latency, sealed to that identity by evidence_digest)."""
     from mlci.model.artifact import check_models, verify_artifact
 
-    manifest = verify_artifact(artifact)
+    manifest = verify_artifact(artifact)  # raises on a broken identity, then (EvidenceError) on broken evidence
     check_models(artifact)
-    _emit(as_json, {"digest": manifest["digest"], "ok": True}, f"ok {manifest['digest']}")
+    sealed = manifest.get("evidence_digest")
+    evidence = {"ok": True, "digest": sealed} if sealed else {"ok": True, "digest": None, "note": "schema 1: figures in the identity"}
+    text = [f"ok {manifest['digest']}", f"  identity ok  {manifest['digest']}",
+            f"  evidence ok  {sealed}" if sealed else "  evidence ok  (schema 1: metrics and parity are part of the identity)"]  # fmt: skip
+    payload = {"digest": manifest["digest"], "ok": True, "identity": {"ok": True, "digest": manifest["digest"]}, "evidence": evidence}
+    _emit(as_json, payload, "\n".join(text))
 
 
 @cli.command()

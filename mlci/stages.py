@@ -77,8 +77,6 @@ def evaluate_stage(config: Config, inputs: Mapping[str, Path], out: Path) -> dic
             "config_sha256": config_digest(config),
             "factory_sha256": sha256_bytes(factory_source(config)) if config.estimator.factory else None,
         },
-        "metrics": result.metrics,
-        "parity": {k: v for k, v in parity.items() if k != "worst_rows"},
         "onnx": {
             "opset": config.export.target_opset,
             "ml_opset": ML_OPSET,
@@ -91,8 +89,14 @@ def evaluate_stage(config: Config, inputs: Mapping[str, Path], out: Path) -> dic
         },
         "reproducible": True,
     }
-    runtime = {
+    # Measured, not defining: outside the digest (a last-bit difference between CPUs is not another model).
+    evidence = {
+        "metrics": result.metrics,
+        "parity": {k: v for k, v in parity.items() if k != "worst_rows"},
         "latency_ms": result.latency_ms,
+        "outlier": result.outlier_evidence,
+    }
+    runtime = {
         "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git_commit": git_commit(config.root),
     }
@@ -102,6 +106,7 @@ def evaluate_stage(config: Config, inputs: Mapping[str, Path], out: Path) -> dic
         outlier_onnx=result.outlier_onnx,
         profile=result.profile,
         hashed=hashed,
+        evidence=evidence,
         runtime=runtime,
     )
     return {"digest": manifest["digest"], "metrics": result.metrics, "latency_ms": result.latency_ms}

@@ -21,6 +21,8 @@ from mlci.model.stats import PROFILE_VERSION, bin_counts, bin_edges
 
 __all__ = ["EvaluateResult", "build_profile", "classification_metrics", "regression_metrics", "run_evaluate"]
 
+# The outlier model's measurements on the holdout: evidence, not profile (see fit_outlier_model).
+HELD_OUT_KEYS = ("holdout_outlier_rate", "holdout_rows")
 _SIG = 9  # significant digits kept in metrics: stable across BLAS builds, ample for gates
 
 
@@ -112,9 +114,13 @@ def _categorical_profile(col: pd.Series, top: int = 50) -> dict[str, Any]:
 
 
 def build_profile(
-    X_train: pd.DataFrame, schema: Schema, pred: Prediction, classes: list[Any], bins: int, metrics: dict[str, Any]
+    X_train: pd.DataFrame, schema: Schema, pred: Prediction, classes: list[Any], bins: int
 ) -> dict[str, Any]:
-    """The reference the monitor compares production against, so it never needs the training data."""
+    """The reference the monitor compares production against, so it never needs the training data.
+
+    Part of the model's identity: what the monitor acts on. The holdout metrics it compares labelled
+    traffic with are evidence (the manifest's ``evidence``), no longer copied here (PROFILE_VERSION 3).
+    """
     features = {
         f.name: _numeric_profile(X_train[f.name], bins) if f.kind == "numeric" else _categorical_profile(X_train[f.name])
         for f in schema.features
@@ -124,6 +130,7 @@ def build_profile(
         edges = np.linspace(0, 1, bins + 1)[1:-1]
         prediction = {
             "kind": "classification",
+            "rows": len(labels),
             "label_fractions": {str(c): _r(float((labels == str(c)).mean())) for c in classes},
             "probability_edges": [float(e) for e in edges],
             "probability_fractions": {
@@ -133,13 +140,12 @@ def build_profile(
         }
     else:
         assert pred.values is not None
-        prediction = {"kind": "regression", **_numeric_profile(pd.Series(pred.values), bins)}
+        prediction = {"kind": "regression", "rows": len(pred.values), **_numeric_profile(pd.Series(pred.values), bins)}
     return {
         "schema_version": PROFILE_VERSION,
         "rows": len(X_train),
         "features": features,
         "prediction": prediction,
-        "baseline_metrics": {k: v for k, v in metrics.items() if k != "per_class"},
     }
 
 
@@ -173,6 +179,9 @@ def fit_outlier_model(
     forest's ``contamination`` is the same quantile, so outlier.onnx's own label agrees up to float32
     rounding. The rate on the holdout is the monitor's reference: on the rows it was fitted on, a forest
     flags fewer outliers than on unseen rows from the same distribution.
+
+    The held-out rate (HELD_OUT_KEYS) is a measurement: :func:`run_evaluate` files it as evidence, the
+    rest (the threshold and what the training rows give) goes into profile.json.
     """
     from mlci.model.estimators import float32_cast, preprocessor
     from mlci.model.export import convert
@@ -223,6 +232,7 @@ class EvaluateResult:
     profile: dict[str, Any]
     outlier_onnx: bytes
     outlier: dict[str, Any]
+    outlier_evidence: dict[str, Any]
 
 
 def run_evaluate(config: Config, train_dir: Path, export_dir: Path) -> EvaluateResult:
@@ -241,7 +251,8 @@ def run_evaluate(config: Config, train_dir: Path, export_dir: Path) -> EvaluateR
     metrics = classification_metrics(y_hold, pred, classes) if config.task == "classification" else regression_metrics(y_hold, pred)
     metrics["model_size_bytes"] = (export_dir / MODEL_FILE).stat().st_size
     latency = measure_latency(session, X_hold, schema, config.evaluate.latency_runs)
-    profile = build_profile(X_train, schema, pred, classes, config.evaluate.profile_bins, metrics)
+    profile = build_profile(X_train, schema, pred, classes, config.evaluate.profile_bins)
     outlier_bytes, outlier = fit_outlier_model(X_train, schema, config, X_hold)
-    profile["outlier"] = outlier
-    return EvaluateResult(metrics, latency, profile, outlier_bytes, outlier)
+    profile["outlier"] = {k: v for k, v in outlier.items() if k not in HELD_OUT_KEYS}
+    held_out = {k: v for k, v in outlier.items() if k in HELD_OUT_KEYS}
+    return EvaluateResult(metrics, latency, profile, outlier_bytes, outlier, held_out)

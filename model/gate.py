@@ -30,7 +30,7 @@ import pandas as pd
 
 from mlci.config import Config, GateConfig
 from mlci.errors import DataError
-from mlci.model.artifact import verify_artifact
+from mlci.model.artifact import evidence_of, verify_artifact
 from mlci.model.data import (
     LEGACY_SPLIT_SCHEME,
     SPLIT_SCHEME,
@@ -283,7 +283,8 @@ def _absolute(config: Config, metrics: dict[str, Any]) -> list[Check]:
 
 
 def _budgets(config: Config, manifest: dict[str, Any], smoke: dict[str, Any] | None) -> list[Check]:
-    parity = manifest.get("parity", {})
+    evidence = evidence_of(manifest)
+    parity = evidence["parity"]
     checks = [
         Check(
             "parity",
@@ -320,7 +321,7 @@ def _budgets(config: Config, manifest: dict[str, Any], smoke: dict[str, Any] | N
             )
         )
     if config.gate.max_latency_p99_ms is not None:
-        p99 = manifest.get("runtime", {}).get("latency_ms", {}).get("p99")
+        p99 = evidence["latency_ms"].get("p99")
         ok = p99 is not None and p99 <= config.gate.max_latency_p99_ms
         checks.append(
             Check(
@@ -333,7 +334,7 @@ def _budgets(config: Config, manifest: dict[str, Any], smoke: dict[str, Any] | N
             )
         )
     if config.gate.max_model_bytes is not None:
-        size = manifest.get("metrics", {}).get("model_size_bytes")
+        size = evidence["metrics"].get("model_size_bytes")
         ok = size is not None and size <= config.gate.max_model_bytes
         checks.append(
             Check(

@@ -29,10 +29,13 @@ __all__ = [
     "weighted_metric",
 ]
 
-# profile.json's schema_version. 2: bin edges stored exactly and placed between distinct training values.
+# profile.json's schema_version. 3: no measurements (baseline_metrics, the held-out outlier rate and
+# rows): they are the manifest's evidence, outside the digest. 2: bin edges stored exactly and placed
+# between distinct training values.
 # 1: edges rounded to 9 significant digits, which moves a point mass sitting on an edge into the
 # neighbouring bin (the monitor snaps such edges back to float32: see mlci.monitor.drift).
-PROFILE_VERSION = 2
+PROFILE_VERSION = 3
+EXACT_EDGES_VERSION = 2  # the first profile version with exact bin edges
 
 HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "roc_auc": True, "r2": True, "log_loss": False, "rmse": False, "mae": False}
 

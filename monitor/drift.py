@@ -37,7 +37,7 @@ import numpy as np
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from mlci.model.stats import PROFILE_VERSION, bin_counts, binned_values
+from mlci.model.stats import EXACT_EDGES_VERSION, bin_counts, binned_values
 from mlci.monitor.errors import MonitorError
 
 __all__ = [
@@ -216,7 +216,7 @@ def _missing_test(
 
 def rounded_edges(profile: Mapping[str, Any]) -> bool:
     """Whether the profile predates exact edges (``schema_version`` 1: edges rounded to 9 significant digits)."""
-    return int(profile.get("schema_version", 1)) < PROFILE_VERSION
+    return int(profile.get("schema_version", 1)) < EXACT_EDGES_VERSION
 
 
 def _numeric_counts(values: np.ndarray, profile: Mapping[str, Any], snap: bool) -> np.ndarray:
@@ -378,7 +378,8 @@ def detect_drift(
         tests.extend(
             _feature_tests(name, np.asarray(columns[name]), feature_profile, ref_rows, settings, snap)
         )
-    prediction_rows = profile.get("baseline_metrics", {}).get("rows")
+    # The rows the prediction reference was built from (profile 3 says so; before, baseline_metrics did).
+    prediction_rows = profile.get("prediction", {}).get("rows", profile.get("baseline_metrics", {}).get("rows"))
     tests.extend(
         _prediction_tests(
             profile.get("prediction", {}), labels, probabilities, values, prediction_rows, settings, snap

@@ -88,11 +88,29 @@ class _Artifact:
     profile: dict[str, Any]
 
 
+def with_evidence(profile: dict[str, Any], manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The profile plus the holdout figures the monitor compares with, from the manifest's evidence.
+
+    Profile 3 keeps no measurements (they are evidence, outside the digest): the baseline metrics and the
+    held-out outlier rate come from the verified manifest. An older profile still carries its own.
+    """
+    from mlci.model.artifact import evidence_of
+
+    evidence = evidence_of(manifest)
+    if "baseline_metrics" not in profile:
+        profile["baseline_metrics"] = {k: v for k, v in evidence["metrics"].items() if k != "per_class"}
+    outlier = profile.get("outlier")
+    if isinstance(outlier, dict):
+        for key, value in evidence["outlier"].items():
+            outlier.setdefault(key, value)
+    return profile
+
+
 def _load_artifact(path: Path) -> tuple[_Artifact, Path]:
     from mlci.model.artifact import verify_artifact
 
     manifest = verify_artifact(path)
-    profile = orjson.loads((path / "profile.json").read_bytes())
+    profile = with_evidence(orjson.loads((path / "profile.json").read_bytes()), manifest)
     schema = manifest["schema"]
     return (
         _Artifact(

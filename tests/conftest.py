@@ -131,19 +131,19 @@ def example_project(tmp_path: Path) -> Path:
 
 
 def reseal(artifact: Path) -> str:
-    """Recompute an edited artifact's file hashes and digest, as a (malicious or buggy) producer would.
+    """Recompute an edited artifact's file hashes, digest and evidence seal, as a (malicious or buggy) producer would.
 
     Lets tests build artifacts that pass verification but are broken inside (e.g. an unloadable model).
     """
     import json
 
     from mlci.canonical import sha256_file, write_json
-    from mlci.model.artifact import manifest_digest
+    from mlci.model.artifact import seal
 
     manifest = json.loads((artifact / "manifest.json").read_text())
     for name, entry in manifest["files"].items():
         entry["sha256"] = sha256_file(artifact / name)
         entry["size"] = (artifact / name).stat().st_size
-    manifest["digest"] = manifest_digest(manifest)
+    seal(manifest)
     write_json(artifact / "manifest.json", manifest)
     return str(manifest["digest"])

@@ -83,7 +83,7 @@ def test_the_imputers_the_error_suggests_convert_with_parity(
     assert len(suggestions) == 2, out
     config = factory_project(make_project, suggestions[which])
     result = run_pipeline(load_config(config), until="evaluate")
-    assert verify_artifact(result.artifact)["parity"]["passed"]
+    assert verify_artifact(result.artifact)["evidence"]["parity"]["passed"]
 
 
 def test_an_unconvertible_tree_ensemble_error_is_whole_and_readable(make_project: ProjectFactory) -> None:

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from mlci.config import load_config
-from mlci.model.artifact import verify_artifact
+from mlci.model.artifact import evidence_of, verify_artifact
 from mlci.pipeline import run_pipeline
 from mlci.runs import read_runs
 from mlci.workspace import Workspace
@@ -45,20 +45,21 @@ def test_estimator_end_to_end_on_mixed_csv(make_project: ProjectFactory, case: s
     result = run_pipeline(config, until="evaluate")
     assert result.status == "ok"
     manifest = verify_artifact(result.artifact)
+    evidence = evidence_of(manifest)
     assert manifest["task"] == task
-    assert manifest["parity"]["passed"] is True
+    assert evidence["parity"]["passed"] is True
     kinds = {f["name"]: f["kind"] for f in manifest["schema"]["features"]}
     assert kinds == {"age": "numeric", "income": "numeric", "plan": "categorical", "region": "categorical"}
     model = onnx.load(result.artifact / "model.onnx")
     inputs = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
     assert inputs["plan"] == onnx.TensorProto.STRING and inputs["age"] == onnx.TensorProto.FLOAT
     if task == "classification":
-        assert manifest["metrics"]["accuracy"] > 0.7
-        assert set(manifest["metrics"]) >= {"accuracy", "f1", "roc_auc", "log_loss", "per_class"}
-        assert manifest["parity"]["label_agreement"] == 1.0
+        assert evidence["metrics"]["accuracy"] > 0.7
+        assert set(evidence["metrics"]) >= {"accuracy", "f1", "roc_auc", "log_loss", "per_class"}
+        assert evidence["parity"]["label_agreement"] == 1.0
     else:
-        assert manifest["metrics"]["r2"] > 0.5
-        assert set(manifest["metrics"]) >= {"rmse", "mae", "r2"}
+        assert evidence["metrics"]["r2"] > 0.5
+        assert set(evidence["metrics"]) >= {"rmse", "mae", "r2"}
     assert not list(result.artifact.glob("*.skops")), "no pickle-like estimator file may enter the artifact"
     profile = json.loads((result.artifact / "profile.json").read_text())
     assert profile["features"]["plan"]["kind"] == "categorical"
@@ -73,8 +74,8 @@ def test_bundled_example_is_reproducible_byte_for_byte(example_project: Path, tm
     for name in ("model.onnx", "outlier.onnx", "profile.json"):
         assert (first.artifact / name).read_bytes() == (second.artifact / name).read_bytes(), name
     manifest = json.loads((first.artifact / "manifest.json").read_text())
-    assert manifest["metrics"]["accuracy"] > 0.9
-    assert manifest["runtime"]["latency_ms"]["p99"] > 0
+    assert manifest["evidence"]["metrics"]["accuracy"] > 0.9
+    assert manifest["evidence"]["latency_ms"]["p99"] > 0
 
 
 def test_random_forest_is_reproducible(make_project: ProjectFactory, tmp_path: Path) -> None:
@@ -178,7 +179,7 @@ def test_factory_numeric_pipeline_gets_a_column_selector(make_project: ProjectFa
     result = run_pipeline(load_config(config_path), until="evaluate")
     manifest = verify_artifact(result.artifact)
     assert [i["name"] for i in manifest["onnx"]["inputs"]] == ["age", "income"]
-    assert manifest["code"]["factory_sha256"] and manifest["parity"]["passed"]
+    assert manifest["code"]["factory_sha256"] and manifest["evidence"]["parity"]["passed"]
 
 
 def test_factory_with_its_own_column_transformer(make_project: ProjectFactory) -> None:

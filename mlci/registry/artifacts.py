@@ -22,7 +22,7 @@ from typing import Any
 
 from mlci.canonical import canonical_json
 from mlci.errors import ConfigError, MlciError, RegistryError
-from mlci.model.artifact import ARTIFACT_FILES, MANIFEST_FILE, check_models, verify_artifact
+from mlci.model.artifact import ARTIFACT_FILES, MANIFEST_FILE, check_models, evidence_of, verify_artifact
 from mlci.registry.store import MAX_SMALL_BLOB_BYTES, OCI_MANIFEST, Store, check_tag, digest_bytes, is_digest
 from mlci.workspace import atomic_dir
 
@@ -106,7 +106,9 @@ def _annotations(mlci_manifest: Mapping[str, Any]) -> dict[str, str]:
     commit = (mlci_manifest.get("runtime") or {}).get("git_commit")
     if isinstance(commit, str) and commit:
         out["org.opencontainers.image.revision"] = commit
-    for name, value in (mlci_manifest.get("metrics") or {}).items():
+    if isinstance(mlci_manifest.get("evidence_digest"), str):
+        out["dev.mlci.evidence.digest"] = mlci_manifest["evidence_digest"]
+    for name, value in evidence_of(mlci_manifest)["metrics"].items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[f"dev.mlci.metrics.{name}"] = json.dumps(value)
     return out

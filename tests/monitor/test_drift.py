@@ -46,7 +46,7 @@ def synthetic_profile(rows: int, seed: int = 0) -> dict[str, Any]:
     """The profile our own evaluate stage builds, from ``rows`` synthetic training rows."""
     frame = synthetic(rows, np.random.default_rng(seed))
     values = (frame["x"] + frame["z"]).to_numpy()
-    return build_profile(frame, SCHEMA, Prediction(values=values), [], 10, {"rmse": 1.0, "rows": rows})
+    return build_profile(frame, SCHEMA, Prediction(values=values), [], 10)
 
 
 def judge(profile: dict[str, Any], frame: pd.DataFrame, settings: DriftSettings | None = None) -> Any:
@@ -116,7 +116,7 @@ def test_goodness_of_fit_against_a_small_profile_would_false_alarm() -> None:
     trials = 30
     for seed in range(trials):
         profile = synthetic_profile(400, seed=seed)
-        exact = {**profile, "rows": None, "baseline_metrics": {}}  # no row count: goodness of fit
+        exact = {**profile, "rows": None, "prediction": {**profile["prediction"], "rows": None}}  # no row count: goodness of fit
         gof += judge(exact, synthetic(20_000, rng), DriftSettings(psi_threshold=0.0)).status == "drift"
         homogeneity += (
             judge(profile, synthetic(20_000, rng), DriftSettings(psi_threshold=0.0)).status == "drift"

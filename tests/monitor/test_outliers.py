@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from mlci.monitor.outliers import OutlierDetector, OutlierReport, outlier_reference, outlier_test
+from mlci.monitor.service import with_evidence
 from mlci.monitor.window import build_window
 
 from .conftest import Project, predict_records, shifted
@@ -18,7 +19,8 @@ def rate_of(bc: Project, frame: pd.DataFrame) -> tuple[float, OutlierReport]:
     """The monitor's view of ``frame``: the profile's threshold and reference (its held-out rate)."""
     features = bc.manifest["schema"]["features"]
     window = build_window(predict_records(bc.artifact, frame, batch=5), features, "classification")
-    reference = outlier_reference(json.loads((bc.artifact / "profile.json").read_text()))
+    profile = with_evidence(json.loads((bc.artifact / "profile.json").read_text()), bc.manifest)  # as the service does
+    reference = outlier_reference(profile)
     detector = OutlierDetector(bc.artifact / "outlier.onnx", features, reference.threshold)
     flags, scores = detector.score(window.columns, batch=64)  # several batches: joined in order
     assert len(flags) == len(scores) == len(frame)

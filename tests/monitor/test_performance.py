@@ -32,7 +32,11 @@ def labelled(bc: Project, flip: float, seed: int = 0) -> tuple[list[str], list[s
 
 
 def baseline(bc: Project) -> dict[str, float]:
-    return orjson.loads((bc.artifact / "profile.json").read_bytes())["baseline_metrics"]
+    """The baseline the monitor compares with: profile.json plus the manifest's evidence, as the service loads it."""
+    from mlci.monitor.service import with_evidence
+
+    manifest = orjson.loads((bc.artifact / "manifest.json").read_bytes())
+    return with_evidence(orjson.loads((bc.artifact / "profile.json").read_bytes()), manifest)["baseline_metrics"]
 
 
 def test_true_labels_show_no_decay(bc: Project) -> None:

@@ -111,7 +111,7 @@ def test_oci_manifest_is_reproducible_and_annotated(store: Store, artifact_a: Pa
     notes = manifest["annotations"]
     assert notes["dev.mlci.digest"] == mlci_manifest["digest"]
     assert notes["dev.mlci.name"] == "breast-cancer"
-    assert float(notes["dev.mlci.metrics.accuracy"]) == mlci_manifest["metrics"]["accuracy"]
+    assert float(notes["dev.mlci.metrics.accuracy"]) == mlci_manifest["evidence"]["metrics"]["accuracy"]
     assert "dev.mlci.metrics.per_class" not in notes  # only scalar metrics
     if mlci_manifest["runtime"].get("git_commit"):
         assert notes["org.opencontainers.image.revision"] == mlci_manifest["runtime"]["git_commit"]

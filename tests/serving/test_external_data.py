@@ -20,7 +20,7 @@ from onnx import numpy_helper
 
 from mlci.canonical import sha256_file
 from mlci.errors import DataError
-from mlci.model.artifact import manifest_digest, verify_artifact
+from mlci.model.artifact import seal, verify_artifact
 from mlci.model.onnxio import external_tensors, refuse_external_data
 from mlci.serving.runtime import ModelRuntime
 
@@ -31,7 +31,7 @@ def reseal(artifact: Path) -> None:
     for name, entry in manifest["files"].items():
         entry["sha256"] = sha256_file(artifact / name)
         entry["size"] = (artifact / name).stat().st_size
-    manifest["digest"] = manifest_digest(manifest)
+    seal(manifest)
     (artifact / "manifest.json").write_text(json.dumps(manifest))
 
 
