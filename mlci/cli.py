@@ -237,13 +237,29 @@ def evaluate(config_path: Path, workspace: Path | None, train_dir: Path, export_
 
 @cli.command()
 @click.argument("artifact", type=_dir_in)
+@click.option(
+    "--against", "other", type=_dir_in, default=None,
+    help="Another artifact of the same inputs: check the two are functionally equivalent (exit 1 if not).",
+)
+@click.option(
+    "--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="With --against: the data file ARTIFACT was trained on (default: [data] path of --config).",
+)
+@config_option
 @json_option
-def verify(artifact: Path, as_json: bool) -> None:
+def verify(artifact: Path, other: Path | None, data: Path | None, config_path: Path, workspace: Path | None, as_json: bool) -> None:
     """Check an artifact directory: its identity (exactly the artifact's files, each one's sha256, the
     digest, ONNX models that keep no tensor data in external files), then its evidence (the measured
-    metrics, parity and latency, sealed to that identity by evidence_digest)."""
+    metrics, parity and latency, sealed to that identity by evidence_digest).
+
+    With --against OTHER: whether two builds whose bytes differ are the same model in function (same
+    schema and input digests, holdout predictions within the parity tolerance, labels 100% equal).
+    """
     from mlci.model.artifact import check_models, verify_artifact
 
+    if other is not None:
+        _verify_against(artifact, other, data or _load(config_path, workspace).data.path, as_json)
+        return
     manifest = verify_artifact(artifact)  # raises on a broken identity, then (EvidenceError) on broken evidence
     check_models(artifact)
     sealed = manifest.get("evidence_digest")
@@ -252,6 +268,17 @@ def verify(artifact: Path, as_json: bool) -> None:
             f"  evidence ok  {sealed}" if sealed else "  evidence ok  (schema 1: metrics and parity are part of the identity)"]  # fmt: skip
     payload = {"digest": manifest["digest"], "ok": True, "identity": {"ok": True, "digest": manifest["digest"]}, "evidence": evidence}
     _emit(as_json, payload, "\n".join(text))
+
+
+def _verify_against(artifact: Path, other: Path, data: Path, as_json: bool) -> None:
+    """`mlci verify --against`: the report, then exit 1 when the two are not equivalent."""
+    from mlci.errors import CheckFailed
+    from mlci.model.equivalence import compare_artifacts, equivalence_text
+
+    result = compare_artifacts(artifact, other, data)
+    _emit(as_json, result.to_json(), equivalence_text(result))
+    if not result.equivalent:
+        raise CheckFailed(f"'{artifact}' and '{other}' are not functionally equivalent: {'; '.join(result.differed)}.")
 
 
 @cli.command()

@@ -3,7 +3,7 @@
 dagger/dagger v0.21.8 ``cmd/dagger/call.go`` and ``cmd/dagger/flags.go``: constructor flags come before the
 function name, function flags after it, each named in kebab-case; a Directory flag is a host path loaded
 with the argument's Ignore patterns as exclude (``directoryValue.Get``), a File a host path, a Secret a
-provider URI (``env://NAME``), a Boolean flag alone means true, a list is comma-separated; a chained
+provider URI (``env://NAME``), a Platform the string as given (``platformValue``), a Boolean flag alone means true, a list is comma-separated; a chained
 ``export --path=P`` writes the returned Directory or File to P on the host. ``-m ADDRESS`` names the module:
 here it is always this checkout's (a pinned remote address cannot be fetched on this machine; the test
 asserts the address is pinned and names this module).
@@ -68,6 +68,10 @@ async def _convert(value: str | None, arg: Any, cwd: Path) -> Any:
         return [v for v in value.split(",") if v]
     if kind in ("String",):
         return value
+    if kind == "Platform":  # platformValue: the string as given, `current` the CLI host's (containerd's default)
+        from platform import machine
+
+        return {"x86_64": "linux/amd64", "aarch64": "linux/arm64"}.get(machine(), machine()) if value == "current" else value
     del dagger
     raise ValueError(f"the test CLI does not convert flags of type {kind}")
 

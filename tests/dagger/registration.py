@@ -33,7 +33,7 @@ def type_name(engine: FakeEngine, typedef_id: str) -> str:
     for s in g:
         if s.field == "withKind":
             name = {"STRING_KIND": "String", "BOOLEAN_KIND": "Boolean", "INTEGER_KIND": "Int"}.get(s.args["kind"], s.args["kind"])
-        elif s.field == "withObject":
+        elif s.field in ("withObject", "withScalar"):  # a scalar such as Platform: the CLI's platformValue
             name = s.args["name"]
         elif s.field == "withListOf":
             name = f"[{type_name(engine, s.args['elementType'])}]"

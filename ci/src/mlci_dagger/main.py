@@ -48,6 +48,11 @@ DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 # `mlci monitor` never import them (tests/dagger/test_lean_runtime.py runs both with them blocked).
 SERVING_DROPS = {"scikit-learn": "sklearn", "skl2onnx": "skl2onnx", "skops": "skops"}
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
+# The platform `train` builds the artifact on. x86-64 is what CI runners are; an arm64 engine (Apple silicon,
+# Graviton) runs it emulated, so every machine computes the same floating-point bits and the same digest.
+TRAIN_PLATFORM = dagger.Platform("linux/amd64")
+# [os]/[arch][/variant], as containerd's platforms.Parse reads a Platform (core/platform.go DecodeInput).
+PLATFORM = re.compile(r"linux/[a-z0-9_]+(/[a-z0-9]+)?")
 ENVIRONMENTS = ("staging", "production")
 REQUIREMENTS_SCRIPT = (Path(__file__).parent / "requirements.py").read_text(encoding="utf-8")
 OUTPUT_TAIL = 4000  # characters of a failed command's output kept in an error or pipeline.json
@@ -82,6 +87,17 @@ ProductionArtifact = Annotated[
 ]
 Env = Annotated[str, Doc("Environment: staging or production")]
 Kubeconfig = Annotated[dagger.Secret | None, Doc("kubeconfig for [deploy] target = \"kubernetes\" (needs kubectl in the image)")]
+Platform = Annotated[
+    dagger.Platform,
+    Doc(
+        "Platform the training container runs on (train → export → evaluate): linux/amd64 by default, so an arm64 "
+        "laptop or runner builds the artifact x86-64 builds (emulated); linux/arm64 trains natively there"
+    ),
+]
+TrainPlatform = Annotated[
+    dagger.Platform,
+    Doc("Platform `train` runs on when no --artifact is given (see train --platform)"),
+]
 RegistryService = Annotated[
     dagger.Service | None,
     Doc(
@@ -114,6 +130,17 @@ def service_alias(host: str, flag: str) -> str:
     if ":" in name or re.fullmatch(r"[0-9.]+", name):
         raise ValueError(f"{flag} {host!r}: a registry service is bound by a host name, not an IP address; use e.g. registry:5000.")
     return name
+
+
+def checked_platform(platform: str) -> dagger.Platform:
+    """``platform`` checked to be a Linux platform the engine can start the Python image as."""
+    if not PLATFORM.fullmatch(platform):
+        raise ValueError(
+            f"--platform (or --train-platform) {platform!r} is not a Linux platform: the training container runs "
+            f"the Linux image {PYTHON_IMAGE.split('@')[0]}, so give linux/<arch>[/<variant>], e.g. {TRAIN_PLATFORM} (the default: "
+            "every x86-64 machine, and an arm64 one under emulation, builds the same artifact) or linux/arm64."
+        )
+    return dagger.Platform(platform)
 
 
 class StageFailed(Exception):
@@ -219,7 +246,7 @@ class Mlci:
     def _runtime(self, extras: list[str], start: dagger.Container | None = None) -> dagger.Container:
         """Python with mlci installed: dependencies from pyproject.toml alone first, then the package."""
         return (
-            (start or self._python())
+            (start if start is not None else self._python())
             .with_workdir(MLCI_HOME)
             .with_file(f"{MLCI_HOME}/pyproject.toml", self.mlci_source.file("pyproject.toml"))
             .with_file(f"{MLCI_HOME}/constraints.txt", self.mlci_source.file("constraints.txt"))
@@ -231,9 +258,13 @@ class Mlci:
             .with_exec(["pip", "install", "--no-deps", "--no-build-isolation", "."])
         )
 
-    def _base(self, extras: list[str], system_packages: list[str] | None = None) -> dagger.Container:
+    def _base(
+        self, extras: list[str], system_packages: list[str] | None = None, platform: str | None = None
+    ) -> dagger.Container:
+        """The runtime with the model source at /src, on ``platform`` (default: the engine's own)."""
         wanted = list(dict.fromkeys([*extras, *(self.extras or [])]))
-        start = self._apt(self._python(), system_packages) if system_packages is not None else None
+        start = self._python(platform)
+        start = self._apt(start, system_packages) if system_packages is not None else start
         return (
             self._runtime(wanted, start)
             .with_directory(cmd.OUT, dag.directory())  # mlci smoke/gate --out do not create parent directories
@@ -353,9 +384,13 @@ class Mlci:
     # -- the artifact -------------------------------------------------------------------------------
 
     @function
-    def train(self) -> dagger.Directory:
-        """train → export → evaluate, one `mlci` command each, as the local stages run; the artifact directory."""
-        ctr = self.base()
+    def train(self, platform: Platform = TRAIN_PLATFORM) -> dagger.Directory:
+        """train → export → evaluate, one `mlci` command each, as the local stages run; the artifact directory.
+
+        All three run in one container on ``platform``: the artifact's every byte (the fitted model, the
+        export's parity figures, evaluate's metrics and profile) comes from that one platform.
+        """
+        ctr = self._base([], platform=checked_platform(platform))
         for argv in cmd.train(self.config):
             ctr = ctr.with_exec(argv)
         return ctr.directory(f"{cmd.OUT}/artifact")
@@ -414,9 +449,10 @@ class Mlci:
         self,
         artifact: ArtifactArg = None,
         commit: Annotated[str, Doc("Source commit for the image label (default: the one the manifest records)")] = "",
+        train_platform: TrainPlatform = TRAIN_PLATFORM,
     ) -> dagger.Container:
         """The model server image: `mlci serve` with the artifact baked in, port 8080, OCI labels."""
-        artifact = artifact or self.train()
+        artifact = artifact or self.train(train_platform)
         manifest = json.loads(await artifact.file("manifest.json").contents())
         return self._serving(artifact, manifest, commit)
 
@@ -425,13 +461,14 @@ class Mlci:
         self,
         artifact: ArtifactArg = None,
         interval: Annotated[float, Doc("Seconds between monitoring cycles")] = 60.0,
+        train_platform: TrainPlatform = TRAIN_PLATFORM,
     ) -> dagger.Container:
         """The monitor image: `mlci monitor` on the artifact baked in, reading the prediction log volume.
 
         Mount the serving containers' prediction log at /var/lib/mlci/predictions; set
         MLCI_MONITOR_WEBHOOK for alerts.
         """
-        artifact = artifact or self.train()
+        artifact = artifact or self.train(train_platform)
         manifest = json.loads(await artifact.file("manifest.json").contents())
         return self._monitor(artifact, manifest, interval)
 
@@ -457,9 +494,11 @@ class Mlci:
 
     @function
     @check
-    async def smoke(self, artifact: ArtifactArg = None) -> dagger.File:
+    async def smoke(
+        self, artifact: ArtifactArg = None, train_platform: TrainPlatform = TRAIN_PLATFORM
+    ) -> dagger.File:
         """The serving image as a service, real holdout rows sent to it by `mlci smoke`; smoke.json."""
-        return await self._smoked(artifact or self.train())
+        return await self._smoked(artifact or self.train(train_platform))
 
     async def _production(self, production: str, production_artifact: dagger.Directory | None) -> tuple[str, str, str | None]:
         """(--production for mlci gate, a note for the Markdown, the registry URL the gate reads)."""
@@ -550,9 +589,10 @@ class Mlci:
         username: Username = "",
         password: Password = None,
         registry_service: RegistryService = None,
+        train_platform: TrainPlatform = TRAIN_PLATFORM,
     ) -> dagger.File:
         """The release policy, a trivial baseline and production on rows neither trained on; verdict.json. Fails when the gate fails."""
-        artifact = artifact or self.train()
+        artifact = artifact or self.train(train_platform)
         verdict, _ = await self._judge(artifact, smoke, production, production_artifact, username, password, registry_service)
         return verdict
 
@@ -565,9 +605,10 @@ class Mlci:
         username: Username = "",
         password: Password = None,
         registry_service: RegistryService = None,
+        train_platform: TrainPlatform = TRAIN_PLATFORM,
     ) -> str:
         """The gate's verdict as Markdown for a PR/MR comment; returns it whether the gate passes or not."""
-        artifact = artifact or self.train()
+        artifact = artifact or self.train(train_platform)
         smoker = await self._smoke_container(artifact)
         code, output = await exec_result(smoker)
         if code not in (0, 1):  # 1: smoke.json says why, and the gate reports it
@@ -623,11 +664,12 @@ class Mlci:
             list[str] | None,
             Doc("Image platforms, e.g. linux/amd64,linux/arm64 (default: the engine's; others need emulation)"),
         ] = None,
+        train_platform: TrainPlatform = TRAIN_PLATFORM,
     ) -> str:
         """Push the artifact with `mlci push` ([registry] of mlci.toml), publish the serving and monitor images; JSON references."""
         url = await self._release_registry()
         self._check_image_registry(registry, registry_service, url)
-        artifact = artifact or self.train()
+        artifact = artifact or self.train(train_platform)
         if verdict is None:
             verdict, _ = await self._judge(artifact, None, "registry", None, username, password, registry_service)
         pusher = self._bind(self._credentials(self.base(), username, password), registry_service, url)
@@ -716,6 +758,7 @@ class Mlci:
             bool,
             Doc("Run every stage that can run, record failures in pipeline.json and return the directory anyway"),
         ] = False,
+        train_platform: TrainPlatform = TRAIN_PLATFORM,
     ) -> dagger.Directory:
         """lint, test, train, smoke, gate, publish, deploy in order; a directory with every report and the artifact."""
         if registry and not repository:
@@ -727,7 +770,7 @@ class Mlci:
         if registry:
             self._check_image_registry(registry, registry_service, await self._release_registry())
         stages = _Stages(keep_going)
-        artifact = self.train()
+        artifact = self.train(train_platform)
         out = dag.directory()
         # lint, test and train → smoke are independent: the engine runs them side by side.
         if checks:
