@@ -19,7 +19,7 @@ import pytest
 from onnx import numpy_helper
 
 from mlci.canonical import sha256_file, write_json
-from mlci.model.artifact import manifest_digest
+from mlci.model.artifact import seal
 
 pytestmark = pytest.mark.slow
 
@@ -77,8 +77,7 @@ def resigned_copy(artifact: Path, out: Path) -> Path:
     onnx.save(model, str(out / "model.onnx"))
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["files"]["model.onnx"] = {"sha256": sha256_file(out / "model.onnx"), "size": (out / "model.onnx").stat().st_size}
-    manifest["digest"] = manifest_digest(manifest)
-    write_json(out / "manifest.json", manifest)
+    write_json(out / "manifest.json", seal(manifest))
     return out
 
 
