@@ -76,7 +76,12 @@ def _emit(as_json: bool, payload: dict[str, Any], text: str) -> None:
 
 
 def _load(config_path: Path, workspace: Path | None) -> Config:
-    return load_config(config_path, workspace)
+    """mlci.toml, with its [reproducibility] numerics put in force before any command loads numpy."""
+    from mlci.numerics import prepare
+
+    config = load_config(config_path, workspace)
+    prepare(config.reproducibility.numerics)
+    return config
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -21,6 +21,7 @@ __all__ = [
     "ExportConfig",
     "GateConfig",
     "RegistryConfig",
+    "ReproducibilityConfig",
     "SmokeConfig",
     "load_config",
     "parse_config",
@@ -31,7 +32,8 @@ FEATURE_KINDS = ("numeric", "categorical")
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 
 _KNOWN: dict[str, tuple[str, ...]] = {
-    "": ("model", "data", "split", "estimator", "export", "evaluate", "workspace", "gate", "smoke", "registry", "deploy"),
+    "": ("model", "data", "split", "estimator", "export", "evaluate", "workspace", "gate", "smoke", "registry", "deploy",
+         "reproducibility"),
     "model": ("name", "task"),
     "data": ("path", "target", "features", "drop"),
     "split": ("holdout", "seed"),
@@ -39,6 +41,7 @@ _KNOWN: dict[str, tuple[str, ...]] = {
     "export": ("target_opset", "abs_tolerance", "rel_tolerance"),
     "evaluate": ("latency_runs", "profile_bins", "outlier_estimators", "outlier_quantile"),
     "workspace": ("path",),
+    "reproducibility": ("numerics",),
     "gate": (
         "min", "max", "non_inferiority", "require_better", "alpha", "bootstrap", "seed",
         "max_latency_p99_ms", "max_model_bytes", "require_smoke", "baseline", "min_compared_rows",
@@ -57,6 +60,7 @@ TASK_METRICS = {
     "regression": ("rmse", "mae", "r2"),
 }
 DEPLOY_TARGETS = ("local", "kubernetes")
+NUMERICS_MODES = ("portable", "native")  # mlci.numerics.MODES (not imported: config stays light)
 GATE_BASELINES = ("trivial", "none")
 
 
@@ -216,6 +220,14 @@ class DeployConfig:
 
 
 @dataclass(frozen=True)
+class ReproducibilityConfig:
+    """How the floating-point bits are made: "portable" (the same on any x86-64-v2 CPU and core count) or
+    "native" (fastest, machine-bound; the manifest says so). See mlci.numerics."""
+
+    numerics: str = "portable"
+
+
+@dataclass(frozen=True)
 class Config:
     """A validated `mlci.toml`. Relative paths are resolved against the file's directory."""
 
@@ -234,6 +246,7 @@ class Config:
     smoke: SmokeConfig = field(default_factory=SmokeConfig)
     registry: RegistryConfig | None = None
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    reproducibility: ReproducibilityConfig = field(default_factory=ReproducibilityConfig)
 
     @property
     def root(self) -> Path:
@@ -435,7 +448,16 @@ def parse_config(raw: Mapping[str, Any], path: Path, workspace: Path | str | Non
         if not 0 < getattr(deploy_cfg, key) < 65536:
             raise ConfigError(f"[deploy] {key} must be a TCP port (1-65535); got {getattr(deploy_cfg, key)}.")
 
+    rep = _section(raw, "reproducibility")
+    numerics = _get(rep, "reproducibility", "numerics", str, ReproducibilityConfig.numerics)
+    if numerics not in NUMERICS_MODES:
+        raise ConfigError(
+            f'[reproducibility] numerics must be "portable" (the same bits on any x86-64-v2 CPU, the default) or '
+            f'"native" (fastest, bound to this machine\'s CPU and core count); got {numerics!r}.'
+        )
+
     return Config(
+        reproducibility=ReproducibilityConfig(numerics=numerics),
         gate=gate_cfg,
         smoke=smoke_cfg,
         registry=registry_cfg,

@@ -21,12 +21,14 @@ from typing import Any
 from mlci import __version__
 from mlci.canonical import digest_of, sha256_bytes, sha256_file
 from mlci.config import Config
+from mlci.numerics import prepare
 
 __all__ = ["RELEASE_STAGES", "STAGES", "Stage", "code_digest", "config_digest", "factory_source", "git_commit", "holdout_rows", "stage_keys"]
 
 
 def train_stage(config: Config, inputs: Mapping[str, Path], out: Path) -> dict[str, Any]:
     """Fit the estimator; writes estimator.skops, split.json, train.json."""
+    prepare(config.reproducibility.numerics)
     from mlci.model.train import run_train
 
     result = run_train(config, out)
@@ -35,6 +37,7 @@ def train_stage(config: Config, inputs: Mapping[str, Path], out: Path) -> dict[s
 
 def export_stage(config: Config, inputs: Mapping[str, Path], out: Path) -> dict[str, Any]:
     """Convert to ONNX and check parity; writes model.onnx, parity.json."""
+    prepare(config.reproducibility.numerics)
     from mlci.model.export import run_export
 
     result = run_export(config, inputs["train"], out)
@@ -48,10 +51,12 @@ def export_stage(config: Config, inputs: Mapping[str, Path], out: Path) -> dict[
 
 def evaluate_stage(config: Config, inputs: Mapping[str, Path], out: Path) -> dict[str, Any]:
     """Measure with onnxruntime and assemble the content-addressed artifact in ``out``."""
+    prepare(config.reproducibility.numerics)
     from mlci.model.artifact import assemble
     from mlci.model.evaluate import run_evaluate
     from mlci.model.export import ML_OPSET, MODEL_FILE, PARITY_FILE
     from mlci.model.train import SPLIT_FILE, TRAIN_FILE
+    from mlci.numerics import record
 
     train_dir, export_dir = inputs["train"], inputs["export"]
     result = run_evaluate(config, train_dir, export_dir)
@@ -88,6 +93,8 @@ def evaluate_stage(config: Config, inputs: Mapping[str, Path], out: Path) -> dic
             ),
         },
         "reproducible": True,
+        # The numerics in effect (mode, arch, BLAS kernel, numpy dispatch, threads): other numerics, another build.
+        "numerics": record(config.reproducibility.numerics),
     }
     # Measured, not defining: outside the digest (a last-bit difference between CPUs is not another model).
     evidence = {
@@ -168,9 +175,9 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("train", train_stage, (), ("model", "data", "split", "estimator")),
-    Stage("export", export_stage, ("train",), ("export",)),
-    Stage("evaluate", evaluate_stage, ("train", "export"), ("evaluate",)),
+    Stage("train", train_stage, (), ("model", "data", "split", "estimator", "reproducibility")),
+    Stage("export", export_stage, ("train",), ("export", "reproducibility")),
+    Stage("evaluate", evaluate_stage, ("train", "export"), ("evaluate", "reproducibility")),
 )
 # After evaluate: the smoke test depends on the serving code too, the gate on production (keyed in pipeline.py).
 RELEASE_STAGES: tuple[Stage, ...] = (

@@ -1,0 +1,166 @@
+"""Portable numerics: the same floating-point bits from any x86-64-v2 CPU and any core count.
+
+What moves the last bits of a trained model between machines (measured by bench/numerics_matrix.py):
+the OpenBLAS kernel, which OpenBLAS picks for the CPU it runs on; numpy's runtime SIMD dispatch; the
+number of BLAS/OpenMP threads. ``[reproducibility] numerics = "portable"`` (the default) pins all three
+before numpy loads: one OpenBLAS kernel every x86-64-v2 CPU runs (Nehalem), numpy's dispatch held at its
+X86_V2 baseline, one thread. onnxruntime sessions are sequential with one intra-op thread in either mode
+(mlci.model.onnxio.open_session). ``"native"`` leaves all of that to the machine: fastest, machine-bound.
+
+The variables are read once, when numpy and OpenBLAS load, so they are set where the process starts:
+the `mlci` command (every command that reads mlci.toml) and each stage function (for library use). A
+process that loaded numpy before (a notebook, a test runner) cannot change them any more: a portable
+run there checks what is in effect and refuses, naming the variables to set, when it is not portable.
+
+The manifest's ``numerics`` record (hashed) is read from the libraries themselves (threadpoolctl, numpy),
+so two builds whose numerics differ never share a digest, and "portable" is a fact checked, not a wish.
+Off x86-64 (arm64) the kernel and dispatch pins do not apply: one thread is still set, and the record
+names the architecture, so an arm64 artifact never passes for an x86-64 one.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+from mlci.errors import ConfigError
+
+__all__ = [
+    "MODES",
+    "PORTABLE_KERNEL",
+    "is_x86_64",
+    "portable_environment",
+    "prepare",
+    "record",
+]
+
+MODES = ("portable", "native")
+PORTABLE_KERNEL = "Nehalem"  # SSE4.2: every x86-64-v2 CPU runs it
+NUMPY_BASELINE = "X86_V2"
+_X86 = ("x86_64", "amd64")
+# Set by "portable"; NPY_DISABLE_CPU_FEATURES is removed (numpy refuses both at once).
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def is_x86_64() -> bool:
+    """Whether this is an x86-64 machine (where the kernel and dispatch pins apply)."""
+    return platform.machine().lower() in _X86
+
+
+def portable_environment() -> dict[str, str | None]:
+    """The variables portable numerics sets (None: removed), before numpy and OpenBLAS load."""
+    env: dict[str, str | None] = dict.fromkeys(THREAD_VARIABLES, "1")
+    if is_x86_64():
+        env |= {"OPENBLAS_CORETYPE": PORTABLE_KERNEL, "NPY_ENABLE_CPU_FEATURES": NUMPY_BASELINE, "NPY_DISABLE_CPU_FEATURES": None}
+    return env
+
+
+def _apply(environ: MutableMapping[str, str], changes: dict[str, str | None]) -> None:
+    for name, value in changes.items():
+        if value is None:
+            environ.pop(name, None)
+        else:
+            environ[name] = value
+
+
+def prepare(mode: str) -> None:
+    """Put ``mode``'s numerics in force in this process: before numpy loads, by its environment variables;
+    after, by checking what is in force (threads can still be set) and refusing a portable run otherwise."""
+    if mode != "portable":
+        return
+    if "numpy" not in sys.modules:
+        _apply(os.environ, portable_environment())
+        return
+    _apply(os.environ, dict.fromkeys(THREAD_VARIABLES, "1"))  # for a library that loads later
+    _state()  # loads every library threadpoolctl is to limit
+    _limit_threads()
+    problems = _portable_problems(_state())
+    if problems:
+        raise ConfigError(_refusal(problems))
+
+
+def _refusal(problems: list[str]) -> str:
+    """Why a process that loaded numpy first cannot build with portable numerics, and what to do."""
+    variables = " ".join(f"{k}={v}" for k, v in portable_environment().items() if v is not None)
+    unset = [k for k, v in portable_environment().items() if v is None]
+    return (
+        "[reproducibility] numerics = \"portable\" needs numpy and OpenBLAS loaded with portable settings, but "
+        f"this process loaded them before mlci could set them: {'; '.join(problems)}. Run the `mlci` command "
+        f"(it sets them first), or start this process with {variables}"
+        + (f" and without {', '.join(unset)}" if unset else "")
+        + ", or set [reproducibility] numerics = \"native\" in mlci.toml (machine-bound bits, said so in the manifest)."
+    )
+
+
+def _limit_threads() -> None:
+    """One BLAS and one OpenMP thread in a process that already loaded them (threadpoolctl can change that)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn depends on threadpoolctl
+        return
+    threadpool_limits(limits=1)
+
+
+def _numpy_dispatch() -> tuple[list[str], list[str]]:
+    """numpy's baseline and the dispatch targets in effect (enabled by the CPU and not disabled)."""
+    try:
+        from numpy._core import _multiarray_umath as umath
+    except ImportError:  # numpy 1.x
+        from numpy.core import _multiarray_umath as umath  # type: ignore[no-redef]
+    features = umath.__cpu_features__
+    return list(umath.__cpu_baseline__), [t for t in umath.__cpu_dispatch__ if features.get(t)]
+
+
+def _state() -> dict[str, Any]:
+    """The numerics in effect, as the libraries report them (loaded first, so every library is listed)."""
+    import numpy  # noqa: F401
+    import scipy.linalg  # noqa: F401  (loads scipy's own OpenBLAS)
+    import sklearn.utils._openmp_helpers  # noqa: F401  (loads scikit-learn's OpenMP runtime)
+    from threadpoolctl import threadpool_info
+
+    libraries = threadpool_info()
+    blas = sorted(
+        (
+            {"name": lib["internal_api"], "version": lib.get("version"), "kernel": lib.get("architecture"),
+             "threads": lib["num_threads"]}
+            for lib in libraries if lib["user_api"] == "blas"
+        ),
+        key=lambda b: (b["name"], str(b["version"])),
+    )  # fmt: skip
+    openmp = sorted({lib["num_threads"] for lib in libraries if lib["user_api"] == "openmp"})
+    baseline, dispatch = _numpy_dispatch()
+    return {
+        "arch": platform.machine().lower(),
+        "blas": blas,
+        "openmp_threads": openmp,
+        "numpy_baseline": baseline,
+        "numpy_dispatch": dispatch,
+        "onnxruntime": {"intra_op_threads": 1, "execution_mode": "sequential"},
+    }
+
+
+def _portable_problems(state: dict[str, Any]) -> list[str]:
+    """What in ``state`` is not portable (empty when it is)."""
+    problems = [f"{b['name']} {b['version']} runs {b['threads']} threads" for b in state["blas"] if b["threads"] != 1]
+    problems += [f"OpenMP runs {n} threads" for n in state["openmp_threads"] if n != 1]
+    if state["arch"] in _X86:
+        problems += [
+            f"{b['name']} {b['version']} uses the {b['kernel']} kernel, not {PORTABLE_KERNEL}"
+            for b in state["blas"] if str(b["kernel"]).lower() != PORTABLE_KERNEL.lower()
+        ]  # fmt: skip
+        if state["numpy_dispatch"]:
+            problems.append(f"numpy dispatches to {', '.join(state['numpy_dispatch'])} beyond its {NUMPY_BASELINE} baseline")
+    return problems
+
+
+def record(mode: str) -> dict[str, Any]:
+    """The manifest's ``numerics``: the mode and what was in effect; portable is checked to be portable."""
+    state = _state()
+    if mode == "portable":
+        problems = _portable_problems(state)
+        if problems:
+            raise ConfigError(_refusal(problems))
+    return {"mode": mode, **state}

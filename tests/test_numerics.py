@@ -1,0 +1,133 @@
+"""Portable numerics (issue 14, items 2 and 3): one digest under every simulated CPU, and proof that the
+variation it removes is real (``numerics = "native"`` under the same CPUs gives other bits).
+
+A simulated CPU is an OpenBLAS kernel × a numpy dispatch level × a thread count (tests/simulated_cpus.py),
+each `mlci run --until evaluate` in a fresh process. The fast tests run a covering pair on the bundled
+example (whose LogisticRegression coefficients move with the kernel); the full matrix over the test
+matrix's five estimators on the mixed CSV and the example is marked slow.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from mlci.config import load_config
+from mlci.errors import ConfigError
+from mlci.numerics import PORTABLE_KERNEL, is_x86_64, record
+
+from .conftest import EXAMPLE, ProjectFactory
+from .simulated_cpus import Cpu, executable_kernels, full_matrix, run_until_evaluate
+from .test_pipeline import CASES, SCALED
+
+pytestmark = pytest.mark.skipif(not is_x86_64(), reason="the simulated CPUs are x86-64 OpenBLAS kernels")
+
+# Far apart: the SSE3 kernel, numpy at its baseline, one thread vs the AVX-512 kernel, full dispatch, two.
+PAIR = (Cpu("Prescott", "X86_V2", 1), Cpu("SkylakeX", "AVX512_ICL", 2))
+CHEAP_EVALUATE = "\n[evaluate]\nlatency_runs = 10\noutlier_estimators = 20\n"
+
+
+def _example(root: Path, numerics: str | None) -> Path:
+    """The bundled example (cheap evaluate settings); ``numerics`` None keeps mlci's default."""
+    target = root / "breast_cancer"
+    shutil.copytree(EXAMPLE, target, ignore=shutil.ignore_patterns(".mlci"))
+    table = f'\n[reproducibility]\nnumerics = "{numerics}"\n' if numerics else ""
+    (target / "mlci.toml").write_text((target / "mlci.toml").read_text() + CHEAP_EVALUATE + table)
+    return target / "mlci.toml"
+
+
+def _runnable(cpus: list[Cpu]) -> list[Cpu]:
+    ok, refused = executable_kernels(tuple(sorted({c.kernel for c in cpus if c.kernel})))
+    assert ok, f"this machine runs none of the kernels: {refused}"
+    return [c for c in cpus if c.kernel in ok]
+
+
+def _manifests(config: Path, root: Path, cpus: list[Cpu]) -> dict[Cpu, dict]:
+    """The manifest of one run per simulated CPU, two processes at a time."""
+    with ThreadPoolExecutor(2) as pool:
+        runs = pool.map(lambda ic: run_until_evaluate(config, root / f"ws{ic[0]}", ic[1]), enumerate(cpus))
+        return dict(zip(cpus, runs, strict=True))
+
+
+def test_portable_numerics_give_one_digest_under_far_apart_cpus(tmp_path: Path) -> None:
+    """The default (portable) numerics: the same digest, model bytes and parity under both CPUs of PAIR."""
+    manifests = _manifests(_example(tmp_path, None), tmp_path, _runnable(list(PAIR)))
+    digests = {cpu.label(): m["digest"] for cpu, m in manifests.items()}
+    assert len(set(digests.values())) == 1, f"one digest expected under every simulated CPU; got {digests}"
+    first = next(iter(manifests.values()))
+    assert first["numerics"]["mode"] == "portable"
+    assert {b["kernel"] for b in first["numerics"]["blas"]} == {PORTABLE_KERNEL}
+    assert first["numerics"]["numpy_dispatch"] == [] and first["numerics"]["openmp_threads"] == [1]
+
+
+def test_native_numerics_show_the_variation_is_real(tmp_path: Path) -> None:
+    """numerics = "native" under the same two CPUs: the model's bytes differ (the kernel moves the
+    LogisticRegression coefficients), and the manifests say native and name each kernel."""
+    manifests = _manifests(_example(tmp_path, "native"), tmp_path, _runnable(list(PAIR)))
+    models = {cpu.label(): m["files"]["model.onnx"]["sha256"] for cpu, m in manifests.items()}
+    assert len(set(models.values())) == len(models), f"native numerics should move the model's bits; got {models}"
+    assert {m["numerics"]["mode"] for m in manifests.values()} == {"native"}
+    assert len({m["digest"] for m in manifests.values()}) == len(manifests)
+
+
+def test_a_process_that_loaded_numpy_first_is_refused_a_portable_build(tmp_path: Path) -> None:
+    """Library use: numpy loaded with this machine's kernel before mlci could pin it. The run is refused
+    with the variables to set, rather than recorded as portable."""
+    config = _example(tmp_path, None)
+    script = (
+        "import numpy, sys\nfrom mlci.config import load_config\nfrom mlci.pipeline import run_pipeline\n"
+        f"run_pipeline(load_config({str(config)!r}), until='evaluate')\n"
+    )
+    env = Cpu("Haswell", "AVX512_ICL", None).environment()
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "loaded them before mlci could set them" in done.stderr
+    assert f"uses the Haswell kernel, not {PORTABLE_KERNEL}" in done.stderr
+    assert "OPENBLAS_CORETYPE=Nehalem" in done.stderr and 'numerics = "native"' in done.stderr
+
+
+def test_this_suite_runs_portable_so_record_says_portable() -> None:
+    """tests/__init__.py pins the numerics before numpy loads; the record is read from the libraries."""
+    assert os.environ["OPENBLAS_CORETYPE"] == PORTABLE_KERNEL
+    numerics = record("portable")
+    assert numerics["arch"] == "x86_64" and {b["threads"] for b in numerics["blas"]} == {1}
+
+
+def test_numerics_mode_is_validated(make_project: ProjectFactory) -> None:
+    config = load_config(make_project(extra='\n[reproducibility]\nnumerics = "native"\n'))
+    assert config.reproducibility.numerics == "native"
+    assert load_config(make_project()).reproducibility.numerics == "portable"
+    with pytest.raises(ConfigError, match=r'numerics must be "portable" .* or "native" .*got \'fast\''):
+        load_config(make_project(extra='\n[reproducibility]\nnumerics = "fast"\n'))
+
+
+def _matrix_project(root: Path, case: str, numerics: str) -> Path:
+    """A test-matrix estimator on the mixed CSV (or the bundled example), with ``numerics``."""
+    from .conftest import BASE_TOML, mixed_frame
+
+    if case == "breast_cancer":
+        return _example(root, numerics)
+    task, target, estimator = CASES[case]
+    root.mkdir(parents=True)
+    mixed_frame().to_csv(root / "data.csv", index=False)
+    drop = 'drop = ["spend"]' if target == "churn" else 'drop = ["churn"]'
+    text = BASE_TOML.format(name="demo", task=task, target=target, estimator=estimator + "\n" + SCALED, data_extra=drop)
+    (root / "mlci.toml").write_text(text + f'\n[reproducibility]\nnumerics = "{numerics}"\n')
+    return root / "mlci.toml"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["breast_cancer", *sorted(CASES)])
+def test_full_matrix_one_digest_per_estimator(tmp_path: Path, case: str) -> None:
+    """Every kernel this machine runs × every numpy dispatch level × 1 and 2 threads: one digest."""
+    ok, refused = executable_kernels()
+    cpus = full_matrix(ok)
+    manifests = _manifests(_matrix_project(tmp_path / "p", case, "portable"), tmp_path, cpus)
+    digests = {cpu.label(): m["digest"] for cpu, m in manifests.items()}
+    assert len(set(digests.values())) == 1, f"{case}: one digest expected (kernels refused here: {refused}); got {digests}"
