@@ -90,6 +90,15 @@ def full_matrix(kernels: list[str]) -> list[Cpu]:
     return [Cpu(k, d, t) for k, d, t in itertools.product(kernels, DISPATCH, THREADS)]
 
 
+def covering_matrix(kernels: list[str]) -> list[Cpu]:
+    """Every kernel once, the dispatch levels and thread counts in turn: each kernel, each level and each
+    thread count appears (the full product is 14× as many processes; bench/numerics_matrix.py measured
+    that only the kernel moved bits, so the product adds runs but no new source of variation)."""
+    levels = list(DISPATCH)
+    rows = max(len(kernels), len(levels))
+    return [Cpu(kernels[i % len(kernels)], levels[i % len(levels)], THREADS[i % len(THREADS)]) for i in range(rows)]
+
+
 def run_until_evaluate(config: Path, workspace: Path, cpu: Cpu) -> dict[str, Any]:
     """`mlci run --until evaluate` in a fresh process under ``cpu``; the artifact's manifest."""
     done = subprocess.run(

@@ -3,8 +3,9 @@ variation it removes is real (``numerics = "native"`` under the same CPUs gives 
 
 A simulated CPU is an OpenBLAS kernel × a numpy dispatch level × a thread count (tests/simulated_cpus.py),
 each `mlci run --until evaluate` in a fresh process. The fast tests run a covering pair on the bundled
-example (whose LogisticRegression coefficients move with the kernel); the full matrix over the test
-matrix's five estimators on the mixed CSV and the example is marked slow.
+example (whose LogisticRegression coefficients move with the kernel); a covering design (every kernel,
+every dispatch level, both thread counts) over the test matrix's five estimators on the mixed CSV and the
+example is marked slow.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from mlci.errors import ConfigError
 from mlci.numerics import PORTABLE_KERNEL, is_x86_64, record
 
 from .conftest import EXAMPLE, ProjectFactory
-from .simulated_cpus import Cpu, executable_kernels, full_matrix, run_until_evaluate
+from .simulated_cpus import Cpu, covering_matrix, executable_kernels, run_until_evaluate
 from .test_pipeline import CASES, SCALED
 
 pytestmark = pytest.mark.skipif(not is_x86_64(), reason="the simulated CPUs are x86-64 OpenBLAS kernels")
@@ -124,10 +125,11 @@ def _matrix_project(root: Path, case: str, numerics: str) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["breast_cancer", *sorted(CASES)])
-def test_full_matrix_one_digest_per_estimator(tmp_path: Path, case: str) -> None:
-    """Every kernel this machine runs × every numpy dispatch level × 1 and 2 threads: one digest."""
+def test_every_kernel_level_and_thread_count_give_one_digest_per_estimator(tmp_path: Path, case: str) -> None:
+    """Every kernel this machine runs, every numpy dispatch level and 1 and 2 threads (a covering design,
+    tests/simulated_cpus.py covering_matrix; the full product is bench/numerics_matrix.py): one digest."""
     ok, refused = executable_kernels()
-    cpus = full_matrix(ok)
+    cpus = covering_matrix(ok)
     manifests = _manifests(_matrix_project(tmp_path / "p", case, "portable"), tmp_path, cpus)
     digests = {cpu.label(): m["digest"] for cpu, m in manifests.items()}
     assert len(set(digests.values())) == 1, f"{case}: one digest expected (kernels refused here: {refused}); got {digests}"
