@@ -76,7 +76,13 @@ def _emit(as_json: bool, payload: dict[str, Any], text: str) -> None:
 
 
 def _load(config_path: Path, workspace: Path | None) -> Config:
-    """mlci.toml, with its [reproducibility] numerics put in force before any command loads numpy."""
+    """mlci.toml, for the commands that build nothing (release, monitor, runs): numerics do not apply."""
+    return load_config(config_path, workspace)
+
+
+def _load_build(config_path: Path, workspace: Path | None) -> Config:
+    """mlci.toml for a command that builds (run, train, export, evaluate), with its [reproducibility]
+    numerics put in force before the build loads numpy."""
     from mlci.numerics import prepare
 
     config = load_config(config_path, workspace)
@@ -113,7 +119,7 @@ def run(config_path: Path, workspace: Path | None, no_cache: bool, until: str | 
     from mlci.pipeline import CandidateRejected, run_pipeline
     from mlci.progress import Progress
 
-    config = _load(config_path, workspace)
+    config = _load_build(config_path, workspace)
     progress = Progress(sys.stderr if as_json else sys.stdout)
     try:
         result = run_pipeline(config, use_cache=not no_cache, until=until, on_event=progress)
@@ -197,7 +203,7 @@ def _stage_command(name: str, config_path: Path, workspace: Path | None, out: Pa
     from mlci.stages import STAGES
     from mlci.workspace import atomic_dir
 
-    config = _load(config_path, workspace)
+    config = _load_build(config_path, workspace)
     stage = next(s for s in STAGES if s.name == name)
     resolved = {n: p for n, p in inputs.items() if p is not None}
     with atomic_dir(_out_dir(out)) as tmp:

@@ -10,6 +10,7 @@ example is marked slow.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -133,3 +134,26 @@ def test_every_kernel_level_and_thread_count_give_one_digest_per_estimator(tmp_p
     manifests = _manifests(_matrix_project(tmp_path / "p", case, "portable"), tmp_path, cpus)
     digests = {cpu.label(): m["digest"] for cpu, m in manifests.items()}
     assert len(set(digests.values())) == 1, f"{case}: one digest expected (kernels refused here: {refused}); got {digests}"
+
+
+def test_commands_that_build_nothing_run_under_any_cpu(tmp_path: Path) -> None:
+    """`mlci smoke`, `gate` and `status` judge or report an artifact; they build nothing, so the numerics
+    mode must not stop them. They import numpy before reading mlci.toml, so a portable check there refused
+    them on every CPU whose own kernel is not the portable one (the Dagger smoke and gate stages too)."""
+    config = _example(tmp_path, None)
+    env = {**Cpu("Haswell", "AVX512_ICL", 2).environment(), "PYTHONHASHSEED": "0"}
+
+    def mlci(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mlci", *args], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+
+    built = subprocess.run([sys.executable, "-m", "mlci", "run", "-c", str(config), "--until", "evaluate", "--json"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert built.returncode == 0, built.stderr[-2000:]
+    artifact = json.loads(built.stdout)["artifact"]
+    smoke = mlci("smoke", artifact, "-c", str(config))
+    assert smoke.returncode == 0 and "smoke passed" in smoke.stdout, smoke.stderr[-2000:]
+    gate = mlci("gate", artifact, "-c", str(config), "--production", "none")
+    assert gate.returncode == 0 and "gate passed" in gate.stdout, gate.stderr[-2000:]
+    status = mlci("status", "-c", str(config))
+    assert status.returncode == 0, status.stderr[-2000:]
