@@ -82,7 +82,16 @@ class EvidenceError(DataError):
 
 def manifest_digest(manifest: Mapping[str, Any]) -> str:
     """``sha256:<hex>`` over the hashed part of the manifest: the model's identity."""
-    return "sha256:" + digest_of({k: v for k, v in manifest.items() if k not in UNHASHED_KEYS})
+    # Schema 1 hashed its figures and had no evidence: anything added to one is part of what it hashes.
+    unhashed = UNHASHED_KEYS if _schema(manifest) >= 2 else ("digest", "runtime")
+    return "sha256:" + digest_of({k: v for k, v in manifest.items() if k not in unhashed})
+
+
+def _schema(manifest: Mapping[str, Any]) -> int:
+    """The manifest's schema version: 1 when absent; one that is not an integer counts as the newest here,
+    so its digest still matches and verify_evidence names the bad version rather than a false edit."""
+    version = manifest.get("schema_version", 1)
+    return version if type(version) is int else SCHEMA_VERSION
 
 
 def evidence_digest(evidence: Mapping[str, Any]) -> str:
@@ -106,7 +115,7 @@ def evidence_of(manifest: Mapping[str, Any]) -> dict[str, Any]:
     and the held-out outlier rate in profile.json (read there by the monitor), so ``outlier`` is empty.
     """
     evidence = manifest.get("evidence")
-    if isinstance(evidence, dict):
+    if _schema(manifest) >= 2 and isinstance(evidence, dict):
         return {key: evidence.get(key) or {} for key in EVIDENCE_KEYS}
     runtime = manifest.get("runtime") if isinstance(manifest.get("runtime"), dict) else {}
     return {

@@ -210,3 +210,17 @@ def test_a_manifest_of_an_unknown_schema_version_is_refused(stages: dict[str, Pa
     reseal(artifact)
     with pytest.raises(DataError, match="schema_version \"2\"; expected an integer from 1 to 2"):
         verify_artifact(artifact)
+
+
+def test_evidence_added_to_a_schema_1_artifact_is_refused_not_read(stages: dict[str, Path], tmp_path: Path) -> None:
+    """A schema-1 manifest hashes its figures; an `evidence` block added to one (with a digest of its own)
+    must not slip past the digest and be read in place of the hashed figures (gate, annotations)."""
+    artifact = copy(stages["a"], tmp_path)
+    old = as_schema_1(artifact)
+    forged = {**old["metrics"], "accuracy": 0.0}
+    old["evidence"] = {"metrics": forged, "parity": old["parity"], "latency_ms": {}, "outlier": {}, "identity": old["digest"]}
+    old["evidence_digest"] = "sha256:" + "0" * 64
+    (artifact / "manifest.json").write_text(json.dumps(old))
+    assert evidence_of(old)["metrics"]["accuracy"] == old["metrics"]["accuracy"]  # the hashed figures, not the forged ones
+    with pytest.raises(DataError, match="was edited: its identity"):
+        verify_artifact(artifact)
