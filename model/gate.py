@@ -334,7 +334,7 @@ def _budgets(config: Config, manifest: dict[str, Any], smoke: dict[str, Any] | N
             )
         )
     if config.gate.max_model_bytes is not None:
-        size = evidence["metrics"].get("model_size_bytes")
+        size = (manifest.get("files") or {}).get("model.onnx", {}).get("size")  # hashed: identity, not evidence
         ok = size is not None and size <= config.gate.max_model_bytes
         checks.append(
             Check(

@@ -109,3 +109,21 @@ def test_tampered_candidate_is_refused(tmp_path: Path, artifacts: dict[str, Path
     (bad / "model.onnx").write_bytes((bad / "model.onnx").read_bytes() + b"x")
     with pytest.raises(DataError, match=r"model\.onnx"):
         run_gate(config_with(tmp_path, "require_smoke = false"), bad, None)
+
+
+def test_the_size_budget_reads_the_hashed_file_size_not_the_evidence(tmp_path: Path, artifacts: dict[str, Path]) -> None:
+    """The model's size is a fact of its identity (files["model.onnx"]["size"], hashed), not a measurement:
+    evidence resealed to claim a small model must not pass the budget."""
+    import json
+
+    from mlci.canonical import write_json
+    from mlci.model.artifact import seal
+
+    forged = tmp_path / "forged"
+    shutil.copytree(artifacts["logistic"], forged)
+    manifest = json.loads((forged / "manifest.json").read_text())
+    manifest["evidence"]["metrics"]["model_size_bytes"] = 1
+    write_json(forged / "manifest.json", seal(manifest))
+    config = config_with(tmp_path, "max_model_bytes = 10\nrequire_smoke = false")
+    size = next(c for c in run_gate(config, forged, None).checks if c.name == "model size")
+    assert not size.passed and size.figure == manifest["files"]["model.onnx"]["size"], size
