@@ -35,17 +35,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _util import write_section  # noqa: E402
 
 from tests.conftest import BASE_TOML, mixed_frame  # noqa: E402
+from tests.simulated_cpus import DISPATCH, KERNELS  # noqa: E402  the simulated CPUs the tests use
 from tests.test_pipeline import CASES, SCALED  # noqa: E402
 
-KERNELS = ("Prescott", "Nehalem", "Sandybridge", "Haswell", "Zen", "SkylakeX", "Cooperlake")
-# numpy 2.4's x86 dispatch targets above its X86_V2 baseline (numpy._core._multiarray_umath.__cpu_dispatch__):
-# a CPU of a level lacks every target above it, so the level disables all of those.
-DISPATCH = {
-    "AVX512_ICL": "",
-    "X86_V4": "AVX512_ICL AVX512_SPR",
-    "X86_V3": "X86_V4 AVX512_ICL AVX512_SPR",
-    "X86_V2": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR",
-}
 VARIABLES = ("OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES", "NPY_ENABLE_CPU_FEATURES", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 ARTIFACT_FILES = ("model.onnx", "outlier.onnx", "profile.json")
 
