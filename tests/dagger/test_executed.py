@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,14 @@ def test_published_serving_image_answers_tritonclient_and_feeds_the_monitor(
     service = executed.obj_of(pulled.as_service(use_entrypoint=True))
     rows = [dict(r) for r in _holdout_rows(8)]
     with executed.started(service) as ip, triton.InferenceServerClient(f"{ip}:8080") as tc:
-        assert tc.is_server_ready() and tc.is_model_ready("breast-cancer")
+        # The engine calls a service healthy once its port accepts (core/healthcheck.go); the server
+        # answers live at once and ready only after its warm-up inference (serving/app.py), so a client
+        # polls ready the way a Kubernetes readiness probe does.
+        deadline = time.monotonic() + 60
+        while not tc.is_server_ready():
+            assert time.monotonic() < deadline, "the served image never turned ready within 60 s"
+            time.sleep(0.1)
+        assert tc.is_model_ready("breast-cancer")
         inputs = []
         for name in rows[0]:
             tensor = triton.InferInput(name, [len(rows), 1], "FP32")
