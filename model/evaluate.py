@@ -1,4 +1,9 @@
-"""Evaluate stage: metrics from onnxruntime (what will be served), latency, the monitoring profile, an outlier model."""
+"""Evaluate stage: metrics from onnxruntime (what will be served), latency, the monitoring profile, an outlier model.
+
+What onnxruntime measures is evidence (metrics, latency, the held-out outlier rate). The profile is part of
+the model's identity, so it is computed from the scikit-learn pipelines, whose bits portable numerics hold
+on every x86-64 CPU; onnxruntime's CPU kernels are chosen from CPUID, which no setting pins.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,14 @@ from mlci.model.data import Schema
 from mlci.model.onnxio import Prediction, feeds_from_frame, open_session, predict
 from mlci.model.stats import PROFILE_VERSION, bin_counts, bin_edges
 
-__all__ = ["EvaluateResult", "build_profile", "classification_metrics", "regression_metrics", "run_evaluate"]
+__all__ = [
+    "EvaluateResult",
+    "build_profile",
+    "classification_metrics",
+    "pipeline_prediction",
+    "regression_metrics",
+    "run_evaluate",
+]
 
 # The outlier model's measurements on the holdout: evidence, not profile (see fit_outlier_model).
 HELD_OUT_KEYS = ("holdout_outlier_rate", "holdout_rows")
@@ -73,6 +85,28 @@ def regression_metrics(y: np.ndarray, pred: Prediction) -> dict[str, Any]:
         "r2": _r(skm.r2_score(y_f, pred.values)) if len(y_f) > 1 else None,
         "rows": len(y_f),
     }
+
+
+def single_threaded(estimator: Any) -> Any:
+    """``estimator`` with every ``n_jobs`` set to 1: threads that sum partial results in the order they
+    finish (a forest's ``predict_proba``, an isolation forest's depths) would move the last bits."""
+    jobs = {name: 1 for name in estimator.get_params() if name == "n_jobs" or name.endswith("__n_jobs")}
+    return estimator.set_params(**jobs) if jobs else estimator
+
+
+def pipeline_prediction(estimator: Any, X: pd.DataFrame, task: str) -> Prediction:
+    """The fitted scikit-learn pipeline's predictions on ``X``, as float64: what the profile is built from.
+
+    Its bits are held by portable numerics (mlci.numerics); onnxruntime's are not (its kernels follow the
+    CPU), and the served model agrees with these within the export's parity tolerance.
+    """
+    estimator = single_threaded(estimator)
+    if task == "classification":
+        return Prediction(
+            labels=np.asarray(estimator.predict(X)),
+            probabilities=np.asarray(estimator.predict_proba(X), dtype=np.float64),
+        )
+    return Prediction(values=np.asarray(estimator.predict(X), dtype=np.float64).ravel())
 
 
 def _numeric_profile(col: pd.Series, bins: int) -> dict[str, Any]:
@@ -174,7 +208,7 @@ def fit_outlier_model(
     """IsolationForest on the training rows behind the same imputation/encoding, exported to ONNX.
 
     The threshold is calibrated here: ``score_threshold`` is the ``[evaluate] outlier_quantile`` quantile
-    of the exported model's scores on the training rows, so the monitor (which flags rows scoring below
+    of the forest's scores on the training rows (scikit-learn's, which outlier.onnx reproduces in float32), so the monitor (which flags rows scoring below
     it, see :mod:`mlci.monitor.outliers`) flags that share of rows from the training distribution. The
     forest's ``contamination`` is the same quantile, so outlier.onnx's own label agrees up to float32
     rounding. The rate on the holdout is the monitor's reference: on the rows it was fitted on, a forest
@@ -197,13 +231,15 @@ def fit_outlier_model(
         warnings.simplefilter("ignore", category=UserWarning)
         detector.fit(X_train)
     onnx_bytes = convert(detector, schema, f"{config.name}-outlier", config.export.target_opset, optimise=False)
-    session = open_session(onnx_bytes)
-    scores = _outlier_scores(session, X_train, schema)
+    # The threshold is identity (profile.json): from the fitted forest, whose bits portable numerics hold,
+    # not from onnxruntime, whose kernels follow the CPU. outlier.onnx's scores are its decision_function
+    # in float32 (skl2onnx's converter), so they agree to float32 rounding.
+    scores = np.asarray(single_threaded(detector).decision_function(X_train), dtype=np.float64).ravel()
     # Exact (no _r): the monitor compares its scores with this very float.
     threshold = float(np.quantile(scores, quantile))
     extra: dict[str, Any] = {}
     if X_hold is not None and len(X_hold):
-        held = _outlier_scores(session, X_hold, schema)
+        held = _outlier_scores(open_session(onnx_bytes), X_hold, schema)  # a measurement: evidence
         extra = {"holdout_outlier_rate": _r(float((held < threshold).mean())), "holdout_rows": len(X_hold)}
     return onnx_bytes, {
         **extra,
@@ -238,7 +274,7 @@ class EvaluateResult:
 def run_evaluate(config: Config, train_dir: Path, export_dir: Path) -> EvaluateResult:
     """Metrics and latency measured on the exported model with onnxruntime, plus profile and outlier model."""
     from mlci.model.export import MODEL_FILE
-    from mlci.model.train import load_data, load_split, load_trained_summary
+    from mlci.model.train import load_data, load_split, load_trained, load_trained_summary
 
     summary, schema = load_trained_summary(train_dir)
     dataset = load_data(config)
@@ -251,7 +287,11 @@ def run_evaluate(config: Config, train_dir: Path, export_dir: Path) -> EvaluateR
     metrics = classification_metrics(y_hold, pred, classes) if config.task == "classification" else regression_metrics(y_hold, pred)
     metrics["model_size_bytes"] = (export_dir / MODEL_FILE).stat().st_size
     latency = measure_latency(session, X_hold, schema, config.evaluate.latency_runs)
-    profile = build_profile(X_train, schema, pred, classes, config.evaluate.profile_bins)
+    # The profile is identity: its predictions come from the fitted pipeline (portable numerics hold its
+    # bits), not from onnxruntime, whose kernels follow the CPU (the parity check bounds the difference).
+    estimator, _summary, _schema = load_trained(train_dir, config)
+    reference = pipeline_prediction(estimator, X_hold, config.task)
+    profile = build_profile(X_train, schema, reference, classes, config.evaluate.profile_bins)
     outlier_bytes, outlier = fit_outlier_model(X_train, schema, config, X_hold)
     profile["outlier"] = {k: v for k, v in outlier.items() if k not in HELD_OUT_KEYS}
     held_out = {k: v for k, v in outlier.items() if k in HELD_OUT_KEYS}
