@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from mlci.errors import ConfigError
@@ -31,6 +31,7 @@ from mlci.errors import ConfigError
 __all__ = [
     "MODES",
     "PORTABLE_KERNEL",
+    "child_environment",
     "is_x86_64",
     "portable_environment",
     "prepare",
@@ -58,12 +59,37 @@ def portable_environment() -> dict[str, str | None]:
     return env
 
 
+# Whether prepare() set the portable variables before numpy loaded (then a library that is not portable
+# ignored them, rather than loading too early).
+_PINNED_BEFORE_LOAD = False
+# What this process's environment held before prepare() changed it (None: unset), for the processes
+# mlci starts that do not build (servers): they get the user's environment back (child_environment).
+_BEFORE: dict[str, str | None] = {}
+
+
 def _apply(environ: MutableMapping[str, str], changes: dict[str, str | None]) -> None:
     for name, value in changes.items():
+        if environ is os.environ and name not in _BEFORE:
+            _BEFORE[name] = os.environ.get(name)
         if value is None:
             environ.pop(name, None)
         else:
             environ[name] = value
+
+
+def child_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``environ`` (default os.environ) with every variable prepare() changed put back as the user had it.
+
+    For processes mlci starts that serve rather than build (`mlci serve` for the smoke test and a local
+    deploy): portable numerics are a build setting, and a server runs with the machine's own.
+    """
+    env = dict(os.environ if environ is None else environ)
+    for name, value in _BEFORE.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
 
 
 def prepare(mode: str) -> None:
@@ -71,8 +97,10 @@ def prepare(mode: str) -> None:
     after, by checking what is in force (threads can still be set) and refusing a portable run otherwise."""
     if mode != "portable":
         return
+    global _PINNED_BEFORE_LOAD
     if "numpy" not in sys.modules:
         _apply(os.environ, portable_environment())
+        _PINNED_BEFORE_LOAD = True
         return
     _apply(os.environ, dict.fromkeys(THREAD_VARIABLES, "1"))  # for a library that loads later
     _state()  # loads every library threadpoolctl is to limit
@@ -82,10 +110,23 @@ def prepare(mode: str) -> None:
         raise ConfigError(_refusal(problems))
 
 
-def _refusal(problems: list[str]) -> str:
-    """Why a process that loaded numpy first cannot build with portable numerics, and what to do."""
+def _refusal(problems: list[str], pinned_before_load: bool | None = None) -> str:
+    """Why this process cannot build with portable numerics, and what to do.
+
+    Either numpy loaded before mlci could set the variables (library use), or mlci set them first and a
+    library did not honour them (MKL, an OpenBLAS built for one CPU rather than with DYNAMIC_ARCH).
+    """
+    pinned = _PINNED_BEFORE_LOAD if pinned_before_load is None else pinned_before_load
     variables = " ".join(f"{k}={v}" for k, v in portable_environment().items() if v is not None)
     unset = [k for k, v in portable_environment().items() if v is None]
+    if pinned:
+        return (
+            "[reproducibility] numerics = \"portable\" needs numpy and OpenBLAS to honour the portable settings; "
+            f"mlci set {variables} before they loaded, but {'; '.join(problems)}. This BLAS or numpy build "
+            "does not take those settings (MKL, or an OpenBLAS built for one CPU instead of with DYNAMIC_ARCH). "
+            "Install the numpy and scipy wheels from PyPI (their OpenBLAS honours them), or set "
+            "[reproducibility] numerics = \"native\" in mlci.toml (machine-bound bits, said so in the manifest)."
+        )
     return (
         "[reproducibility] numerics = \"portable\" needs numpy and OpenBLAS loaded with portable settings, but "
         f"this process loaded them before mlci could set them: {'; '.join(problems)}. Run the `mlci` command "

@@ -726,3 +726,28 @@ def test_stop_says_when_an_environment_is_already_stopped(project: Path) -> None
     pid = running(load_config(project), "staging")["pid"]  # type: ignore[index]
     assert invoke("stop", "staging", "-c", str(project)) == (0, f"staging: stopped its server (pid {pid})\n")
     assert invoke("stop", "staging", "-c", str(project)) == (0, "staging: already stopped (no local server was running)\n")
+
+
+def test_servers_a_portable_run_starts_get_the_users_numerics_not_the_builds(project: Path) -> None:
+    """Portable numerics (one thread, a baseline OpenBLAS kernel and numpy dispatch) are for building.
+    The servers `mlci run` starts (continuous deployment's staging server) serve with the environment
+    the user gave mlci, as the same `mlci serve` does anywhere else: a user's own OMP_NUM_THREADS comes
+    back, and none of the pins mlci set is left behind."""
+    from tests.simulated_cpus import VARIABLES
+
+    project.write_text(project.read_text().replace("[deploy]\n", "[deploy]\ncontinuous_deployment = true\n", 1))
+    env = {k: v for k, v in os.environ.items() if k not in VARIABLES} | {"OMP_NUM_THREADS": "3"}
+    done = subprocess.run(
+        [sys.executable, "-m", "mlci", "run", "-c", str(project)],
+        capture_output=True, text=True, timeout=300, start_new_session=True, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    config = load_config(project)
+    pids = servers_under(config.workspace / "deploy" / "staging")
+    assert len(pids) == 1, pids
+    served = dict(
+        item.split("=", 1) for item in Path(f"/proc/{pids[0]}/environ").read_text().split("\0") if "=" in item
+    )
+    assert served.get("OMP_NUM_THREADS") == "3"
+    left = {k: served[k] for k in VARIABLES if k in served and k != "OMP_NUM_THREADS"}
+    assert left == {}, f"the build's numerics leaked into the server: {left}"

@@ -157,3 +157,25 @@ def test_commands_that_build_nothing_run_under_any_cpu(tmp_path: Path) -> None:
     assert gate.returncode == 0 and "gate passed" in gate.stdout, gate.stderr[-2000:]
     status = mlci("status", "-c", str(config))
     assert status.returncode == 0, status.stderr[-2000:]
+
+
+def test_a_refusal_says_whether_mlci_set_the_variables_too_late_or_a_library_ignored_them() -> None:
+    """When mlci set the variables before numpy loaded and the record still is not portable (MKL, an
+    OpenBLAS built for one CPU), saying numpy "loaded them before mlci could set them" sends the user to
+    the wrong fix. Which case applies is what prepare() did in this process (checked in a fresh one)."""
+    from mlci.numerics import _refusal
+
+    problems = ["mkl 2024.2 uses the skylake-avx512 kernel, not Nehalem"]
+    ignored = _refusal(problems, pinned_before_load=True)
+    assert "mlci set OPENBLAS_NUM_THREADS=1" in ignored and "OPENBLAS_CORETYPE=Nehalem NPY_ENABLE_CPU_FEATURES=X86_V2 before they loaded" in ignored
+    assert problems[0] in ignored and "DYNAMIC_ARCH" in ignored and 'numerics = "native"' in ignored
+    assert "before mlci could set them" not in ignored
+    late = _refusal(problems, pinned_before_load=False)
+    assert "loaded them before mlci could set them" in late and "DYNAMIC_ARCH" not in late
+    probe = (
+        "import sys\nfrom mlci import numerics\nfirst = numerics._PINNED_BEFORE_LOAD\n"
+        "numerics.prepare('portable')\nprint(first, numerics._PINNED_BEFORE_LOAD, 'numpy' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "NPY_ENABLE_CPU_FEATURES")}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.split() == ["False", "True", "False"]

@@ -11,7 +11,6 @@ flagged, and the monitor never takes it for production traffic.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -113,15 +112,17 @@ def wait_ready(url: str, timeout: float, process: ServerProcess | None = None) -
 def start_server(artifact: Path, port: int, log_path: Path, host: str = "127.0.0.1", log_dir: Path | None = None) -> ServerProcess:
     """Start `mlci serve` for ``artifact`` in a new process group (so a stop never hits the caller).
 
-    The server gets this process's environment without the registry credentials: it serves a directory
-    and never talks to the registry.
+    The server gets this process's environment without the registry credentials (it serves a directory
+    and never talks to the registry) and without the build's portable numerics (a server runs with the
+    machine's own, as `mlci serve` does anywhere: mlci.numerics.child_environment).
     """
+    from mlci.numerics import child_environment
     from mlci.registry.settings import without_credentials
 
     argv = [sys.executable, "-m", "mlci", "serve", str(artifact), "--host", host, "--port", str(port), "--log-level", "warning"]
     argv += ["--log-dir", str(log_dir)] if log_dir is not None else ["--no-log"]
     log = log_path.open("wb")
-    env = without_credentials(os.environ)
+    env = without_credentials(child_environment())
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     log.close()
     return ServerProcess(process, f"http://{host}:{port}", log_path)
