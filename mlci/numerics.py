@@ -14,8 +14,9 @@ run there checks what is in effect and refuses, naming the variables to set, whe
 
 The manifest's ``numerics`` record (hashed) is read from the libraries themselves (threadpoolctl, numpy),
 so two builds whose numerics differ never share a digest, and "portable" is a fact checked, not a wish.
-Off x86-64 (arm64) the kernel and dispatch pins do not apply: one thread is still set, and the record
-names the architecture, so an arm64 artifact never passes for an x86-64 one.
+Off x86-64 (arm64) no kernel or dispatch pin is set (none is tested there): one thread still is, the
+record names the architecture, and its ``scope`` says the bits hold for that CPU model only, so an arm64
+artifact never passes for an x86-64 one nor for portable across arm64 CPUs.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "portable_environment",
     "prepare",
     "record",
+    "scope",
 ]
 
 MODES = ("portable", "native")
@@ -197,11 +199,24 @@ def _portable_problems(state: dict[str, Any]) -> list[str]:
     return problems
 
 
+def scope(mode: str, arch: str) -> str:
+    """Which machines give the same bits as this one, in ``mode`` on ``arch`` (the record's ``scope``)."""
+    if mode != "portable":
+        return "this machine: its CPU's kernels and dispatch, its thread counts"
+    if arch.lower() in _X86:
+        return "any x86-64-v2 CPU, any core count: OpenBLAS kernel, numpy dispatch and threads pinned"
+    return (
+        f"{arch} CPUs of this model only: threads pinned, but no portable OpenBLAS kernel or numpy dispatch "
+        f"level is set off x86-64 (train on linux/amd64 for one digest everywhere)"
+    )
+
+
 def record(mode: str) -> dict[str, Any]:
-    """The manifest's ``numerics``: the mode and what was in effect; portable is checked to be portable."""
+    """The manifest's ``numerics``: the mode, what it holds for and what was in effect; portable is checked
+    to be portable."""
     state = _state()
     if mode == "portable":
         problems = _portable_problems(state)
         if problems:
             raise ConfigError(_refusal(problems))
-    return {"mode": mode, **state}
+    return {"mode": mode, "scope": scope(mode, state["arch"]), **state}

@@ -179,3 +179,14 @@ def test_a_refusal_says_whether_mlci_set_the_variables_too_late_or_a_library_ign
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "NPY_ENABLE_CPU_FEATURES")}
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.split() == ["False", "True", "False"]
+
+
+def test_the_record_says_which_machines_share_its_bits() -> None:
+    """"portable" off x86-64 pins only the threads: the record must not claim more than that."""
+    from mlci.numerics import scope
+
+    numerics = record("portable")
+    assert numerics["scope"] == scope("portable", "x86_64") and "any x86-64-v2 CPU" in numerics["scope"]
+    arm = scope("portable", "aarch64")
+    assert arm.startswith("aarch64 CPUs of this model only") and "linux/amd64" in arm
+    assert scope("native", "x86_64").startswith("this machine")
