@@ -209,3 +209,21 @@ def test_a_service_is_stopped_with_sigterm_and_time_to_finish(executed: Any) -> 
         assert await check.with_exec(["cat", "/c/stopped"]).stdout() == "clean"
 
     run(go)
+
+
+def test_a_container_of_another_platform_is_refused_not_run_as_this_one(executed: Any) -> None:
+    """core/schema/container.go `container(platform:)`: the container runs as that platform, emulated where
+    the engine's host is another (core/platform.go; QEMU binfmt in the engine image). The executor cannot
+    emulate: running an arm64 container as x86-64 would pass a test a real engine might fail, so another
+    platform is refused, and this machine's own runs (what `train`'s default linux/amd64 is here)."""
+    from .executor.oci import machine_arch
+
+    async def go() -> None:
+        native = dag.container(platform=dagger.Platform(f"linux/{machine_arch()}")).from_(IMAGE)
+        assert await native.with_exec(["uname", "-m"]).stdout() == f"{__import__('platform').machine()}\n"
+        other = "linux/arm64" if machine_arch() != "arm64" else "linux/amd64"
+        foreign = dag.container(platform=dagger.Platform(other)).from_(IMAGE)
+        with pytest.raises(dagger.QueryError, match=f"{other}.*only this machine's platform.*real engine"):
+            await foreign.with_exec(["uname", "-m"]).stdout()
+
+    run(go)

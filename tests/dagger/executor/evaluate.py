@@ -364,6 +364,19 @@ class Executor:
     # -- Query -------------------------------------------------------------------------------------
 
     def _Query_container(self, _: Any, platform: str | None = None) -> Ctr:
+        """core/schema/container.go: no platform is the engine's own; another is emulated by a real engine
+        (core/platform.go, QEMU binfmt), which the executor cannot do, so it refuses rather than run it as
+        this machine's."""
+        from .oci import machine_arch
+
+        if platform is not None:
+            os_name, _sep, rest = platform.partition("/")
+            arch = rest.split("/", 1)[0]
+            if (os_name, arch) != ("linux", machine_arch()):
+                raise EngineError(
+                    f"container(platform: {platform!r}): the executor runs only this machine's platform "
+                    f"(linux/{machine_arch()}) and cannot emulate another; a real engine does (the `dagger` suite)"
+                )
         return Ctr()
 
     def _Query_directory(self, _: Any) -> Dir:
