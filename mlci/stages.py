@@ -195,11 +195,20 @@ def _stage_code_files(packages: tuple[str, ...]) -> list[Path]:
     return files
 
 
+# mlci's own top-level modules whose code shapes what a stage writes: the stage functions, the canonical
+# JSON the digests hash, the numerics record (hashed in the manifest) and the config's defaults.
+STAGE_MODULES = ("stages.py", "canonical.py", "numerics.py", "config.py")
+
+
+def code_files(packages: tuple[str, ...] = ("mlci.model",)) -> list[Path]:
+    """The source files :func:`code_digest` hashes."""
+    here = Path(__file__).parent
+    return [*_stage_code_files(packages), *(here / name for name in STAGE_MODULES)]
+
+
 def code_digest(packages: tuple[str, ...] = ("mlci.model",)) -> str:
     """Hash of mlci's own stage code: a new mlci invalidates the stage cache, a comment in a README does not."""
-    here = Path(__file__).parent
-    files = [*_stage_code_files(packages), here / "stages.py", here / "canonical.py"]
-    parts = {f"{p.parent.name}/{p.name}": sha256_file(p) for p in files}
+    parts = {f"{p.parent.name}/{p.name}": sha256_file(p) for p in code_files(packages)}
     return digest_of({"version": __version__, "files": parts})
 
 

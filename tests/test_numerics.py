@@ -167,7 +167,7 @@ def test_a_refusal_says_whether_mlci_set_the_variables_too_late_or_a_library_ign
 
     problems = ["mkl 2024.2 uses the skylake-avx512 kernel, not Nehalem"]
     ignored = _refusal(problems, pinned_before_load=True)
-    assert "mlci set OPENBLAS_NUM_THREADS=1" in ignored and "OPENBLAS_CORETYPE=Nehalem NPY_ENABLE_CPU_FEATURES=X86_V2 before they loaded" in ignored
+    assert "mlci set OPENBLAS_NUM_THREADS=1" in ignored and "OPENBLAS_CORETYPE=Nehalem NPY_ENABLE_CPU_FEATURES=X86_V2 before numpy loaded" in ignored
     assert problems[0] in ignored and "DYNAMIC_ARCH" in ignored and 'numerics = "native"' in ignored
     assert "before mlci could set them" not in ignored
     late = _refusal(problems, pinned_before_load=False)
@@ -190,3 +190,15 @@ def test_the_record_says_which_machines_share_its_bits() -> None:
     arm = scope("portable", "aarch64")
     assert arm.startswith("aarch64 CPUs of this model only") and "linux/amd64" in arm
     assert scope("native", "x86_64").startswith("this machine")
+
+
+def test_the_stage_cache_key_covers_the_numerics_record_and_the_config_defaults() -> None:
+    """The manifest's numerics record (hashed) is written by mlci/numerics.py and the config's defaults live
+    in mlci/config.py: a change to either must miss the stage cache, or one commit gives two digests (a
+    restored CI cache holding the old record, a fresh clone the new one)."""
+    from mlci.stages import code_digest, code_files
+
+    names = {f"{p.parent.name}/{p.name}" for p in code_files()}
+    assert {"mlci/numerics.py", "mlci/config.py", "mlci/stages.py", "mlci/canonical.py"} <= names, names
+    assert any(name.endswith("/evaluate.py") for name in names)
+    assert code_digest() == code_digest() and code_digest() != code_digest(("mlci.serving",))
