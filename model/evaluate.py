@@ -28,6 +28,8 @@ __all__ = [
     "EvaluateResult",
     "build_profile",
     "classification_metrics",
+    "outlier_detector",
+    "outlier_scores",
     "pipeline_prediction",
     "regression_metrics",
     "run_evaluate",
@@ -87,11 +89,13 @@ def regression_metrics(y: np.ndarray, pred: Prediction) -> dict[str, Any]:
     }
 
 
-def single_threaded(estimator: Any) -> Any:
-    """``estimator`` with every ``n_jobs`` set to 1: threads that sum partial results in the order they
-    finish (a forest's ``predict_proba``, an isolation forest's depths) would move the last bits."""
-    jobs = {name: 1 for name in estimator.get_params() if name == "n_jobs" or name.endswith("__n_jobs")}
-    return estimator.set_params(**jobs) if jobs else estimator
+def sequential() -> Any:
+    """A context in which scikit-learn's joblib work runs on this thread, in order: threads that sum
+    partial results as they finish (a forest's ``predict_proba``, an isolation forest's depths, the
+    fitted sub-estimators of a meta-estimator) would move the last bits with the core count."""
+    from joblib import parallel_config
+
+    return parallel_config(backend="sequential")
 
 
 def pipeline_prediction(estimator: Any, X: pd.DataFrame, task: str) -> Prediction:
@@ -100,13 +104,13 @@ def pipeline_prediction(estimator: Any, X: pd.DataFrame, task: str) -> Predictio
     Its bits are held by portable numerics (mlci.numerics); onnxruntime's are not (its kernels follow the
     CPU), and the served model agrees with these within the export's parity tolerance.
     """
-    estimator = single_threaded(estimator)
-    if task == "classification":
-        return Prediction(
-            labels=np.asarray(estimator.predict(X)),
-            probabilities=np.asarray(estimator.predict_proba(X), dtype=np.float64),
-        )
-    return Prediction(values=np.asarray(estimator.predict(X), dtype=np.float64).ravel())
+    with sequential():
+        if task == "classification":
+            return Prediction(
+                labels=np.asarray(estimator.predict(X)),
+                probabilities=np.asarray(estimator.predict_proba(X), dtype=np.float64),
+            )
+        return Prediction(values=np.asarray(estimator.predict(X), dtype=np.float64).ravel())
 
 
 def _numeric_profile(col: pd.Series, bins: int) -> dict[str, Any]:
@@ -202,14 +206,29 @@ def measure_latency(session: Any, X: pd.DataFrame, schema: Schema, runs: int) ->
     }
 
 
+def outlier_detector(schema: Schema, config: Config) -> Pipeline:
+    """The unfitted outlier detector: an IsolationForest behind the same imputation and encoding, in float32."""
+    from mlci.model.estimators import float32_cast, preprocessor
+
+    forest = IsolationForest(
+        n_estimators=config.evaluate.outlier_estimators,
+        contamination=config.evaluate.outlier_quantile,
+        random_state=config.seed,
+    )
+    return Pipeline(
+        [("preprocess", preprocessor(schema, scale=False)), ("float32", float32_cast()), ("iforest", forest)]
+    )
+
+
 def fit_outlier_model(
     X_train: pd.DataFrame, schema: Schema, config: Config, X_hold: pd.DataFrame | None = None
 ) -> tuple[bytes, dict[str, Any]]:
     """IsolationForest on the training rows behind the same imputation/encoding, exported to ONNX.
 
     The threshold is calibrated here: ``score_threshold`` is the ``[evaluate] outlier_quantile`` quantile
-    of the forest's scores on the training rows (scikit-learn's, which outlier.onnx reproduces in float32), so the monitor (which flags rows scoring below
-    it, see :mod:`mlci.monitor.outliers`) flags that share of rows from the training distribution. The
+    of the forest's scores on the training rows (scikit-learn's, :func:`outlier_scores`, which outlier.onnx
+    reproduces in float32), so the monitor (which flags rows scoring below it, see
+    :mod:`mlci.monitor.outliers`) flags that share of rows from the training distribution. The
     forest's ``contamination`` is the same quantile, so outlier.onnx's own label agrees up to float32
     rounding. The rate on the holdout is the monitor's reference: on the rows it was fitted on, a forest
     flags fewer outliers than on unseen rows from the same distribution.
@@ -217,16 +236,10 @@ def fit_outlier_model(
     The held-out rate (HELD_OUT_KEYS) is a measurement: :func:`run_evaluate` files it as evidence, the
     rest (the threshold and what the training rows give) goes into profile.json.
     """
-    from mlci.model.estimators import float32_cast, preprocessor
     from mlci.model.export import convert
 
     quantile = config.evaluate.outlier_quantile
-    forest = IsolationForest(
-        n_estimators=config.evaluate.outlier_estimators, contamination=quantile, random_state=config.seed
-    )
-    detector = Pipeline(
-        [("preprocess", preprocessor(schema, scale=False)), ("float32", float32_cast()), ("iforest", forest)]
-    )
+    detector = outlier_detector(schema, config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         detector.fit(X_train)
@@ -234,7 +247,7 @@ def fit_outlier_model(
     # The threshold is identity (profile.json): from the fitted forest, whose bits portable numerics hold,
     # not from onnxruntime, whose kernels follow the CPU. outlier.onnx's scores are its decision_function
     # in float32 (skl2onnx's converter), so they agree to float32 rounding.
-    scores = np.asarray(single_threaded(detector).decision_function(X_train), dtype=np.float64).ravel()
+    scores = outlier_scores(detector, X_train)
     # Exact (no _r): the monitor compares its scores with this very float.
     threshold = float(np.quantile(scores, quantile))
     extra: dict[str, Any] = {}
@@ -252,6 +265,13 @@ def fit_outlier_model(
             "scores": "lower = more anomalous; the monitor flags scores below score_threshold",
         },
     }
+
+
+def outlier_scores(detector: Any, X: pd.DataFrame) -> np.ndarray:
+    """The fitted detector's scores on ``X`` (its decision_function, which outlier.onnx's ``scores``
+    output computes in float32), as float64: what the identity's threshold is calibrated on."""
+    with sequential():
+        return np.asarray(detector.decision_function(X), dtype=np.float64).ravel()
 
 
 def _outlier_scores(session: Any, X: pd.DataFrame, schema: Schema) -> np.ndarray:

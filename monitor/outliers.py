@@ -4,7 +4,8 @@ The detector sits behind the same imputation and encoding as the model, so it ta
 columns as the model would (one [N, 1] input per feature: FP32 numeric with NaN for missing, strings
 for categories). A row is an outlier when its score is below the profile's ``score_threshold``: the
 ``[evaluate] outlier_quantile`` quantile (default 1 %) of the scores of the training rows, calibrated
-by the evaluate stage on the same exported model. Artifacts from before the calibration have no
+by the evaluate stage on the fitted forest (scikit-learn's scores, which outlier.onnx reproduces in
+float32: the threshold is identity, so it does not come from onnxruntime's CPU-chosen kernels). Artifacts from before the calibration have no
 threshold; their rows are flagged by the model's own label (contamination "auto", which flagged 11 %
 to 49 % of normal rows).
 
