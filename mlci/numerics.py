@@ -124,8 +124,9 @@ def _refusal(problems: list[str], pinned_before_load: bool | None = None) -> str
     if pinned:
         return (
             "[reproducibility] numerics = \"portable\" needs numpy and OpenBLAS to honour the portable settings; "
-            f"mlci set {variables} before they loaded, but {'; '.join(problems)}. This BLAS or numpy build "
-            "does not take those settings (MKL, or an OpenBLAS built for one CPU instead of with DYNAMIC_ARCH). "
+            f"mlci set {variables} before numpy loaded, but {'; '.join(problems)}. Either this BLAS or numpy "
+            "build does not take those settings (MKL, or an OpenBLAS built for one CPU instead of with "
+            "DYNAMIC_ARCH), or a library this process imported first loaded its BLAS or OpenMP runtime early. "
             "Install the numpy and scipy wheels from PyPI (their OpenBLAS honours them), or set "
             "[reproducibility] numerics = \"native\" in mlci.toml (machine-bound bits, said so in the manifest)."
         )

@@ -367,12 +367,13 @@ class Executor:
         """core/schema/container.go: no platform is the engine's own; another is emulated by a real engine
         (core/platform.go, QEMU binfmt), which the executor cannot do, so it refuses rather than run it as
         this machine's."""
-        from .oci import machine_arch
+        from .oci import _ARCH, machine_arch
 
         if platform is not None:
             os_name, _sep, rest = platform.partition("/")
-            arch = rest.split("/", 1)[0]
-            if (os_name, arch) != ("linux", machine_arch()):
+            arch = rest.split("/", 1)[0].lower()
+            # containerd's platforms.Normalize: x86_64 is amd64, aarch64 is arm64 (core/platform.go parses so)
+            if (os_name.lower(), _ARCH.get(arch, arch)) != ("linux", machine_arch()):
                 raise EngineError(
                     f"container(platform: {platform!r}): the executor runs only this machine's platform "
                     f"(linux/{machine_arch()}) and cannot emulate another; a real engine does (the `dagger` suite)"
