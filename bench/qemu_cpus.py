@@ -138,12 +138,63 @@ def _evidence_differences(reference: dict[str, Any], other: dict[str, Any]) -> l
     return [f"{k} ({_magnitude(a.get(k), b.get(k))})" for k in keys]
 
 
+# Run in the child (natively or under qemu): what each library dispatched to, and hashes of the bits it
+# computes (onnxruntime's MatMul/Sigmoid with mlci's session settings; glibc's exp through ctypes, which
+# numpy's X86_V2 baseline leaves to libm). One JSON line.
+PROBE = r"""
+import ctypes, hashlib, json
+import numpy as np, onnxruntime as ort, scipy.linalg, sklearn.utils._openmp_helpers
+from onnx import TensorProto, helper, numpy_helper
+from numpy._core._multiarray_umath import __cpu_features__ as f
+from threadpoolctl import threadpool_info
+rng = np.random.default_rng(0)
+w, x = rng.standard_normal((256, 64)).astype(np.float32), rng.standard_normal((128, 256)).astype(np.float32)
+out = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("m", "s")]
+graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Sigmoid", ["m"], ["s"])],
+    "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 256])], out, [numpy_helper.from_array(w, "w")])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]); model.ir_version = 8
+options = ort.SessionOptions(); options.intra_op_num_threads = 1; options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+m, s = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+exp = ctypes.CDLL("libm.so.6").exp; exp.restype, exp.argtypes = ctypes.c_double, [ctypes.c_double]
+libm = np.array([exp(float(v)) for v in rng.uniform(-20, 20, 20000)])
+digest = lambda a: hashlib.sha256(a.tobytes()).hexdigest()[:8]
+print(json.dumps({"numpy": [k for k in ("AVX", "AVX2", "FMA3", "AVX512F") if f[k]],
+    "openblas": sorted({i.get("architecture") for i in threadpool_info() if i["internal_api"] == "openblas"}),
+    "ort_matmul": digest(m), "ort_sigmoid": digest(s), "libm_exp": digest(libm)}))
+"""
+
+
+def dispatch_row(label: str, cpu: str | None, tunables: bool) -> str:
+    """One row of the dispatch-evidence table: PROBE run natively or under ``qemu -cpu cpu``."""
+    argv = ([QEMU, "-cpu", cpu] if cpu else []) + [sys.executable, "-c", PROBE]
+    done = subprocess.run(
+        argv, env=environment(tunables), capture_output=True, text=True, check=False, timeout=600
+    )
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if "TCG doesn't support" not in line]
+        return f"| {label} | error: {(lines or [f'exit {done.returncode}'])[-1][:120]} | | | | |"
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    numpy = ", ".join(r["numpy"]) or "none (SSE4.2)"
+    return f"| {label} | {numpy} | {','.join(r['openblas'])} | `{r['ort_matmul']}` `{r['ort_sigmoid']}` | `{r['libm_exp']}` |"
+
+
+def dispatch_table(cpus: list[tuple[str, str | None, bool]]) -> str:
+    """The evidence that each library dispatches on the CPUID qemu reports (numerics not pinned here)."""
+    head = (
+        "| CPU | numpy sees | OpenBLAS kernel | onnxruntime MatMul, Sigmoid (sha256) | glibc exp (sha256) |"
+    )
+    with ThreadPoolExecutor(2) as pool:
+        rows = list(pool.map(lambda c: dispatch_row(*c), cpus))
+    return "\n".join([head, "|---|---|---|---|---|", *rows])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--numerics", choices=("portable", "native"), default="portable")
     parser.add_argument("--cpus", default=",".join(CPUS), help="comma-separated qemu -cpu models")
     parser.add_argument("--matrix", action="store_true", help="also the five test-matrix projects")
     parser.add_argument("--tunables", action="store_true", help=f"also native with GLIBC_TUNABLES={TUNABLES}")
+    parser.add_argument("--dispatch", action="store_true", help="the dispatch-evidence table instead of runs")
     parser.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md")
     args = parser.parse_args()
     if shutil.which(QEMU) is None:
@@ -153,6 +204,17 @@ def main() -> None:
     cpus: list[tuple[str, str | None, bool]] = [("native", None, False)]
     cpus += [("native, " + TUNABLES, None, True)] if args.tunables else []
     cpus += [(f"qemu -cpu {c}", c, False) for c in args.cpus.split(",") if c]
+    if args.dispatch:
+        table = dispatch_table(cpus)
+        print(table)
+        if args.write:
+            write_section(
+                "qemu-cpus-dispatch",
+                "### What each library dispatches to under qemu (`bench/qemu_cpus.py "
+                f"{' '.join(sys.argv[1:])}`)\n\nHashes of the same computation: equal hashes, equal bits.\n\n"
+                + table,
+            )
+        return
     rows: list[str] = []
     with tempfile.TemporaryDirectory(prefix="mlci-qemu-") as tmp:
         root = Path(tmp)
@@ -183,8 +245,8 @@ def main() -> None:
     table = "\n".join([head, "|---|---|---|---|---|", *rows])
     if args.write:
         write_section(
-            f"qemu-cpus-{args.numerics}",
-            f"### Emulated CPUs, `numerics = {args.numerics}` (`bench/qemu_cpus.py --numerics {args.numerics}`)\n\n"
+            f"qemu-cpus-{args.numerics}" + ("-matrix" if args.matrix else ""),
+            f"### Emulated CPUs, `numerics = {args.numerics}` (`bench/qemu_cpus.py {' '.join(sys.argv[1:])}`)\n\n"
             f"`{QEMU}` (QEMU 7.2 TCG, up to AVX2) versus the native AVX-512 host; s: wall seconds of the run.\n\n"
             + table,
         )
