@@ -8,8 +8,9 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Debian packages the tests start for real (an OCI registry on 127.0.0.1, skopeo to read it back), and the
 # graph executor's tools (tests/dagger/executor: mmdebstrap builds the stand-in image, bwrap sandboxes each
-# exec, iproute2 gives every service its own network namespace).
-APT_PACKAGES ?= git docker-registry skopeo mmdebstrap bubblewrap iproute2
+# exec, iproute2 gives every service its own network namespace), and qemu-user: tests/test_qemu_cpus.py
+# builds the artifact under `qemu-x86_64 -cpu Nehalem` (a real CPU without AVX, for every library at once).
+APT_PACKAGES ?= git docker-registry skopeo mmdebstrap bubblewrap iproute2 qemu-user
 # kserve's client, in a venv of its own: kserve 0.21.0 needs protobuf<7 and pandas<3, which constraints.txt
 # pins newer (see tests/serving/kserve-requirements.txt). tests/serving/test_kserve_client.py runs it.
 KSERVE_VENV  ?= .venv-kserve
