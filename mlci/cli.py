@@ -7,6 +7,7 @@ ML libraries load inside the commands that need them.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -83,9 +84,15 @@ def _load(config_path: Path, workspace: Path | None) -> Config:
 def _load_build(config_path: Path, workspace: Path | None) -> Config:
     """mlci.toml for a command that builds (run, train, export, evaluate), with its [reproducibility]
     numerics put in force before the build loads numpy."""
-    from mlci.numerics import prepare
+    from mlci.numerics import prepare, restart_command
 
     config = load_config(config_path, workspace)
+    restart = restart_command(config.reproducibility.numerics, sys.argv[1:]) if _PROGRAM else None
+    if restart is not None:  # glibc takes its tunables only when a process starts: start again, once
+        argv, env = restart
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(argv[0], argv, env)
     prepare(config.reproducibility.numerics)
     return config
 
@@ -484,6 +491,13 @@ _register_scaffold(cli)
 _register_monitor(cli)
 
 
+# True when this process is the `mlci` program (main), not a caller of `cli` in its own process (click's
+# CliRunner, a library): only the program may restart itself (numerics.restart_command).
+_PROGRAM = False
+
+
 def main() -> None:
     """Console entry point."""
+    global _PROGRAM
+    _PROGRAM = True
     cli()

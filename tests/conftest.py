@@ -37,6 +37,30 @@ outlier_estimators = 20
 """
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Restart pytest once with glibc's libm mask (portable numerics' GLIBC_TUNABLES), as the `mlci`
+    program restarts itself: glibc reads it only when a process starts, and the in-process builds of the
+    suite are portable builds (tests/__init__.py sets the rest, before numpy loads)."""
+    import sys
+
+    from mlci.numerics import GLIBC_HWCAPS_MASK, glibc_tunables, is_x86_64, libm_mask_in_effect, uses_glibc
+
+    if not (is_x86_64() and uses_glibc()) or len(libm_mask_in_effect()) == len(GLIBC_HWCAPS_MASK):
+        return
+    if os.environ.get("MLCI_TEST_RESTARTED"):
+        raise pytest.UsageError(
+            "pytest restarted with GLIBC_TUNABLES for portable numerics, but glibc did not take it: expected "
+            f"glibc.cpu.hwcaps={','.join(GLIBC_HWCAPS_MASK)} in GLIBC_TUNABLES, got {os.environ.get('GLIBC_TUNABLES')!r}"
+        )
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        capture.suspend_global_capture(in_=True)  # the restarted pytest writes to the real stdout and stderr
+    env = dict(os.environ, GLIBC_TUNABLES=glibc_tunables(os.environ.get("GLIBC_TUNABLES")), MLCI_TEST_RESTARTED="1")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
 # MLCI_* variables the test infrastructure itself reads (Makefile, tests/dagger, tests/serving): kept.
 # Every other MLCI_* variable configures the product (registry credentials, serve/monitor settings, the
 # actor, the cache…) and is cleared, so that no test depends on, or acts through, the caller's settings.
@@ -47,6 +71,7 @@ TEST_INFRASTRUCTURE_VARIABLES = (
     "MLCI_EXECUTOR_REQUIRED",
     "MLCI_DAGGER_SCHEMA",
     "MLCI_DAGGER_MIRROR",
+    "MLCI_TEST_RESTARTED",
 )
 TEST_INFRASTRUCTURE_PREFIXES = ("MLCI_EXECUTOR_NET",)  # MLCI_EXECUTOR_NET, MLCI_EXECUTOR_NETNS_LOCK
 

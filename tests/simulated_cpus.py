@@ -27,9 +27,11 @@ DISPATCH = {
     "X86_V2": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR",
 }
 THREADS = (1, 2)
+# Every variable portable numerics sets; GLIBC_TUNABLES too, so a simulated CPU's `mlci` starts as from a
+# user's shell and restarts itself to take glibc's libm mask (mlci.numerics.restart_command).
 VARIABLES = (
     "OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES", "NPY_ENABLE_CPU_FEATURES",
-    "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "GLIBC_TUNABLES",
 )  # fmt: skip
 
 _PROBE = (

@@ -22,7 +22,7 @@ import pytest
 
 from mlci.config import load_config
 from mlci.errors import ConfigError
-from mlci.numerics import PORTABLE_KERNEL, is_x86_64, record
+from mlci.numerics import GLIBC_HWCAPS_MASK, PORTABLE_KERNEL, is_x86_64, record
 
 from .conftest import EXAMPLE, ProjectFactory
 from .simulated_cpus import Cpu, covering_matrix, executable_kernels, run_until_evaluate
@@ -66,6 +66,8 @@ def test_portable_numerics_give_one_digest_under_far_apart_cpus(tmp_path: Path) 
     assert first["numerics"]["mode"] == "portable"
     assert {b["kernel"] for b in first["numerics"]["blas"]} == {PORTABLE_KERNEL}
     assert first["numerics"]["numpy_dispatch"] == [] and first["numerics"]["openmp_threads"] == [1]
+    # started without GLIBC_TUNABLES (tests/simulated_cpus.py), each run restarted itself to mask libm's FMA code
+    assert first["numerics"]["libm"]["masked"] == list(GLIBC_HWCAPS_MASK)
 
 
 def test_native_numerics_show_the_variation_is_real(tmp_path: Path) -> None:
@@ -99,6 +101,7 @@ def test_this_suite_runs_portable_so_record_says_portable() -> None:
     assert os.environ["OPENBLAS_CORETYPE"] == PORTABLE_KERNEL
     numerics = record("portable")
     assert numerics["arch"] == "x86_64" and {b["threads"] for b in numerics["blas"]} == {1}
+    assert numerics["libm"]["masked"] == list(GLIBC_HWCAPS_MASK)  # tests/conftest.py restarted pytest with it
 
 
 def test_numerics_mode_is_validated(make_project: ProjectFactory) -> None:
@@ -167,7 +170,7 @@ def test_a_refusal_says_whether_mlci_set_the_variables_too_late_or_a_library_ign
 
     problems = ["mkl 2024.2 uses the skylake-avx512 kernel, not Nehalem"]
     ignored = _refusal(problems, pinned_before_load=True)
-    assert "mlci set OPENBLAS_NUM_THREADS=1" in ignored and "OPENBLAS_CORETYPE=Nehalem NPY_ENABLE_CPU_FEATURES=X86_V2 before numpy loaded" in ignored
+    assert "mlci set OPENBLAS_NUM_THREADS=1" in ignored and "OPENBLAS_CORETYPE=Nehalem NPY_ENABLE_CPU_FEATURES=X86_V2" in ignored and "before numpy loaded" in ignored
     assert problems[0] in ignored and "DYNAMIC_ARCH" in ignored and 'numerics = "native"' in ignored
     assert "before mlci could set them" not in ignored
     late = _refusal(problems, pinned_before_load=False)
@@ -202,3 +205,32 @@ def test_the_stage_cache_key_covers_the_numerics_record_and_the_config_defaults(
     assert {"mlci/numerics.py", "mlci/config.py", "mlci/stages.py", "mlci/canonical.py"} <= names, names
     assert any(name.endswith("/evaluate.py") for name in names)
     assert code_digest() == code_digest() and code_digest() != code_digest(("mlci.serving",))
+
+
+def test_a_process_started_without_the_libm_mask_is_refused_a_portable_build(tmp_path: Path) -> None:
+    """glibc picks FMA variants of exp, log, pow… from CPUID when the process starts (bench/qemu_cpus.py:
+    the bundled example's model.onnx differs between a CPU with FMA and one without). Library use in a
+    process started without GLIBC_TUNABLES cannot take the mask any more: refused, saying how to start."""
+    config = _example(tmp_path, None)
+    script = (
+        "from mlci.config import load_config\nfrom mlci.pipeline import run_pipeline\n"
+        f"run_pipeline(load_config({str(config)!r}), until='evaluate')\n"
+    )
+    env = Cpu(None, "AVX512_ICL", None).environment()  # none of portable numerics' variables, as from a shell
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "needs glibc's maths library to run the same code on every CPU" in done.stderr, done.stderr[-1500:]
+    assert "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX2,-FMA,-FMA4" in done.stderr and "restarts itself" in done.stderr
+    assert not (tmp_path / "breast_cancer" / ".mlci" / "artifacts").exists() or not any(
+        (tmp_path / "breast_cancer" / ".mlci" / "artifacts").iterdir()
+    )
+
+
+def test_glibc_tunables_keep_the_users_own_and_add_the_mask_once() -> None:
+    from mlci.numerics import glibc_tunables
+
+    assert glibc_tunables(None) == "glibc.cpu.hwcaps=-AVX2,-FMA,-FMA4"
+    assert glibc_tunables("glibc.malloc.check=3") == "glibc.malloc.check=3:glibc.cpu.hwcaps=-AVX2,-FMA,-FMA4"
+    mine = "glibc.cpu.hwcaps=-AVX512F:glibc.malloc.tcache_count=0"
+    assert glibc_tunables(mine) == "glibc.malloc.tcache_count=0:glibc.cpu.hwcaps=-AVX512F,-AVX2,-FMA,-FMA4"
+    assert glibc_tunables(glibc_tunables(mine)) == glibc_tunables(mine)

@@ -2,12 +2,14 @@
 
 tests/test_numerics.py simulates CPUs with environment variables (OpenBLAS kernel, numpy dispatch,
 threads). Libraries that read CPUID themselves cannot be simulated that way: onnxruntime's MLAS picks its
-GEMM and elementwise kernels from CPUID with no override (it computes profile.json's prediction profile
-and the outlier scores), and glibc's libm picks FMA variants of ``exp``/``log`` by ifunc. Debian's
+GEMM and elementwise kernels from CPUID with no override (so nothing hashed is computed by it any more),
+and glibc's libm picks FMA variants of ``exp``/``log`` by ifunc (masked by portable numerics'
+GLIBC_TUNABLES; before that mask, this file's digest test failed: sha256:37f3762e… natively,
+sha256:e4697ac2… under qemu -cpu Nehalem, model.onnx differing). Debian's
 qemu-user (``qemu-x86_64 -cpu Nehalem``: SSE4.2, no AVX; QEMU 7.2's TCG) reports that CPU's CPUID to every
 library in the process at once, so the whole `mlci run` dispatches as on a Nehalem. The host runs the same
 command natively (this machine has AVX-512): with ``numerics = "portable"`` the two artifacts must be the
-same bytes, profile.json first (the values evaluate computes with onnxruntime), then the whole digest.
+same bytes, profile.json first, then the whole digest.
 
 One project (the bundled example, cheap evaluate settings), one CPU, the fewest stages that make
 profile.json and the digest (`--until evaluate`); ~10× slower under qemu, hence ``slow``.
@@ -47,10 +49,23 @@ pytestmark = [
 ]
 
 
-def _run(config: Path, workspace: Path, cpu: str | None) -> dict[str, Any]:
+def _run(config: Path, workspace: Path, cpu: str | None, started_portable: bool = True) -> dict[str, Any]:
     """`mlci run --until evaluate` natively (``cpu`` None) or under ``qemu-x86_64 -cpu cpu``; the
-    artifact's manifest, profile.json and each file's sha256."""
+    artifact's manifest, profile.json and each file's sha256.
+
+    ``started_portable``: the process starts with portable numerics' environment, GLIBC_TUNABLES included,
+    so `mlci` has no reason to restart itself (numerics.restart_command). Under qemu that matters: qemu-user
+    does not follow execve, so a restarted mlci would run natively. False starts it with none of them
+    (what a user's shell gives): mlci restarts itself once, natively, to take glibc's libm mask.
+    """
+    from mlci.numerics import portable_environment
+
     env = {k: v for k, v in os.environ.items() if k not in VARIABLES}
+    if started_portable:
+        env |= {k: v for k, v in portable_environment().items() if v is not None}
+        env["GLIBC_TUNABLES"] = env["GLIBC_TUNABLES"].split(":")[-1]  # only the libm mask, nothing of ours
+    elif cpu is not None:
+        raise ValueError("under qemu the run must start portable: qemu-user does not follow mlci's restart")
     argv = [sys.executable, "-m", "mlci", "run", "--until", "evaluate", "--json", "--no-cache",
             "--config", str(config), "--workspace", str(workspace)]  # fmt: skip
     done = subprocess.run(([QEMU, "-cpu", cpu] if cpu else []) + argv, env=env, cwd=config.parent,
@@ -77,7 +92,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     with ThreadPoolExecutor(2) as pool:
         native = pool.submit(_run, config, root / "ws-native", None)
         emulated = pool.submit(_run, config, root / f"ws-{CPU}", CPU)
-        return {"native": native.result(), CPU: emulated.result()}
+        restarted = pool.submit(_run, config, root / "ws-restarted", None, False)
+        return {"native": native.result(), CPU: emulated.result(), "restarted": restarted.result()}
 
 
 def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -131,3 +147,14 @@ def test_the_digest_is_the_same_on_a_cpu_without_avx(runs: dict[str, dict[str, A
         f"digest {native['manifest']['digest']} natively, {emulated['manifest']['digest']} under qemu -cpu {CPU}; "
         f"files that differ: {files or 'none'}"
     )
+
+
+def test_a_run_started_without_the_libm_mask_restarts_itself_and_gives_the_same_digest(
+    runs: dict[str, dict[str, Any]],
+) -> None:
+    """From a shell without any of portable numerics' variables, `mlci run` restarts itself with glibc's
+    libm mask (read only at process start): the same digest as a run started with it, and the record says so."""
+    from mlci.numerics import GLIBC_HWCAPS_MASK
+
+    assert runs["restarted"]["manifest"]["numerics"]["libm"]["masked"] == list(GLIBC_HWCAPS_MASK)
+    assert runs["restarted"]["manifest"]["digest"] == runs["native"]["manifest"]["digest"]
