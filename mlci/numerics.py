@@ -63,6 +63,7 @@ GLIBC_HWCAPS_MASK = ("-AVX2", "-FMA", "-FMA4")
 _HWCAPS = "glibc.cpu.hwcaps"
 # Set by the `mlci` program when it restarts itself: the user's values of what it changed (JSON).
 USER_ENVIRONMENT = "MLCI_NUMERICS_USER_ENV"
+_RESTARTED = False  # this process is such a restart: never restart again
 
 
 def uses_glibc() -> bool:
@@ -122,7 +123,7 @@ def restart_command(mode: str, argv: list[str]) -> tuple[list[str], dict[str, st
     """
     import json
 
-    if mode != "portable" or not is_x86_64() or not uses_glibc() or USER_ENVIRONMENT in os.environ:
+    if mode != "portable" or not is_x86_64() or not uses_glibc() or _RESTARTED or USER_ENVIRONMENT in os.environ:
         return None
     if len(libm_mask_in_effect()) == len(GLIBC_HWCAPS_MASK):
         return None
@@ -138,9 +139,11 @@ def _restore_user_environment() -> None:
     """In a restarted `mlci`: take back what the first process recorded of the user's environment."""
     import json
 
+    global _RESTARTED
     raw = os.environ.pop(USER_ENVIRONMENT, None)
     if raw is None:
         return
+    _RESTARTED = True
     try:
         user = json.loads(raw)
     except ValueError:
@@ -279,15 +282,15 @@ def _state() -> dict[str, Any]:
     )  # fmt: skip
     openmp = sorted({lib["num_threads"] for lib in libraries if lib["user_api"] == "openmp"})
     baseline, dispatch = _numpy_dispatch()
-    libc, libc_version = platform.libc_ver()
     return {
         "arch": platform.machine().lower(),
         "blas": blas,
         "openmp_threads": openmp,
         "numpy_baseline": baseline,
         "numpy_dispatch": dispatch,
-        # libm's ifuncs: what glibc masked at this process's start (empty: chosen by CPUID)
-        "libm": {"libc": f"{libc} {libc_version}".strip(), "masked": libm_mask_in_effect() if uses_glibc() else []},
+        # libm's ifuncs: what glibc masked at this process's start (empty: chosen by CPUID; None: not glibc).
+        # The C library's version is provenance (the manifest's runtime): equal bits are the same model.
+        "libm": {"glibc_masked": libm_mask_in_effect() if uses_glibc() else None},
         "onnxruntime": {"intra_op_threads": 1, "execution_mode": "sequential"},
     }
 
@@ -303,8 +306,8 @@ def _portable_problems(state: dict[str, Any]) -> list[str]:
         ]  # fmt: skip
         if state["numpy_dispatch"]:
             problems.append(f"numpy dispatches to {', '.join(state['numpy_dispatch'])} beyond its {NUMPY_BASELINE} baseline")
-        libm = state.get("libm") or {}
-        if str(libm.get("libc", "")).startswith("glibc") and len(libm.get("masked", [])) != len(GLIBC_HWCAPS_MASK):
+        masked = (state.get("libm") or {}).get("glibc_masked")
+        if masked is not None and len(masked) != len(GLIBC_HWCAPS_MASK):
             problems.append(
                 f"glibc's libm picks its FMA code from the CPU: this process started without "
                 f"GLIBC_TUNABLES={_HWCAPS}={','.join(GLIBC_HWCAPS_MASK)} (glibc reads it only at process start)"

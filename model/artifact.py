@@ -154,7 +154,8 @@ def assemble(
     manifest: dict[str, Any] = {"schema_version": SCHEMA_VERSION, **hashed, "files": files, "libraries": library_versions()}
     manifest["evidence"] = dict(evidence)
     seal(manifest)
-    manifest["runtime"] = {**runtime, "python": platform.python_version(), "machine": platform.machine()}
+    libc = " ".join(part for part in platform.libc_ver() if part)
+    manifest["runtime"] = {**runtime, "python": platform.python_version(), "machine": platform.machine(), "libc": libc or None}
     write_json(out_dir / MANIFEST_FILE, manifest)
     return manifest
 

@@ -67,7 +67,7 @@ def test_portable_numerics_give_one_digest_under_far_apart_cpus(tmp_path: Path) 
     assert {b["kernel"] for b in first["numerics"]["blas"]} == {PORTABLE_KERNEL}
     assert first["numerics"]["numpy_dispatch"] == [] and first["numerics"]["openmp_threads"] == [1]
     # started without GLIBC_TUNABLES (tests/simulated_cpus.py), each run restarted itself to mask libm's FMA code
-    assert first["numerics"]["libm"]["masked"] == list(GLIBC_HWCAPS_MASK)
+    assert first["numerics"]["libm"]["glibc_masked"] == list(GLIBC_HWCAPS_MASK)
 
 
 def test_native_numerics_show_the_variation_is_real(tmp_path: Path) -> None:
@@ -101,7 +101,7 @@ def test_this_suite_runs_portable_so_record_says_portable() -> None:
     assert os.environ["OPENBLAS_CORETYPE"] == PORTABLE_KERNEL
     numerics = record("portable")
     assert numerics["arch"] == "x86_64" and {b["threads"] for b in numerics["blas"]} == {1}
-    assert numerics["libm"]["masked"] == list(GLIBC_HWCAPS_MASK)  # tests/conftest.py restarted pytest with it
+    assert numerics["libm"]["glibc_masked"] == list(GLIBC_HWCAPS_MASK)  # tests/conftest.py restarted pytest with it
 
 
 def test_numerics_mode_is_validated(make_project: ProjectFactory) -> None:

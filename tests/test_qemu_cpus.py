@@ -156,5 +156,5 @@ def test_a_run_started_without_the_libm_mask_restarts_itself_and_gives_the_same_
     libm mask (read only at process start): the same digest as a run started with it, and the record says so."""
     from mlci.numerics import GLIBC_HWCAPS_MASK
 
-    assert runs["restarted"]["manifest"]["numerics"]["libm"]["masked"] == list(GLIBC_HWCAPS_MASK)
+    assert runs["restarted"]["manifest"]["numerics"]["libm"]["glibc_masked"] == list(GLIBC_HWCAPS_MASK)
     assert runs["restarted"]["manifest"]["digest"] == runs["native"]["manifest"]["digest"]
