@@ -55,9 +55,20 @@ def command(cpu: str | None, project: Path, workspace: Path) -> list[str]:
     return ([QEMU, "-cpu", cpu] if cpu else []) + mlci
 
 
+# Set by main: whether the runs start with portable numerics' environment already in force.
+START_PORTABLE = False
+
+
 def environment(tunables: bool = False) -> dict[str, str]:
-    """The child's environment: none of the numerics variables inherited (mlci sets them itself)."""
+    """The child's environment: none of the numerics variables inherited; with ``numerics = "portable"``
+    it starts with portable numerics' own (GLIBC_TUNABLES included), so `mlci` has no reason to restart
+    itself, which under qemu would escape the emulation (qemu-user does not follow execve)."""
     env = {k: v for k, v in os.environ.items() if k not in VARIABLES and k != "GLIBC_TUNABLES"}
+    if START_PORTABLE:
+        from mlci.numerics import glibc_tunables, portable_environment
+
+        env |= {k: v for k, v in portable_environment().items() if v is not None}
+        env["GLIBC_TUNABLES"] = glibc_tunables(None)
     if tunables:
         env["GLIBC_TUNABLES"] = TUNABLES
     return env
@@ -218,6 +229,8 @@ def main() -> None:
     rows: list[str] = []
     with tempfile.TemporaryDirectory(prefix="mlci-qemu-") as tmp:
         root = Path(tmp)
+        global START_PORTABLE
+        START_PORTABLE = args.numerics == "portable"
         names = projects(root, args.numerics)
         if not args.matrix:
             names = {"breast_cancer": names["breast_cancer"]}
