@@ -87,7 +87,7 @@ def _load_build(config_path: Path, workspace: Path | None) -> Config:
     from mlci.numerics import prepare, restart_command
 
     config = load_config(config_path, workspace)
-    restart = restart_command(config.reproducibility.numerics, sys.argv[1:]) if _PROGRAM else None
+    restart = restart_command(config.reproducibility.numerics, sys.orig_argv[1:]) if _PROGRAM else None
     if restart is not None:  # glibc takes its tunables only when a process starts: start again, once
         argv, env = restart
         sys.stdout.flush()

@@ -117,7 +117,9 @@ def restart_command(mode: str, argv: list[str]) -> tuple[list[str], dict[str, st
     """The command and environment the `mlci` program restarts itself with so ``mode`` is in force from
     the start (glibc's tunables are read only when a process starts), or None when it already is.
 
-    ``argv`` is the program's arguments (sys.argv[1:]). The user's values of the variables changed travel
+    ``argv`` is the interpreter's arguments as the program was started (sys.orig_argv[1:]: the console
+    script's path or ``-m mlci``, then the command), so the restart finds mlci where the first start did
+    (``-m mlci`` from a directory holding mlci's source would import that instead). The user's values of the variables changed travel
     in USER_ENVIRONMENT, so the servers the restarted process starts get them back (child_environment).
     A process that was restarted once is never restarted again.
     """
@@ -132,7 +134,7 @@ def restart_command(mode: str, argv: list[str]) -> tuple[list[str], dict[str, st
     user = {name: env.get(name) for name in changes}
     _apply(env, changes)
     env[USER_ENVIRONMENT] = json.dumps(user, sort_keys=True)
-    return [sys.executable, "-m", "mlci", *argv], env
+    return [sys.executable, *argv], env
 
 
 def _restore_user_environment() -> None:
