@@ -90,7 +90,9 @@ def main() -> None:
             "",
             f"Median of {args.repeat} fresh `mlci train` processes per cell (import and data loading included), "
             f"modes alternated, one run; {platform.machine()}, 2 cores. Portable: OpenBLAS Nehalem kernel, numpy "
-            "at X86_V2, one BLAS/OpenMP thread; native: the machine's own (here SkylakeX, AVX512_ICL, 2 threads).",
+            "at X86_V2, one BLAS/OpenMP thread, glibc's FMA libm code masked, and the restart `mlci` makes to take "
+            "that mask (started, as from a shell, without any of the variables); native: the machine's own (here "
+            "SkylakeX, AVX512_ICL, 2 threads, FMA libm).",
             "",
             "| project | native s | portable s | portable / native |",
             "|---|---|---|---|",

@@ -82,11 +82,14 @@ def glibc_tunables(current: str | None) -> str:
 
 
 def _startup_environment() -> dict[str, str]:
-    """The environment this process was started with (what ld.so read its tunables from)."""
+    """The environment this process was started with (what ld.so read its tunables from).
+
+    Without /proc only a restarted mlci knows it: it was started with what its first process gave it.
+    Anything else cannot tell what a caller put into os.environ later, so it claims nothing."""
     try:
         raw = open("/proc/self/environ", "rb").read()  # noqa: SIM115  (one read of a pseudo-file)
     except OSError:
-        return dict(os.environ)
+        return dict(os.environ) if _RESTARTED else {}
     items = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
     return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in items}
 
