@@ -36,6 +36,7 @@ from _util import write_section  # noqa: E402
 
 from tests.conftest import BASE_TOML, mixed_frame  # noqa: E402
 from tests.simulated_cpus import DISPATCH, KERNELS  # noqa: E402  the simulated CPUs the tests use
+from tests.simulated_cpus import json_leaves as _leaves  # noqa: E402
 from tests.test_pipeline import CASES, SCALED  # noqa: E402
 
 VARIABLES = ("OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES", "NPY_ENABLE_CPU_FEATURES", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
@@ -97,15 +98,6 @@ def run_one(project: Path, workspace: Path, env: dict[str, str]) -> dict[str, An
     artifact = Path(json.loads(done.stdout)["artifact"])
     manifest = json.loads((artifact / "manifest.json").read_text())
     return {"manifest": manifest}
-
-
-def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Flatten a JSON value to {dotted.path: leaf}."""
-    if isinstance(value, dict):
-        return {k: v for key, item in value.items() for k, v in _leaves(item, f"{prefix}{key}.").items()}
-    if isinstance(value, list):
-        return {k: v for i, item in enumerate(value) for k, v in _leaves(item, f"{prefix}{i}.").items()}
-    return {prefix.rstrip("."): value}
 
 
 def differences(reference: dict[str, Any], other: dict[str, Any]) -> list[str]:

@@ -111,3 +111,12 @@ def run_until_evaluate(config: Path, workspace: Path, cpu: Cpu) -> dict[str, Any
     assert done.returncode == 0, f"mlci run under {cpu.label()} failed ({done.returncode}):\n{done.stderr[-2000:]}"
     artifact = Path(json.loads(done.stdout)["artifact"])
     return json.loads((artifact / "manifest.json").read_text())
+
+
+def json_leaves(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten a JSON value to {dotted.path: leaf} (to say which fields of two manifests differ)."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in json_leaves(item, f"{prefix}{key}.").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in json_leaves(item, f"{prefix}{i}.").items()}
+    return {prefix.rstrip("."): value}

@@ -33,6 +33,7 @@ import pytest
 from mlci.numerics import is_x86_64
 
 from .conftest import EXAMPLE
+from .simulated_cpus import json_leaves as _leaves
 
 QEMU = shutil.which("qemu-x86_64")
 CPU = "Nehalem"  # SSE4.2, no AVX/AVX2/FMA/AVX-512: the portable OpenBLAS kernel's own CPU
@@ -94,15 +95,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
         emulated = pool.submit(_run, config, root / f"ws-{CPU}", CPU)
         restarted = pool.submit(_run, config, root / "ws-restarted", None, False)
         return {"native": native.result(), CPU: emulated.result(), "restarted": restarted.result()}
-
-
-def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Flatten a JSON value to {dotted.path: leaf}."""
-    if isinstance(value, dict):
-        return {k: v for key, item in value.items() for k, v in _leaves(item, f"{prefix}{key}.").items()}
-    if isinstance(value, list):
-        return {k: v for i, item in enumerate(value) for k, v in _leaves(item, f"{prefix}{i}.").items()}
-    return {prefix.rstrip("."): value}
 
 
 def _differing(a: Any, b: Any) -> list[str]:
