@@ -21,7 +21,10 @@ scheme; the verdict says so.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -349,6 +352,41 @@ def _budgets(config: Config, manifest: dict[str, Any], smoke: dict[str, Any] | N
     return checks
 
 
+class _Resamples:
+    """What one gate run's two paired comparisons share: the bootstrap weights per (n, B, seed), and the
+    candidate's resampled metric per (metric, rows, B, seed), ``rows`` being a digest of the data-file rows
+    compared (their content, never an object id). When production shares the candidate's split both
+    comparisons run on the candidate's holdout, so the candidate's metric vector is computed once.
+    ``reuse=False`` recomputes everything (the route before the cache; the tests compare the two).
+    """
+
+    def __init__(self, reuse: bool = True) -> None:
+        self.reuse = reuse
+        self._weights: dict[tuple[int, int, int], np.ndarray] = {}
+        self._candidate: dict[tuple[str, str, int, int], np.ndarray] = {}
+
+    def weights(self, n: int, samples: int, seed: int) -> np.ndarray:
+        """bootstrap_weights(n, samples, seed), drawn once per run."""
+        key = (n, samples, seed)
+        if not self.reuse:
+            return bootstrap_weights(*key)
+        if key not in self._weights:
+            self._weights[key] = bootstrap_weights(*key)
+        return self._weights[key]
+
+    def candidate(
+        self, metric: str, rows: np.ndarray, samples: int, seed: int, compute: Callable[[], np.ndarray]
+    ) -> np.ndarray:
+        """The candidate's ``metric`` on the resamples of ``rows`` (a boolean mask of the data file's rows)."""
+        if not self.reuse:
+            return compute()
+        selected = np.flatnonzero(rows).astype(np.int64)
+        key = (metric, f"{selected.size}:{hashlib.sha256(selected.tobytes()).hexdigest()}", samples, seed)
+        if key not in self._candidate:
+            self._candidate[key] = compute()
+        return self._candidate[key]
+
+
 def _compare(
     policy: GateConfig,
     y: np.ndarray,
@@ -356,6 +394,8 @@ def _compare(
     other: tuple[Prediction, list[str]],
     task: str,
     *,
+    rows: np.ndarray,
+    resamples: _Resamples,
     versus: str = "production",
     must_beat: bool = False,
 ) -> list[Check]:
@@ -364,13 +404,15 @@ def _compare(
     Against production every compared metric is non-inferiority (superiority where ``require_better``);
     ``must_beat`` (the trivial baseline) makes every compared metric a superiority check; with no compared
     metric at all, the baseline is beaten on accuracy (classification) or r2 (regression), never on nothing.
+    ``rows`` (a boolean mask of the data file's rows, ``y`` being theirs) and ``resamples`` let the two
+    comparisons of one run share the weights and the candidate's resampled metrics.
     """
     metrics = sorted(set(policy.non_inferiority) | set(policy.require_better))
     fallback = ""
     if must_beat and not metrics:
         metrics = [_BASELINE_FALLBACK[task]]
         fallback = f" (judged on {metrics[0]}: no metric is compared in [gate.non_inferiority] or [gate] require_better)"
-    weights = bootstrap_weights(len(y), policy.bootstrap, policy.seed)
+    weights = resamples.weights(len(y), policy.bootstrap, policy.seed)
     y_s = y.astype(str) if task == "classification" else y
     checks = []
     for metric in metrics:
@@ -388,7 +430,9 @@ def _compare(
                 classes=classes,
             )
 
-        interval = paired_bootstrap(metric, fn(*cand), fn(*other), weights, policy.alpha)
+        candidate = fn(*cand)
+        resampled = resamples.candidate(metric, rows, policy.bootstrap, policy.seed, partial(candidate, weights))
+        interval = paired_bootstrap(metric, candidate, fn(*other), weights, policy.alpha, resampled)
         lo, hi = interval.low, interval.high
         p_value = None
         if metric == "accuracy" and cand[0].labels is not None and other[0].labels is not None:
@@ -440,7 +484,7 @@ def _compare(
 
 
 def _baseline(
-    config: Config, cand: _View, y_all: np.ndarray, pred: Prediction
+    config: Config, cand: _View, y_all: np.ndarray, pred: Prediction, resamples: _Resamples
 ) -> tuple[list[Check], dict[str, Any] | None]:
     """The candidate against the trivial baseline fitted on its training rows, on its holdout."""
     if config.gate.baseline == "none":
@@ -453,6 +497,8 @@ def _baseline(
         (pred, cand.classes),
         (trivial, cand.classes),
         config.task,
+        rows=cand.holdout,
+        resamples=resamples,
         versus=f"baseline ({what})",
         must_beat=True,
     )
@@ -504,6 +550,7 @@ def _production(
     prod_manifest: dict[str, Any],
     dataset: Dataset,
     splits: dict[Any, np.ndarray],
+    resamples: _Resamples,
 ) -> tuple[list[Check], dict[str, Any] | None, list[str]]:
     """The comparison with production on the rows neither model trained on (checks, metrics, notes)."""
     path = config.data.path
@@ -530,7 +577,15 @@ def _production(
         )
     y = y_all[shared]
     cand_shared = _take(cand_pred, shared[cand.holdout])
-    checks = _compare(config.gate, y, (cand_shared, cand.classes), (prod_pred, prod.classes), config.task)
+    checks = _compare(
+        config.gate,
+        y,
+        (cand_shared, cand.classes),
+        (prod_pred, prod.classes),
+        config.task,
+        rows=shared,
+        resamples=resamples,
+    )
     metrics = {
         "rows": n,
         "candidate": _summary(_metrics(config.task, y, cand_shared, cand.classes)),
@@ -575,7 +630,8 @@ def run_gate(
     cand_pred = _predict(candidate, cand, dataset, cand.holdout, path)
     cand_metrics = _metrics(config.task, y_all[cand.holdout], cand_pred, cand.classes)
     checks = _absolute(config, cand_metrics)
-    baseline_checks, baseline_metrics = _baseline(config, cand, y_all, cand_pred)
+    resamples = _Resamples()
+    baseline_checks, baseline_metrics = _baseline(config, cand, y_all, cand_pred, resamples)
     checks += baseline_checks
     checks += _budgets(config, cand_manifest, smoke)
     compared, notes = None, []
@@ -593,7 +649,7 @@ def run_gate(
             )
         else:
             more, compared, notes = _production(
-                config, cand, cand_pred, y_all, production, prod_manifest, dataset, splits
+                config, cand, cand_pred, y_all, production, prod_manifest, dataset, splits, resamples
             )
             checks += more
     metrics = {

@@ -1,17 +1,65 @@
-"""The gate's weighted ROC AUC, fast and bit for bit the grouped route before it (issue 13's leftover).
+"""The gate's fast statistics give bit for bit the verdict of the route before them (issue 13's leftover).
 
-A constant score (the trivial baseline) has AUC 0.5 without a sort; every other score vector is sorted
-once (not per call) and its AUC summed over the positives from a cumulative sum of the negatives. The
-reference is ``reference_auc`` below: the grouped weighted AUC as model/stats.py had it, verbatim.
+Three shortcuts, each exact: the two paired comparisons of one run share the bootstrap weights and the
+candidate's resampled metric when they use the same rows; the trivial baseline's constant scores have ROC
+AUC 0.5 without a sort; every other score vector is sorted once (not per call) and its AUC summed over the
+positives from a cumulative sum of the negatives. The reference is the code as it was: ``reference_auc``
+below is the grouped weighted AUC verbatim, and ``gate._Resamples(reuse=False)`` recomputes every vector.
 Correctness only: the speed is bench/bench_gate.py's business.
 """
 
 from __future__ import annotations
 
+import json
+from functools import partial
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 
+import mlci.model.gate as gate
 import mlci.model.stats as stats
+from mlci.config import load_config
+from mlci.model.gate import run_gate
+from mlci.pipeline import run_pipeline
+
+from .conftest import mixed_frame
+from .test_gate_rows import species_frame
+
+TOML = """
+[model]
+name = "speed"
+task = "{task}"
+[data]
+path = "data.csv"
+target = "{target}"
+drop = {drop}
+[split]
+holdout = {holdout}
+seed = {seed}
+[estimator]
+{estimator}
+[evaluate]
+latency_runs = 10
+outlier_estimators = 10
+[gate]
+require_smoke = false
+bootstrap = 200
+min_compared_rows = 10
+non_inferiority = {policy}
+"""
+LOGISTIC = 'class = "sklearn.linear_model.LogisticRegression"\nparams = {{ C = {c}, max_iter = 500 }}\nscale = true'
+RIDGE = 'class = "sklearn.linear_model.Ridge"\nparams = {{ alpha = {c} }}'
+CLASSIFICATION = "{ accuracy = 0.01, roc_auc = 0.01, f1 = 0.01, log_loss = 0.05 }"
+TASKS: dict[str, dict[str, Any]] = {
+    "binary": dict(task="classification", target="churn", drop='["spend"]', estimator=LOGISTIC,
+                   policy=CLASSIFICATION, frame=mixed_frame),
+    "multiclass": dict(task="classification", target="species", drop='["id"]', estimator=LOGISTIC,
+                       policy=CLASSIFICATION, frame=species_frame),
+    "regression": dict(task="regression", target="spend", drop='["churn"]', estimator=RIDGE,
+                       policy="{ rmse = 0.1, mae = 0.1, r2 = 0.01 }", frame=mixed_frame),
+}  # fmt: skip
 
 
 def reference_auc(W: np.ndarray, positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -27,6 +75,106 @@ def reference_auc(W: np.ndarray, positive: np.ndarray, scores: np.ndarray) -> np
     denominator = pos_w.sum(axis=1) * neg_w.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denominator > 0, numerator / denominator, np.nan)
+
+
+def build(root: Path, spec: dict[str, Any], *, seed: int, holdout: float, c: float) -> tuple[Path, Path]:
+    """A project in ``root`` (the task's frame, the given split) built until evaluate: (mlci.toml, artifact)."""
+    root.mkdir(parents=True)
+    spec["frame"]().to_csv(root / "data.csv", index=False)
+    fields = {k: v for k, v in spec.items() if k != "frame"}
+    toml = TOML.format(**{**fields, "estimator": spec["estimator"].format(c=c)}, seed=seed, holdout=holdout)
+    (root / "mlci.toml").write_text(toml)
+    artifact = run_pipeline(load_config(root / "mlci.toml"), until="evaluate").artifact
+    assert artifact is not None
+    return root / "mlci.toml", artifact
+
+
+@pytest.fixture(scope="module", params=sorted(TASKS))
+def models(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Per task: a candidate, production on the same split, production on another split (seed, fraction)."""
+    spec, base = TASKS[request.param], tmp_path_factory.mktemp(request.param)
+    cfg, candidate = build(base / "candidate", spec, seed=3, holdout=0.25, c=0.05)
+    _, same = build(base / "same", spec, seed=3, holdout=0.25, c=1.0)
+    _, other = build(base / "other", spec, seed=4, holdout=0.5, c=1.0)
+    return {"config": cfg, "candidate": candidate, "same": same, "other": other}
+
+
+def reference_verdict(monkeypatch: pytest.MonkeyPatch, models: dict[str, Path], production: str) -> dict[str, Any]:
+    """The verdict on the route before the shortcuts: nothing reused, the grouped AUC for every score vector."""
+    uncached = gate._Resamples
+    with monkeypatch.context() as m:
+        m.setattr(gate, "_Resamples", lambda: uncached(reuse=False))
+        m.setattr(stats, "_auc_of", lambda positive, scores: partial(reference_auc, positive=positive, scores=scores))
+        return run_gate(load_config(models["config"]), models["candidate"], models[production]).to_json()
+
+
+@pytest.mark.parametrize("production", ["same", "other"])
+def test_the_verdict_is_bit_identical_to_the_uncached_grouped_route(
+    models: dict[str, Path], production: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every check's pass/fail, figure, interval, p-value and reason, and every metric, serialised with
+    repr-exact floats: production sharing the candidate's split (both comparisons on the same rows, the
+    cached route) and production on another split (the comparison on the intersection, recomputed)."""
+    fast = run_gate(load_config(models["config"]), models["candidate"], models[production]).to_json()
+    reference = reference_verdict(monkeypatch, models, production)
+    kinds = [c["kind"] for c in fast["checks"]]
+    assert kinds.count("baseline") >= 3 and kinds.count("comparison") >= 3, kinds  # both comparisons ran
+    if production == "same":
+        assert fast["compared_rows"] == fast["holdout_rows"]
+    else:
+        assert 10 <= fast["compared_rows"] < fast["holdout_rows"]
+    assert json.dumps(fast, sort_keys=True) == json.dumps(reference, sort_keys=True)
+
+
+def test_the_candidates_resampled_metrics_are_computed_once_when_the_rows_are_shared(
+    models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same split: one draw of the weights and three resampled vectors per metric (candidate, baseline,
+    production) instead of two draws and four; another split: the candidate's vector on the compared rows
+    is its own (the cache is keyed on the rows, not the row count or an object)."""
+    draws: list[int] = []
+    resampled: list[int] = []
+    real_weights, real_metric = gate.bootstrap_weights, gate.weighted_metric
+
+    def counting_weights(n: int, samples: int, seed: int) -> np.ndarray:
+        draws.append(n)
+        return real_weights(n, samples, seed)
+
+    def counting_metric(*args: Any, **kwargs: Any) -> Any:
+        fn = real_metric(*args, **kwargs)
+
+        def counted(W: np.ndarray) -> np.ndarray:
+            if W.shape[0] > 1:  # the resamples, not the point estimate
+                resampled.append(W.shape[1])
+            return fn(W)
+
+        return counted
+
+    monkeypatch.setattr(gate, "bootstrap_weights", counting_weights)
+    monkeypatch.setattr(gate, "weighted_metric", counting_metric)
+    config = load_config(models["config"])
+    metrics = len(set(config.gate.non_inferiority))
+    same = run_gate(config, models["candidate"], models["same"])
+    assert len(draws) == 1 and len(resampled) == 3 * metrics, (draws, len(resampled), metrics)
+    draws.clear()
+    resampled.clear()
+    other = run_gate(config, models["candidate"], models["other"])
+    assert draws == [other.holdout_rows, other.compared_rows], draws
+    assert len(resampled) == 4 * metrics and same.holdout_rows == other.holdout_rows
+
+
+def test_the_cache_is_keyed_on_the_rows_not_their_number() -> None:
+    """Two row selections of the same size are different rows: the second is computed, not served."""
+    resamples = gate._Resamples()
+    first, second = np.zeros(20, dtype=bool), np.zeros(20, dtype=bool)
+    first[:5], second[5:10] = True, True
+    a = resamples.candidate("roc_auc", first, 10, 0, lambda: np.array([1.0]))
+    b = resamples.candidate("roc_auc", second, 10, 0, lambda: np.array([2.0]))
+    again = resamples.candidate("roc_auc", first.copy(), 10, 0, lambda: np.array([3.0]))
+    other_seed = resamples.candidate("roc_auc", first, 10, 1, lambda: np.array([4.0]))
+    assert (a[0], b[0], again[0], other_seed[0]) == (1.0, 2.0, 1.0, 4.0)
+    assert resamples.weights(7, 3, 0) is resamples.weights(7, 3, 0)
+    assert np.array_equal(resamples.weights(7, 3, 0), stats.bootstrap_weights(7, 3, 0))
 
 
 RNG = np.random.default_rng(5)
