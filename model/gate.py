@@ -352,39 +352,47 @@ def _budgets(config: Config, manifest: dict[str, Any], smoke: dict[str, Any] | N
     return checks
 
 
+def _rows_key(rows: np.ndarray) -> str:
+    """What identifies a selection of the data file's rows (a boolean mask): its size and a digest of the
+    row indices, so two selections are one key exactly when they are the same rows."""
+    selected = np.flatnonzero(rows).astype(np.int64)
+    return f"{selected.size}:{hashlib.sha256(selected.tobytes()).hexdigest()}"
+
+
 class _Resamples:
-    """What one gate run's two paired comparisons share: the bootstrap weights per (n, B, seed), and the
-    candidate's resampled metric per (metric, rows, B, seed), ``rows`` being a digest of the data-file rows
-    compared (their content, never an object id). When production shares the candidate's split both
-    comparisons run on the candidate's holdout, so the candidate's metric vector is computed once.
+    """What one gate run computes once and both its comparisons use: the bootstrap weights per (n, B, seed),
+    the candidate's resampled metric per (metric, rows, B, seed) and its metrics per rows, ``rows`` being
+    the content of the data-file rows compared (``_rows_key``, never an object id). When production shares
+    the candidate's split, the comparison with production runs on the candidate's holdout, the rows of the
+    absolute and baseline checks, so nothing about the candidate is computed twice.
     ``reuse=False`` recomputes everything (the route before the cache; the tests compare the two).
     """
 
     def __init__(self, reuse: bool = True) -> None:
         self.reuse = reuse
-        self._weights: dict[tuple[int, int, int], np.ndarray] = {}
-        self._candidate: dict[tuple[str, str, int, int], np.ndarray] = {}
+        self._memo: dict[tuple[Any, ...], Any] = {}
+
+    def _get(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per key (every time without reuse)."""
+        if not self.reuse:
+            return compute()
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def weights(self, n: int, samples: int, seed: int) -> np.ndarray:
         """bootstrap_weights(n, samples, seed), drawn once per run."""
-        key = (n, samples, seed)
-        if not self.reuse:
-            return bootstrap_weights(*key)
-        if key not in self._weights:
-            self._weights[key] = bootstrap_weights(*key)
-        return self._weights[key]
+        return self._get(("weights", n, samples, seed), partial(bootstrap_weights, n, samples, seed))
 
     def candidate(
         self, metric: str, rows: np.ndarray, samples: int, seed: int, compute: Callable[[], np.ndarray]
     ) -> np.ndarray:
         """The candidate's ``metric`` on the resamples of ``rows`` (a boolean mask of the data file's rows)."""
-        if not self.reuse:
-            return compute()
-        selected = np.flatnonzero(rows).astype(np.int64)
-        key = (metric, f"{selected.size}:{hashlib.sha256(selected.tobytes()).hexdigest()}", samples, seed)
-        if key not in self._candidate:
-            self._candidate[key] = compute()
-        return self._candidate[key]
+        return self._get(("resampled", metric, _rows_key(rows), samples, seed), compute)
+
+    def candidate_metrics(self, rows: np.ndarray, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The candidate's metrics (model/evaluate.py's) on ``rows``."""
+        return self._get(("metrics", _rows_key(rows)), compute)
 
 
 def _compare(
@@ -588,7 +596,9 @@ def _production(
     )
     metrics = {
         "rows": n,
-        "candidate": _summary(_metrics(config.task, y, cand_shared, cand.classes)),
+        "candidate": _summary(
+            resamples.candidate_metrics(shared, partial(_metrics, config.task, y, cand_shared, cand.classes))
+        ),
         "production": _summary(_metrics(config.task, y, prod_pred, prod.classes)),
     }
     return checks, metrics, notes
@@ -628,9 +638,11 @@ def run_gate(
         raise DataError(str(exc)) from exc
     y_all = typed_target(dataset.raw, cand.schema, path).to_numpy()
     cand_pred = _predict(candidate, cand, dataset, cand.holdout, path)
-    cand_metrics = _metrics(config.task, y_all[cand.holdout], cand_pred, cand.classes)
-    checks = _absolute(config, cand_metrics)
     resamples = _Resamples()
+    cand_metrics = resamples.candidate_metrics(
+        cand.holdout, partial(_metrics, config.task, y_all[cand.holdout], cand_pred, cand.classes)
+    )
+    checks = _absolute(config, cand_metrics)
     baseline_checks, baseline_metrics = _baseline(config, cand, y_all, cand_pred, resamples)
     checks += baseline_checks
     checks += _budgets(config, cand_manifest, smoke)

@@ -129,12 +129,14 @@ def test_the_verdict_is_bit_identical_to_the_uncached_grouped_route(
 def test_the_candidates_resampled_metrics_are_computed_once_when_the_rows_are_shared(
     models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Same split: one draw of the weights and three resampled vectors per metric (candidate, baseline,
-    production) instead of two draws and four; another split: the candidate's vector on the compared rows
-    is its own (the cache is keyed on the rows, not the row count or an object)."""
+    """Same split: one draw of the weights, three resampled vectors per metric (candidate, baseline,
+    production) instead of two draws and four, and three sets of metrics (not four); another split: the
+    candidate's vectors and metrics on the compared rows are its own (the cache is keyed on the rows,
+    not the row count or an object)."""
     draws: list[int] = []
     resampled: list[int] = []
-    real_weights, real_metric = gate.bootstrap_weights, gate.weighted_metric
+    figures: list[int] = []
+    real_weights, real_metric, real_figures = gate.bootstrap_weights, gate.weighted_metric, gate._metrics
 
     def counting_weights(n: int, samples: int, seed: int) -> np.ndarray:
         draws.append(n)
@@ -150,16 +152,24 @@ def test_the_candidates_resampled_metrics_are_computed_once_when_the_rows_are_sh
 
         return counted
 
+    def counting_figures(task: str, y: np.ndarray, *args: Any) -> dict[str, Any]:
+        figures.append(len(y))
+        return real_figures(task, y, *args)
+
     monkeypatch.setattr(gate, "bootstrap_weights", counting_weights)
+    monkeypatch.setattr(gate, "_metrics", counting_figures)
     monkeypatch.setattr(gate, "weighted_metric", counting_metric)
     config = load_config(models["config"])
     metrics = len(set(config.gate.non_inferiority))
     same = run_gate(config, models["candidate"], models["same"])
     assert len(draws) == 1 and len(resampled) == 3 * metrics, (draws, len(resampled), metrics)
+    assert figures == [same.holdout_rows] * 3, figures  # candidate, baseline, production
     draws.clear()
     resampled.clear()
+    figures.clear()
     other = run_gate(config, models["candidate"], models["other"])
     assert draws == [other.holdout_rows, other.compared_rows], draws
+    assert figures == [other.holdout_rows] * 2 + [other.compared_rows] * 2, figures
     assert len(resampled) == 4 * metrics and same.holdout_rows == other.holdout_rows
 
 
