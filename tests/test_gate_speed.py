@@ -266,3 +266,16 @@ def test_weighted_metric_roc_auc_matches_the_reference_for_three_classes() -> No
     got = stats.weighted_metric("roc_auc", y, probabilities=probabilities, classes=["a", "b", "c"])(W)
     expected = np.nanmean([reference_auc(W, y == c, probabilities[:, i]) for i, c in enumerate("abc")], axis=0)
     assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("argv", [["--numerics", "fast"], ["--numerics"], ["portable"]])
+def test_the_benchmark_refuses_an_unknown_argument_saying_what_it_takes(argv: list[str]) -> None:
+    """bench/bench_gate.py checks its one option before it builds anything (or restarts itself)."""
+    import subprocess
+    import sys
+
+    bench = Path(__file__).parents[1] / "bench" / "bench_gate.py"
+    done = subprocess.run([sys.executable, str(bench), *argv], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done
+    assert "expects no argument or `--numerics portable` / `--numerics native`" in done.stderr, done.stderr
+    assert repr(" ".join(argv)) in done.stderr and "Run it as" in done.stderr
