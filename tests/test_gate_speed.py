@@ -279,3 +279,18 @@ def test_the_benchmark_refuses_an_unknown_argument_saying_what_it_takes(argv: li
     assert done.returncode == 1, done
     assert "expects no argument or `--numerics portable` / `--numerics native`" in done.stderr, done.stderr
     assert repr(" ".join(argv)) in done.stderr and "Run it as" in done.stderr
+
+
+def reference_weights(n: int, samples: int, seed: int) -> np.ndarray:
+    """bootstrap_weights as model/stats.py drew it before (verbatim): int64 draws, one flat bincount."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, size=(samples, n), dtype=np.int64)
+    draws += (np.arange(samples, dtype=np.int64) * n)[:, None]
+    return np.bincount(draws.ravel(), minlength=samples * n).reshape(samples, n).astype(np.float64)
+
+
+@pytest.mark.parametrize(("n", "samples", "seed"), [(1, 3, 0), (2, 50, 1), (85, 200, 0), (10_024, 40, 7), (65_537, 3, 9)])
+def test_the_bootstrap_weights_are_the_draws_as_before(n: int, samples: int, seed: int) -> None:
+    got = stats.bootstrap_weights(n, samples, seed)
+    assert got.dtype == np.float64 and got.shape == (samples, n)
+    assert np.array_equal(got, reference_weights(n, samples, seed))
