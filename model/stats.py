@@ -138,13 +138,16 @@ class _AucPlan:
         below 2**53, so each is exact and the result is bit for bit the grouped route's; other weights agree
         to rounding.
         """
-        cum = np.zeros((W.shape[0], self.negatives.size + 1))
-        np.cumsum(W[:, self.negatives], axis=1, out=cum[:, 1:])
-        Wp = W[:, self.positives]
+        k = self.negatives.size
+        Ws = np.take(W, np.concatenate([self.negatives, self.positives]), axis=1)  # one gather: negatives, positives
+        cum = np.zeros((W.shape[0], k + 1))
+        np.cumsum(Ws[:, :k], axis=1, out=cum[:, 1:])
+        Wp = Ws[:, k:]
         if np.array_equal(self.below, self.upto):  # no positive tied with a negative
-            numerator = np.einsum("ij,ij->i", Wp, cum[:, self.below])
+            numerator = np.einsum("ij,ij->i", Wp, np.take(cum, self.below, axis=1))
         else:
-            numerator = 0.5 * np.einsum("ij,ij->i", Wp, cum[:, self.below] + cum[:, self.upto])
+            tied = np.take(cum, self.below, axis=1) + np.take(cum, self.upto, axis=1)
+            numerator = 0.5 * np.einsum("ij,ij->i", Wp, tied)
         denominator = Wp.sum(axis=1) * cum[:, -1]
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(denominator > 0, numerator / denominator, np.nan)
