@@ -152,7 +152,10 @@ def main() -> None:
         f"`run_gate` / naive = {gate_s / naive:.3f}: the machine-independent figure (0.060 when issue 4 set the",
         "2.0 s target on a machine where the naive loop took 13.9 s). Since issue 13 the gate runs two paired",
         "comparisons (the candidate against a trivial baseline, then against production on the rows neither",
-        "model trained on) and hashes raw rows for both splits, so its cost about doubled.",
+        "model trained on) and hashes raw rows for both splits; the two share the bootstrap weights and the",
+        "candidate's resampled metrics when the rows are the same (here: production shares the split), the",
+        "baseline's constant scores have AUC 0.5 without a sort, and each score vector is sorted once.",
+        f"Load average at the end of the run: {os.getloadavg()[0]:.2f} (2 cores; other work shares them).",
     ]
     write_section("gate", "\n".join(lines))
     print("\n".join(lines))
