@@ -646,7 +646,8 @@ def run_gate(
     baseline_checks, baseline_metrics = _baseline(config, cand, y_all, cand_pred, resamples)
     checks += baseline_checks
     checks += _budgets(config, cand_manifest, smoke)
-    compared, notes = None, []
+    compared: dict[str, Any] | None = None
+    notes: list[str] = []
     if prod_manifest is not None and production is not None:
         if prod_manifest["digest"] == cand_manifest["digest"]:
             checks.append(
