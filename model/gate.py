@@ -21,7 +21,10 @@ scheme; the verdict says so.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -349,6 +352,49 @@ def _budgets(config: Config, manifest: dict[str, Any], smoke: dict[str, Any] | N
     return checks
 
 
+def _rows_key(rows: np.ndarray) -> str:
+    """What identifies a selection of the data file's rows (a boolean mask): its size and a digest of the
+    row indices, so two selections are one key exactly when they are the same rows."""
+    selected = np.flatnonzero(rows).astype(np.int64)
+    return f"{selected.size}:{hashlib.sha256(selected.tobytes()).hexdigest()}"
+
+
+class _Resamples:
+    """What one gate run computes once and both its comparisons use: the bootstrap weights per (n, B, seed),
+    the candidate's resampled metric per (metric, rows, B, seed) and its metrics per rows, ``rows`` being
+    the content of the data-file rows compared (``_rows_key``, never an object id). When production shares
+    the candidate's split, the comparison with production runs on the candidate's holdout, the rows of the
+    absolute and baseline checks, so nothing about the candidate is computed twice.
+    ``reuse=False`` recomputes everything (the route before the cache; the tests compare the two).
+    """
+
+    def __init__(self, reuse: bool = True) -> None:
+        self.reuse = reuse
+        self._memo: dict[tuple[Any, ...], Any] = {}
+
+    def _get(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per key (every time without reuse)."""
+        if not self.reuse:
+            return compute()
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def weights(self, n: int, samples: int, seed: int) -> np.ndarray:
+        """bootstrap_weights(n, samples, seed), drawn once per run."""
+        return self._get(("weights", n, samples, seed), partial(bootstrap_weights, n, samples, seed))
+
+    def candidate(
+        self, metric: str, rows: np.ndarray, samples: int, seed: int, compute: Callable[[], np.ndarray]
+    ) -> np.ndarray:
+        """The candidate's ``metric`` on the resamples of ``rows`` (a boolean mask of the data file's rows)."""
+        return self._get(("resampled", metric, _rows_key(rows), samples, seed), compute)
+
+    def candidate_metrics(self, rows: np.ndarray, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The candidate's metrics (model/evaluate.py's) on ``rows``."""
+        return self._get(("metrics", _rows_key(rows)), compute)
+
+
 def _compare(
     policy: GateConfig,
     y: np.ndarray,
@@ -356,6 +402,8 @@ def _compare(
     other: tuple[Prediction, list[str]],
     task: str,
     *,
+    rows: np.ndarray,
+    resamples: _Resamples,
     versus: str = "production",
     must_beat: bool = False,
 ) -> list[Check]:
@@ -364,13 +412,15 @@ def _compare(
     Against production every compared metric is non-inferiority (superiority where ``require_better``);
     ``must_beat`` (the trivial baseline) makes every compared metric a superiority check; with no compared
     metric at all, the baseline is beaten on accuracy (classification) or r2 (regression), never on nothing.
+    ``rows`` (a boolean mask of the data file's rows, ``y`` being theirs) and ``resamples`` let the two
+    comparisons of one run share the weights and the candidate's resampled metrics.
     """
     metrics = sorted(set(policy.non_inferiority) | set(policy.require_better))
     fallback = ""
     if must_beat and not metrics:
         metrics = [_BASELINE_FALLBACK[task]]
         fallback = f" (judged on {metrics[0]}: no metric is compared in [gate.non_inferiority] or [gate] require_better)"
-    weights = bootstrap_weights(len(y), policy.bootstrap, policy.seed)
+    weights = resamples.weights(len(y), policy.bootstrap, policy.seed)
     y_s = y.astype(str) if task == "classification" else y
     checks = []
     for metric in metrics:
@@ -388,7 +438,9 @@ def _compare(
                 classes=classes,
             )
 
-        interval = paired_bootstrap(metric, fn(*cand), fn(*other), weights, policy.alpha)
+        candidate = fn(*cand)
+        resampled = resamples.candidate(metric, rows, policy.bootstrap, policy.seed, partial(candidate, weights))
+        interval = paired_bootstrap(metric, candidate, fn(*other), weights, policy.alpha, resampled)
         lo, hi = interval.low, interval.high
         p_value = None
         if metric == "accuracy" and cand[0].labels is not None and other[0].labels is not None:
@@ -440,7 +492,7 @@ def _compare(
 
 
 def _baseline(
-    config: Config, cand: _View, y_all: np.ndarray, pred: Prediction
+    config: Config, cand: _View, y_all: np.ndarray, pred: Prediction, resamples: _Resamples
 ) -> tuple[list[Check], dict[str, Any] | None]:
     """The candidate against the trivial baseline fitted on its training rows, on its holdout."""
     if config.gate.baseline == "none":
@@ -453,6 +505,8 @@ def _baseline(
         (pred, cand.classes),
         (trivial, cand.classes),
         config.task,
+        rows=cand.holdout,
+        resamples=resamples,
         versus=f"baseline ({what})",
         must_beat=True,
     )
@@ -504,6 +558,7 @@ def _production(
     prod_manifest: dict[str, Any],
     dataset: Dataset,
     splits: dict[Any, np.ndarray],
+    resamples: _Resamples,
 ) -> tuple[list[Check], dict[str, Any] | None, list[str]]:
     """The comparison with production on the rows neither model trained on (checks, metrics, notes)."""
     path = config.data.path
@@ -530,10 +585,20 @@ def _production(
         )
     y = y_all[shared]
     cand_shared = _take(cand_pred, shared[cand.holdout])
-    checks = _compare(config.gate, y, (cand_shared, cand.classes), (prod_pred, prod.classes), config.task)
+    checks = _compare(
+        config.gate,
+        y,
+        (cand_shared, cand.classes),
+        (prod_pred, prod.classes),
+        config.task,
+        rows=shared,
+        resamples=resamples,
+    )
     metrics = {
         "rows": n,
-        "candidate": _summary(_metrics(config.task, y, cand_shared, cand.classes)),
+        "candidate": _summary(
+            resamples.candidate_metrics(shared, partial(_metrics, config.task, y, cand_shared, cand.classes))
+        ),
         "production": _summary(_metrics(config.task, y, prod_pred, prod.classes)),
     }
     return checks, metrics, notes
@@ -573,12 +638,16 @@ def run_gate(
         raise DataError(str(exc)) from exc
     y_all = typed_target(dataset.raw, cand.schema, path).to_numpy()
     cand_pred = _predict(candidate, cand, dataset, cand.holdout, path)
-    cand_metrics = _metrics(config.task, y_all[cand.holdout], cand_pred, cand.classes)
+    resamples = _Resamples()
+    cand_metrics = resamples.candidate_metrics(
+        cand.holdout, partial(_metrics, config.task, y_all[cand.holdout], cand_pred, cand.classes)
+    )
     checks = _absolute(config, cand_metrics)
-    baseline_checks, baseline_metrics = _baseline(config, cand, y_all, cand_pred)
+    baseline_checks, baseline_metrics = _baseline(config, cand, y_all, cand_pred, resamples)
     checks += baseline_checks
     checks += _budgets(config, cand_manifest, smoke)
-    compared, notes = None, []
+    compared: dict[str, Any] | None = None
+    notes: list[str] = []
     if prod_manifest is not None and production is not None:
         if prod_manifest["digest"] == cand_manifest["digest"]:
             checks.append(
@@ -593,7 +662,7 @@ def run_gate(
             )
         else:
             more, compared, notes = _production(
-                config, cand, cand_pred, y_all, production, prod_manifest, dataset, splits
+                config, cand, cand_pred, y_all, production, prod_manifest, dataset, splits, resamples
             )
             checks += more
     metrics = {

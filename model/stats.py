@@ -62,15 +62,25 @@ def mcnemar(candidate_correct: np.ndarray, production_correct: np.ndarray) -> Mc
 
 
 def bootstrap_weights(n: int, samples: int, seed: int) -> np.ndarray:
-    """(samples, n) float matrix: how often each row is drawn in each resample (rows sum to n)."""
+    """(samples, n) float matrix: how often each row is drawn in each resample (rows sum to n).
+
+    Counted one resample at a time into the float matrix (no (samples, n) int64 intermediates: a third
+    of the memory traffic). The draws are int32 when ``n`` fits: numpy draws any range below 2**32 with
+    its 32-bit bounded generator whatever the dtype, so the draws, hence the weights, are the same.
+    """
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n, size=(samples, n), dtype=np.int64)
-    draws += (np.arange(samples, dtype=np.int64) * n)[:, None]
-    return np.bincount(draws.ravel(), minlength=samples * n).reshape(samples, n).astype(np.float64)
+    draws = rng.integers(0, n, size=(samples, n), dtype=np.int32 if n <= 2**31 else np.int64)
+    weights = np.empty((samples, n))
+    for row, drawn in zip(weights, draws, strict=True):
+        row[:] = np.bincount(drawn, minlength=n)
+    return weights
 
 
-def _weighted_auc(W: np.ndarray, positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """ROC AUC under each weight vector (Mann-Whitney with ties counted half)."""
+def _weighted_auc_grouped(W: np.ndarray, positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """ROC AUC under each weight vector (Mann-Whitney with ties counted half), by groups of equal scores.
+
+    The general route: any weights, any scores (NaN included, each NaN its own group after every number).
+    """
     order = np.argsort(scores, kind="mergesort")
     s, pos = scores[order], positive[order]
     Ws = W[:, order]
@@ -83,6 +93,79 @@ def _weighted_auc(W: np.ndarray, positive: np.ndarray, scores: np.ndarray) -> np
     denominator = pos_w.sum(axis=1) * neg_w.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denominator > 0, numerator / denominator, np.nan)
+
+
+def _constant_auc(W: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """ROC AUC of a constant score: every positive/negative pair is a tie, so 0.5 wherever the weights hold
+    both a positive and a negative, NaN elsewhere; two matrix-vector products instead of a sort.
+
+    Bit for bit what ``_weighted_auc_grouped`` gives: one group, ``neg_before`` is exactly 0 and
+    ``p * (0.5 * q) / (p * q)`` is exactly 0.5 (halving is exact in binary floating point).
+    """
+    pos_w = W @ positive.astype(np.float64)
+    neg_w = W @ (~positive).astype(np.float64)
+    return np.where(pos_w * neg_w > 0, 0.5, np.nan)
+
+
+@dataclass(frozen=True)
+class _AucPlan:
+    """The sort of one score vector, done once and applied to any weight matrix (``weighted_metric``).
+
+    ``negatives`` are the negative rows in score order, ``positives`` the positive rows; ``below[i]`` /
+    ``upto[i]`` count the negatives scored strictly below / at most positive ``i``'s score (searchsorted).
+    """
+
+    negatives: np.ndarray
+    positives: np.ndarray
+    below: np.ndarray
+    upto: np.ndarray
+
+    @classmethod
+    def of(cls, positive: np.ndarray, scores: np.ndarray) -> _AucPlan:
+        """Sort the negatives' scores once and place every positive among them."""
+        negatives = np.flatnonzero(~positive)
+        negatives = negatives[np.argsort(scores[negatives], kind="mergesort")]
+        positives = np.flatnonzero(positive)
+        ordered = scores[negatives]
+        below = np.searchsorted(ordered, scores[positives], side="left")
+        upto = np.searchsorted(ordered, scores[positives], side="right")
+        return cls(negatives, positives, below, upto)
+
+    def __call__(self, W: np.ndarray) -> np.ndarray:
+        """AUC per weight row: sum over positives of w * (negatives below + half the tied ones), over P * N.
+
+        With count weights (bootstrap_weights, or ones) every partial sum is an integer or a half-integer far
+        below 2**53, so each is exact and the result is bit for bit the grouped route's; other weights agree
+        to rounding.
+        """
+        k = self.negatives.size
+        Ws = np.take(W, np.concatenate([self.negatives, self.positives]), axis=1)  # one gather: negatives, positives
+        cum = np.zeros((W.shape[0], k + 1))
+        np.cumsum(Ws[:, :k], axis=1, out=cum[:, 1:])
+        Wp = Ws[:, k:]
+        if np.array_equal(self.below, self.upto):  # no positive tied with a negative
+            numerator = np.einsum("ij,ij->i", Wp, np.take(cum, self.below, axis=1))
+        else:
+            tied = np.take(cum, self.below, axis=1) + np.take(cum, self.upto, axis=1)
+            numerator = 0.5 * np.einsum("ij,ij->i", Wp, tied)
+        denominator = Wp.sum(axis=1) * cum[:, -1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(denominator > 0, numerator / denominator, np.nan)
+
+
+def _auc_of(positive: np.ndarray, scores: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """W -> ROC AUC per weight row, prepared once per score vector: the constant shortcut, the sorted plan,
+    or (NaN scores) the grouped route."""
+    if scores.size and np.all(scores == scores[0]):
+        return lambda W: _constant_auc(W, positive)
+    if np.isnan(scores).any():
+        return lambda W: _weighted_auc_grouped(W, positive, scores)
+    return _AucPlan.of(positive, scores)
+
+
+def _weighted_auc(W: np.ndarray, positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """ROC AUC under each weight vector (Mann-Whitney with ties counted half)."""
+    return _auc_of(positive, scores)(W)
 
 
 def _weighted_f1(W: np.ndarray, y: np.ndarray, labels: np.ndarray, classes: list[str]) -> np.ndarray:
@@ -110,8 +193,9 @@ def weighted_metric(
         return lambda W: _weighted_f1(W, y, labels, classes)
     if name == "roc_auc" and probabilities is not None and classes is not None:
         if len(classes) == 2:
-            return lambda W: _weighted_auc(W, y == classes[1], probabilities[:, 1])
-        return lambda W: np.nanmean([_weighted_auc(W, y == c, probabilities[:, i]) for i, c in enumerate(classes)], axis=0)
+            return _auc_of(y == classes[1], probabilities[:, 1])
+        per_class = [_auc_of(y == c, probabilities[:, i]) for i, c in enumerate(classes)]
+        return lambda W: np.nanmean([auc(W) for auc in per_class], axis=0)
     if name == "log_loss" and probabilities is not None and classes is not None:
         index = {c: i for i, c in enumerate(classes)}
         p = np.clip(probabilities[np.arange(n), [index[v] for v in y]], 1e-15, 1.0)
@@ -154,12 +238,19 @@ def paired_bootstrap(
     production: Callable[[np.ndarray], np.ndarray],
     weights: np.ndarray,
     alpha: float,
+    candidate_resampled: np.ndarray | None = None,
 ) -> PairedInterval:
-    """Percentile interval of the improvement over the shared resamples (two-sided, level 1 - alpha)."""
+    """Percentile interval of the improvement over the shared resamples (two-sided, level 1 - alpha).
+
+    ``candidate_resampled`` is ``candidate(weights)`` when the caller already has it (the gate's two
+    comparisons share it when they use the same rows and resamples).
+    """
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
     ones = np.ones((1, weights.shape[1]))
     cand_point, prod_point = float(candidate(ones)[0]), float(production(ones)[0])
-    diffs = sign * (candidate(weights) - production(weights))
+    if candidate_resampled is None:
+        candidate_resampled = candidate(weights)
+    diffs = sign * (candidate_resampled - production(weights))
     diffs = diffs[np.isfinite(diffs)]
     low, high = (np.quantile(diffs, [alpha / 2, 1 - alpha / 2]) if diffs.size else (np.nan, np.nan))
     return PairedInterval(
