@@ -37,8 +37,8 @@ from typing import Any
 from mlci.errors import ConfigError
 
 __all__ = [
-    "MODES",
     "GLIBC_HWCAPS_MASK",
+    "MODES",
     "PORTABLE_KERNEL",
     "child_environment",
     "is_x86_64",

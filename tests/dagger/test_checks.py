@@ -41,13 +41,13 @@ def makefile_apt_packages() -> list[str]:
 def test_the_test_container_installs_the_debian_packages_the_suite_starts(
     call: Caller, engine: FakeEngine
 ) -> None:
-    """mlci's suite starts /usr/bin/docker-registry and runs skopeo and git, which the slim image lacks.
+    """mlci's suite starts /usr/bin/docker-registry and runs skopeo, git and qemu-x86_64, which the slim image lacks.
     The apt lists and archives are cache volumes; the image's docker-clean hook (which empties them after
     every install) is removed first, as Docker's guide to cache mounts for apt does."""
     g = engine.graph(call("test"))
     executor_tools = {"mmdebstrap", "bubblewrap", "iproute2"}  # tests/dagger/executor's, not the suite's
     wanted = [p for p in makefile_apt_packages() if p not in executor_tools]
-    assert wanted == ["git", "docker-registry", "skopeo"]
+    assert wanted == ["git", "docker-registry", "skopeo", "qemu-user"]
     (install,) = [e for e in g.execs() if "apt-get install" in " ".join(e)]
     assert "--no-install-recommends" in install[-1] and install[-1].split()[-len(wanted) :] == wanted
     assert "apt-get update" in install[-1]
@@ -64,7 +64,7 @@ def test_the_test_container_installs_the_debian_packages_the_suite_starts(
 
 def test_the_debian_packages_are_an_argument(call: Caller, engine: FakeEngine, registered: Any) -> None:
     _, functions, _ = registered
-    assert functions["test"].args["system_packages"].default == ["git", "docker-registry", "skopeo"]
+    assert functions["test"].args["system_packages"].default == ["git", "docker-registry", "skopeo", "qemu-user"]
     g = engine.graph(call("test", system_packages=["graphviz"]))
     (install,) = [e for e in g.execs() if "apt-get install" in " ".join(e)]
     assert install[-1].endswith("--no-install-recommends graphviz")

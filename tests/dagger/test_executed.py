@@ -420,7 +420,7 @@ def test_keep_going_exports_the_verdict_of_a_failed_gate(
 def test_the_test_check_installs_the_debian_packages_the_suite_starts(
     xcall: Caller, executed: Any, tmp_path: Path
 ) -> None:
-    """`test` with its default system packages: apt-get installs docker-registry, skopeo and git in the
+    """`test` with its default system packages: apt-get installs docker-registry, skopeo, git and qemu-user in the
     stand-in python image (whose docker-clean hook the module removes), and a suite that starts
     docker-registry passes."""
     repo = tmp_path / "needs-registry"
@@ -429,6 +429,7 @@ def test_the_test_check_installs_the_debian_packages_the_suite_starts(
         "import shutil, subprocess\n\n"
         "def test_registry_binary():\n"
         "    assert shutil.which('docker-registry') and shutil.which('skopeo') and shutil.which('git')\n"
+        "    assert shutil.which('qemu-x86_64')\n"
         "    assert subprocess.run(['skopeo', '--version'], capture_output=True, text=True).returncode == 0\n"
     )
     junit = file_contents(xcall("test", source=repo))

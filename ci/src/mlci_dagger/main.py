@@ -41,8 +41,9 @@ MLCI_SOURCE_IGNORE = [
     "**", "!pyproject.toml", "!constraints.txt", "!README.md", "!mlci/**", "!model/**", "!serving/**", "!monitor/**",
     "**/__pycache__",
 ]  # fmt: skip
-# Debian packages mlci's own suite runs (the Makefile's APT_PACKAGES without the graph executor's tools).
-SYSTEM_PACKAGES = ["git", "docker-registry", "skopeo"]
+# Debian packages mlci's own suite runs (the Makefile's APT_PACKAGES without the graph executor's tools):
+# qemu-user runs the artifact under an emulated CPU without AVX (tests/test_qemu_cpus.py).
+SYSTEM_PACKAGES = ["git", "docker-registry", "skopeo", "qemu-user"]
 DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 # Distributions the serving and monitor images leave out (distribution -> import name): `mlci serve` and
 # `mlci monitor` never import them (tests/dagger/test_lean_runtime.py runs both with them blocked).
